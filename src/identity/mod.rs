@@ -1,0 +1,12 @@
+//! Pure: what a Node or a kubelet CSR claims to be. No I/O, no clock.
+
+pub mod csr;
+pub mod node;
+pub mod values;
+
+pub use csr::{CsrClaim, CsrError, KeyBinding, KubeletSigner};
+pub use node::{NodeClaim, Readiness};
+pub use values::{
+    BootId, Hostname, KeyFingerprint, MachineId, NodeName, ProviderId, SystemUuid,
+    is_placeholder_ip,
+};

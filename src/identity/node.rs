@@ -1,0 +1,191 @@
+//! The identity a Node object claims: decoded straight from the JSON the kubelet sent,
+//! reading only the fields the checks compare (a Node with its image list is ~15 kB;
+//! nothing else of it is ever built).
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use jiff::Timestamp;
+use serde::Deserialize;
+
+use super::values::{BootId, Hostname, MachineId, NodeName, ProviderId, SystemUuid};
+
+/// The parts of a Node that carry identity, borrowed from the request body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct NodeDoc<'a> {
+    #[serde(borrow)]
+    pub metadata: Option<NodeMetaDoc<'a>>,
+    #[serde(borrow)]
+    pub spec: Option<NodeSpecDoc<'a>>,
+    #[serde(borrow)]
+    pub status: Option<NodeStatusDoc<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NodeMetaDoc<'a> {
+    #[serde(borrow)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub resource_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub labels: Option<NodeLabelsDoc<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct NodeLabelsDoc<'a> {
+    #[serde(borrow, rename = "kubernetes.io/hostname")]
+    pub hostname: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NodeSpecDoc<'a> {
+    #[serde(borrow, rename = "providerID")]
+    pub provider_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NodeStatusDoc<'a> {
+    #[serde(borrow)]
+    pub node_info: Option<NodeInfoDoc<'a>>,
+    #[serde(borrow)]
+    pub addresses: Option<Vec<AddressDoc<'a>>>,
+    #[serde(borrow)]
+    pub conditions: Option<Vec<ConditionDoc<'a>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct NodeInfoDoc<'a> {
+    #[serde(borrow, rename = "machineID")]
+    pub machine_id: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "systemUUID")]
+    pub system_uuid: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "bootID")]
+    pub boot_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AddressDoc<'a> {
+    #[serde(borrow, rename = "type")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub address: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ConditionDoc<'a> {
+    #[serde(borrow, rename = "type")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub last_transition_time: Option<Cow<'a, str>>,
+}
+
+/// Whether the node's kubelet is posting Ready, and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Readiness {
+    pub ready: bool,
+    pub since: Option<Timestamp>,
+}
+
+/// Everything a Node says about which machine it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeClaim {
+    pub name: NodeName,
+    pub machine_id: Option<MachineId>,
+    pub system_uuid: Option<SystemUuid>,
+    pub boot_id: Option<BootId>,
+    pub provider_id: Option<ProviderId>,
+    pub internal_ips: Vec<IpAddr>,
+    pub external_ips: Vec<IpAddr>,
+    /// The `kubernetes.io/hostname` label and every `Hostname` address, deduplicated.
+    pub hostnames: Vec<Hostname>,
+    pub readiness: Readiness,
+}
+
+fn push_unique<T: PartialEq>(values: &mut Vec<T>, value: T) {
+    if !values.contains(&value) {
+        values.push(value);
+    }
+}
+
+impl NodeClaim {
+    /// Builds the claim of a decoded Node; `None` when the object has no name (such a
+    /// Node cannot be stored, so it collides with nothing).
+    pub fn from_doc(doc: &NodeDoc<'_>) -> Option<Self> {
+        let meta = doc.metadata.as_ref()?;
+        let name = meta.name.as_deref().map(str::trim).filter(|n| !n.is_empty())?;
+        let status = doc.status.as_ref();
+        let info = status.and_then(|s| s.node_info.as_ref());
+
+        let mut internal_ips = Vec::new();
+        let mut external_ips = Vec::new();
+        let mut hostnames = Vec::new();
+        if let Some(label) = meta.labels.as_ref().and_then(|l| l.hostname.as_deref()) {
+            hostnames.extend(Hostname::parse(label));
+        }
+        for address in status.and_then(|s| s.addresses.as_deref()).unwrap_or_default() {
+            let (Some(kind), Some(value)) = (address.kind.as_deref(), address.address.as_deref())
+            else {
+                continue;
+            };
+            match kind {
+                "InternalIP" => {
+                    if let Ok(ip) = value.trim().parse() {
+                        push_unique(&mut internal_ips, ip);
+                    }
+                }
+                "ExternalIP" => {
+                    if let Ok(ip) = value.trim().parse() {
+                        push_unique(&mut external_ips, ip);
+                    }
+                }
+                "Hostname" => {
+                    if let Some(host) = Hostname::parse(value) {
+                        push_unique(&mut hostnames, host);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        Some(NodeClaim {
+            name: NodeName::from(name),
+            machine_id: info.and_then(|i| i.machine_id.as_deref()).and_then(MachineId::parse),
+            system_uuid: info.and_then(|i| i.system_uuid.as_deref()).and_then(SystemUuid::parse),
+            boot_id: info.and_then(|i| i.boot_id.as_deref()).and_then(BootId::parse),
+            provider_id: doc
+                .spec
+                .as_ref()
+                .and_then(|s| s.provider_id.as_deref())
+                .and_then(ProviderId::parse),
+            internal_ips,
+            external_ips,
+            hostnames,
+            readiness: readiness(status),
+        })
+    }
+}
+
+fn readiness(status: Option<&NodeStatusDoc<'_>>) -> Readiness {
+    let ready = status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .find(|c| c.kind.as_deref() == Some("Ready"));
+    match ready {
+        None => Readiness::default(),
+        Some(c) => Readiness {
+            ready: c.status.as_deref() == Some("True"),
+            since: c.last_transition_time.as_deref().and_then(|t| t.parse().ok()),
+        },
+    }
+}

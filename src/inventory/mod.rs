@@ -1,0 +1,278 @@
+//! The index of identities the cluster already holds: per identity field, value → the
+//! nodes holding it. Fed by the watchers, read by the policy. Pure data: no I/O.
+//!
+//! Every lookup is a hash probe; holder sets are ordered so that messages name nodes
+//! deterministically.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use crate::identity::{
+    Hostname, KeyBinding, KeyFingerprint, MachineId, NodeClaim, NodeName, ProviderId, SystemUuid,
+};
+
+/// Value → holders, each holder with the number of times it holds the value (a node
+/// may hold a key through several CSRs).
+#[derive(Debug)]
+struct Index<K> {
+    holders: HashMap<K, BTreeMap<NodeName, u32>>,
+}
+
+impl<K> Default for Index<K> {
+    fn default() -> Self {
+        Self {
+            holders: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Index<K> {
+    fn add(&mut self, value: &K, node: &NodeName) {
+        let holders = self.holders.entry(value.clone()).or_default();
+        *holders.entry(node.clone()).or_insert(0) += 1;
+    }
+
+    fn remove(&mut self, value: &K, node: &NodeName) {
+        if let Some(holders) = self.holders.get_mut(value) {
+            if let Some(count) = holders.get_mut(node) {
+                *count -= 1;
+                if *count == 0 {
+                    holders.remove(node);
+                }
+            }
+            if holders.is_empty() {
+                self.holders.remove(value);
+            }
+        }
+    }
+
+    fn get(&self, value: &K) -> Holders<'_> {
+        Holders(self.holders.get(value))
+    }
+
+    fn len(&self) -> usize {
+        self.holders.len()
+    }
+}
+
+/// The nodes that hold one value.
+#[derive(Debug, Clone, Copy)]
+pub struct Holders<'a>(Option<&'a BTreeMap<NodeName, u32>>);
+
+/// The holders of a value other than the node asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherHolders<'a> {
+    pub count: usize,
+    /// Up to three of them, in name order.
+    pub names: Vec<&'a NodeName>,
+}
+
+impl<'a> Holders<'a> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none_or(BTreeMap::is_empty)
+    }
+
+    /// The holders other than `node`: O(1) in the number of holders (it reads at most
+    /// four names), so a value that every node shares costs no more than a unique one.
+    pub fn other_than(&self, node: &str) -> OtherHolders<'a> {
+        let Some(map) = self.0 else {
+            return OtherHolders {
+                count: 0,
+                names: Vec::new(),
+            };
+        };
+        let count = map.len() - usize::from(map.contains_key(node));
+        let names = map.keys().filter(|n| &***n != node).take(3).collect();
+        OtherHolders { count, names }
+    }
+}
+
+/// The cluster's identities as last seen by the watchers.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    nodes: HashMap<NodeName, NodeClaim>,
+    machine_ids: Index<MachineId>,
+    system_uuids: Index<SystemUuid>,
+    provider_ids: Index<ProviderId>,
+    internal_ips: Index<IpAddr>,
+    external_ips: Index<IpAddr>,
+    hostnames: Index<Hostname>,
+    csrs: HashMap<Arc<str>, KeyBinding>,
+    keys: Index<KeyFingerprint>,
+}
+
+/// Counts for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InventorySize {
+    pub nodes: usize,
+    pub key_bindings: usize,
+    pub indexed_values: usize,
+}
+
+impl Inventory {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a node's current identity, replacing what it claimed before.
+    pub fn apply_node(&mut self, claim: NodeClaim) {
+        let name = claim.name.clone();
+        if let Some(old) = self.nodes.remove(&name) {
+            self.unindex_node(&old);
+        }
+        self.index_node(&claim);
+        self.nodes.insert(name, claim);
+    }
+
+    /// Forgets a deleted node, freeing every value it held.
+    pub fn delete_node(&mut self, name: &str) {
+        if let Some(old) = self.nodes.remove(name) {
+            self.unindex_node(&old);
+        }
+    }
+
+    /// Replaces all nodes at once, after a full list.
+    pub fn replace_nodes(&mut self, claims: impl IntoIterator<Item = NodeClaim>) {
+        let old: Vec<NodeClaim> = self.nodes.drain().map(|(_, c)| c).collect();
+        for claim in &old {
+            self.unindex_node(claim);
+        }
+        for claim in claims {
+            self.apply_node(claim);
+        }
+    }
+
+    /// Records what a CSR binds (or that it binds nothing, e.g. once denied).
+    pub fn apply_csr(&mut self, csr_name: &str, binding: Option<KeyBinding>) {
+        self.delete_csr(csr_name);
+        if let Some(binding) = binding {
+            self.keys.add(&binding.fingerprint, &binding.node);
+            self.csrs.insert(Arc::from(csr_name), binding);
+        }
+    }
+
+    pub fn delete_csr(&mut self, csr_name: &str) {
+        if let Some(old) = self.csrs.remove(csr_name) {
+            self.keys.remove(&old.fingerprint, &old.node);
+        }
+    }
+
+    /// Replaces all CSR bindings at once, after a full list.
+    pub fn replace_csrs(&mut self, bindings: impl IntoIterator<Item = (String, Option<KeyBinding>)>) {
+        self.csrs.clear();
+        self.keys = Index::default();
+        for (name, binding) in bindings {
+            self.apply_csr(&name, binding);
+        }
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeClaim> {
+        self.nodes.get(name)
+    }
+
+    pub fn machine_id(&self, value: &MachineId) -> Holders<'_> {
+        self.machine_ids.get(value)
+    }
+
+    pub fn system_uuid(&self, value: &SystemUuid) -> Holders<'_> {
+        self.system_uuids.get(value)
+    }
+
+    pub fn provider_id(&self, value: &ProviderId) -> Holders<'_> {
+        self.provider_ids.get(value)
+    }
+
+    pub fn internal_ip(&self, value: &IpAddr) -> Holders<'_> {
+        self.internal_ips.get(value)
+    }
+
+    pub fn external_ip(&self, value: &IpAddr) -> Holders<'_> {
+        self.external_ips.get(value)
+    }
+
+    pub fn hostname(&self, value: &Hostname) -> Holders<'_> {
+        self.hostnames.get(value)
+    }
+
+    /// The nodes a kubelet key is bound to.
+    pub fn key(&self, value: &KeyFingerprint) -> Holders<'_> {
+        self.keys.get(value)
+    }
+
+    pub fn size(&self) -> InventorySize {
+        InventorySize {
+            nodes: self.nodes.len(),
+            key_bindings: self.csrs.len(),
+            indexed_values: self.machine_ids.len()
+                + self.system_uuids.len()
+                + self.provider_ids.len()
+                + self.internal_ips.len()
+                + self.external_ips.len()
+                + self.hostnames.len()
+                + self.keys.len(),
+        }
+    }
+
+    fn index_node(&mut self, claim: &NodeClaim) {
+        self.for_each_value(claim, true);
+    }
+
+    fn unindex_node(&mut self, claim: &NodeClaim) {
+        self.for_each_value(claim, false);
+    }
+
+    fn for_each_value(&mut self, claim: &NodeClaim, add: bool) {
+        fn apply<K: Hash + Eq + Clone>(index: &mut Index<K>, value: &K, node: &NodeName, add: bool) {
+            if add {
+                index.add(value, node);
+            } else {
+                index.remove(value, node);
+            }
+        }
+        let node = &claim.name;
+        if let Some(v) = &claim.machine_id {
+            apply(&mut self.machine_ids, v, node, add);
+        }
+        if let Some(v) = &claim.system_uuid {
+            apply(&mut self.system_uuids, v, node, add);
+        }
+        if let Some(v) = &claim.provider_id {
+            apply(&mut self.provider_ids, v, node, add);
+        }
+        for v in &claim.internal_ips {
+            apply(&mut self.internal_ips, v, node, add);
+        }
+        for v in &claim.external_ips {
+            apply(&mut self.external_ips, v, node, add);
+        }
+        for v in &claim.hostnames {
+            apply(&mut self.hostnames, v, node, add);
+        }
+    }
+}
+
+/// The inventory shared between the watchers (writers) and the request handlers
+/// (readers). Locks are held for a lookup or one event, never across an await.
+#[derive(Debug, Clone, Default)]
+pub struct SharedInventory(Arc<RwLock<Inventory>>);
+
+impl SharedInventory {
+    pub fn new(inventory: Inventory) -> Self {
+        Self(Arc::new(RwLock::new(inventory)))
+    }
+
+    /// Runs `f` with the inventory read-locked. A writer that panicked cannot leave an
+    /// index half-updated in a way that matters more than refusing to serve, so a
+    /// poisoned lock is still read.
+    pub fn read<T>(&self, f: impl FnOnce(&Inventory) -> T) -> T {
+        let guard = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&guard)
+    }
+
+    pub fn write<T>(&self, f: impl FnOnce(&mut Inventory) -> T) -> T {
+        let mut guard = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    }
+}

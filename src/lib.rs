@@ -1,0 +1,8 @@
+//! nodeguard: a validating admission webhook that keeps node identity unique.
+//!
+//! A pure core (`identity`, `policy`, `inventory`) inside a thin I/O shell.
+
+pub mod identity;
+pub mod inventory;
+pub mod policy;
+pub mod watch;

@@ -1,0 +1,230 @@
+//! Which checks run and how: each check is `enforce` (deny), `warn` (allow with a
+//! warning) or `off`. Parsed from flags or a YAML file; pure.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::identity::{MachineId, SystemUuid};
+
+/// The stable id of every check: used in messages, metric labels, configuration and docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CheckId {
+    NameTakeover,
+    IdentityDrift,
+    MachineId,
+    SystemUuid,
+    ProviderId,
+    Hostname,
+    InternalIp,
+    CsrFormat,
+    KeyFingerprint,
+    ServingSan,
+}
+
+impl CheckId {
+    pub const ALL: [CheckId; 10] = [
+        CheckId::NameTakeover,
+        CheckId::IdentityDrift,
+        CheckId::MachineId,
+        CheckId::SystemUuid,
+        CheckId::ProviderId,
+        CheckId::Hostname,
+        CheckId::InternalIp,
+        CheckId::CsrFormat,
+        CheckId::KeyFingerprint,
+        CheckId::ServingSan,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckId::NameTakeover => "name-takeover",
+            CheckId::IdentityDrift => "identity-drift",
+            CheckId::MachineId => "machine-id",
+            CheckId::SystemUuid => "system-uuid",
+            CheckId::ProviderId => "provider-id",
+            CheckId::Hostname => "hostname",
+            CheckId::InternalIp => "internal-ip",
+            CheckId::CsrFormat => "csr-format",
+            CheckId::KeyFingerprint => "key-fingerprint",
+            CheckId::ServingSan => "serving-san",
+        }
+    }
+
+    /// Every check enforces by default: each one only fires on a value that exactly one
+    /// other node holds, which a healthy cluster never shows.
+    pub fn default_mode(self) -> Mode {
+        Mode::Enforce
+    }
+}
+
+impl fmt::Display for CheckId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CheckId {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CheckId::ALL
+            .into_iter()
+            .find(|id| id.as_str() == s)
+            .ok_or_else(|| ConfigError::UnknownCheck(s.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Warn,
+    Off,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Warn => "warn",
+            Mode::Off => "off",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "warn" => Ok(Mode::Warn),
+            "off" => Ok(Mode::Off),
+            other => Err(ConfigError::UnknownMode(other.to_string())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("unknown check {0:?}; known checks: {known}", known = known_checks())]
+    UnknownCheck(String),
+    #[error("unknown mode {0:?}; use enforce, warn or off")]
+    UnknownMode(String),
+    #[error("expected CHECK=MODE (e.g. hostname=warn), got {0:?}")]
+    BadSetting(String),
+    #[error("config file: {0}")]
+    File(String),
+}
+
+fn known_checks() -> String {
+    CheckId::ALL.map(CheckId::as_str).join(", ")
+}
+
+/// The configuration every decision reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    modes: BTreeMap<CheckId, Mode>,
+    /// Values this fleet shares on purpose (e.g. one machine-id baked into an image),
+    /// added to the built-in placeholders.
+    shared_machine_ids: HashSet<MachineId>,
+    shared_system_uuids: HashSet<SystemUuid>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            modes: CheckId::ALL.map(|id| (id, id.default_mode())).into(),
+            shared_machine_ids: HashSet::new(),
+            shared_system_uuids: HashSet::new(),
+        }
+    }
+}
+
+/// The YAML configuration file:
+///
+/// ```yaml
+/// checks:
+///   hostname: warn
+///   provider-id: off
+/// sharedValues:
+///   machineIDs: ["de1dd9ede40041b7bceb409b0a3b12cb"]
+///   systemUUIDs: []
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct ConfigFile {
+    checks: BTreeMap<String, String>,
+    shared_values: SharedValuesFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct SharedValuesFile {
+    #[serde(rename = "machineIDs")]
+    machine_ids: Vec<String>,
+    #[serde(rename = "systemUUIDs")]
+    system_uuids: Vec<String>,
+}
+
+impl Config {
+    pub fn mode(&self, check: CheckId) -> Mode {
+        self.modes.get(&check).copied().unwrap_or(check.default_mode())
+    }
+
+    pub fn set_mode(&mut self, check: CheckId, mode: Mode) {
+        self.modes.insert(check, mode);
+    }
+
+    /// Applies one `CHECK=MODE` setting, as given on the command line.
+    pub fn apply_setting(&mut self, setting: &str) -> Result<(), ConfigError> {
+        let (check, mode) = setting
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadSetting(setting.to_string()))?;
+        self.set_mode(check.trim().parse()?, mode.trim().parse()?);
+        Ok(())
+    }
+
+    /// Reads the YAML configuration file's text on top of the defaults.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let file: ConfigFile =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::File(e.to_string()))?;
+        let mut config = Config::default();
+        for (check, mode) in &file.checks {
+            config.set_mode(check.parse()?, mode.parse()?);
+        }
+        config.shared_machine_ids = file
+            .shared_values
+            .machine_ids
+            .iter()
+            .filter_map(|v| MachineId::parse(v))
+            .collect();
+        config.shared_system_uuids = file
+            .shared_values
+            .system_uuids
+            .iter()
+            .filter_map(|v| SystemUuid::parse(v))
+            .collect();
+        Ok(config)
+    }
+
+    /// A machine-id that proves nothing: built-in placeholder or declared shared.
+    pub fn machine_id_is_shared(&self, value: &MachineId) -> bool {
+        value.is_placeholder() || self.shared_machine_ids.contains(value)
+    }
+
+    pub fn system_uuid_is_shared(&self, value: &SystemUuid) -> bool {
+        value.is_placeholder() || self.shared_system_uuids.contains(value)
+    }
+
+    /// One line per check, for the startup log and `--help`-like listings.
+    pub fn describe(&self) -> String {
+        CheckId::ALL
+            .map(|id| format!("{}={}", id, self.mode(id).as_str()))
+            .join(" ")
+    }
+}

@@ -1,0 +1,193 @@
+//! What the checks found, and the admission answer it adds up to.
+
+use super::config::{CheckId, Config, Mode};
+
+/// Longest warning the API server passes on intact.
+pub const MAX_WARNING_CHARS: usize = 120;
+/// Longest denial message: one line a person reads in the kubelet log.
+pub const MAX_MESSAGE_CHARS: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Deny,
+    Warn,
+}
+
+/// One thing a check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub check: CheckId,
+    pub effect: Effect,
+    /// The full one-line explanation with its remedy (used for a denial).
+    pub message: String,
+    /// The same in at most 120 characters (used for a warning).
+    pub warning: String,
+}
+
+impl Finding {
+    pub fn deny(check: CheckId, message: String, warning: String) -> Self {
+        Self::new(check, Effect::Deny, message, warning)
+    }
+
+    /// A finding that never denies, whatever the mode: evidence too weak to refuse on.
+    pub fn warn(check: CheckId, warning: String) -> Self {
+        Self::new(check, Effect::Warn, warning.clone(), warning)
+    }
+
+    fn new(check: CheckId, effect: Effect, message: String, warning: String) -> Self {
+        Self {
+            check,
+            effect,
+            message: clip(&message, MAX_MESSAGE_CHARS),
+            warning: clip(&warning, MAX_WARNING_CHARS),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Warned,
+    Denied,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Warned => "warned",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+/// The decision on one admission request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verdict {
+    /// Findings after each check's mode was applied, in check order.
+    pub findings: Vec<Finding>,
+}
+
+impl Verdict {
+    /// Applies each check's mode: `off` drops its findings, `warn` turns its denials
+    /// into warnings.
+    pub fn from_findings(findings: impl IntoIterator<Item = Finding>, config: &Config) -> Self {
+        let findings = findings
+            .into_iter()
+            .filter_map(|mut finding| match config.mode(finding.check) {
+                Mode::Off => None,
+                Mode::Warn => {
+                    finding.effect = Effect::Warn;
+                    Some(finding)
+                }
+                Mode::Enforce => Some(finding),
+            })
+            .collect();
+        Self { findings }
+    }
+
+    pub fn allowed(&self) -> bool {
+        !self.findings.iter().any(|f| f.effect == Effect::Deny)
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        if !self.allowed() {
+            Outcome::Denied
+        } else if self.findings.is_empty() {
+            Outcome::Allowed
+        } else {
+            Outcome::Warned
+        }
+    }
+
+    /// The check that decided: the first denial, else the first warning.
+    pub fn deciding_check(&self) -> Option<CheckId> {
+        self.denials()
+            .next()
+            .or_else(|| self.findings.first())
+            .map(|f| f.check)
+    }
+
+    fn denials(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.effect == Effect::Deny)
+    }
+
+    /// The denial message: the first denial's, naming the other checks that also denied.
+    pub fn denial_message(&self) -> Option<String> {
+        let mut denials = self.denials();
+        let first = denials.next()?;
+        let mut others: Vec<&str> = denials.map(|f| f.check.as_str()).collect();
+        others.dedup();
+        if others.is_empty() {
+            return Some(first.message.clone());
+        }
+        let also = format!(" (also failed: {})", others.join(", "));
+        let room = MAX_MESSAGE_CHARS.saturating_sub(also.chars().count());
+        Some(format!("{}{also}", clip(&first.message, room)))
+    }
+
+    /// Warnings to return with an allowed request (a denied one carries its message).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings: Vec<String> = Vec::new();
+        for finding in self.findings.iter().filter(|f| f.effect == Effect::Warn) {
+            if !warnings.contains(&finding.warning) {
+                warnings.push(finding.warning.clone());
+            }
+        }
+        warnings
+    }
+}
+
+/// Cuts `text` to at most `max` characters on a character boundary, marking the cut.
+pub fn clip(text: &str, max: usize) -> String {
+    let one_line = text.replace(['\n', '\r'], " ");
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let mut clipped: String = one_line.chars().take(max.saturating_sub(1)).collect();
+    clipped.push('…');
+    clipped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text_on_char_boundaries() {
+        assert_eq!(clip("short", 10), "short");
+        let long = "é".repeat(200);
+        let cut = clip(&long, MAX_WARNING_CHARS);
+        assert_eq!(cut.chars().count(), MAX_WARNING_CHARS);
+        assert!(cut.ends_with('…'));
+        assert_eq!(clip("two\nlines", 20), "two lines");
+    }
+
+    #[test]
+    fn modes_turn_denials_into_warnings_or_drop_them() {
+        let finding = || Finding::deny(CheckId::Hostname, "m".into(), "w".into());
+        let mut config = Config::default();
+        assert_eq!(Verdict::from_findings([finding()], &config).outcome(), Outcome::Denied);
+        config.set_mode(CheckId::Hostname, Mode::Warn);
+        let warned = Verdict::from_findings([finding()], &config);
+        assert_eq!(warned.outcome(), Outcome::Warned);
+        assert_eq!(warned.warnings(), vec!["w".to_string()]);
+        config.set_mode(CheckId::Hostname, Mode::Off);
+        assert_eq!(Verdict::from_findings([finding()], &config).outcome(), Outcome::Allowed);
+    }
+
+    #[test]
+    fn a_denial_names_the_other_checks_that_failed_and_stays_within_512_chars() {
+        let verdict = Verdict::from_findings(
+            [
+                Finding::deny(CheckId::MachineId, "x".repeat(600), "w".into()),
+                Finding::deny(CheckId::InternalIp, "ip".into(), "w2".into()),
+            ],
+            &Config::default(),
+        );
+        let message = verdict.denial_message().unwrap();
+        assert!(message.ends_with("… (also failed: internal-ip)"), "{message}");
+        assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS);
+        assert_eq!(verdict.deciding_check(), Some(CheckId::MachineId));
+    }
+}
