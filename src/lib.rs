@@ -2,6 +2,7 @@
 //!
 //! A pure core (`identity`, `policy`, `inventory`) inside a thin I/O shell.
 
+pub mod demo;
 pub mod identity;
 pub mod inventory;
 pub mod policy;

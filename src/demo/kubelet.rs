@@ -1,0 +1,252 @@
+//! What the kubelet and the API server put on the wire: Node objects shaped like a
+//! kubelet's registration, kubelet CSRs made with real P-256 keys, and the
+//! AdmissionReview the API server wraps them in. Used by `nodeguard demo` and the tests.
+
+use base64::Engine;
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+use serde_json::{Value, json};
+
+/// A kind node exactly as collected (tests/fixtures/real/PROVENANCE.md): 27 images,
+/// full conditions. Every Node here starts from it, so the webhook reads objects of
+/// real size and shape.
+const NODE_TEMPLATE: &str = include_str!("../../tests/fixtures/real/node-kind-control-plane.json");
+
+/// The identity a machine reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub name: String,
+    pub machine_id: String,
+    pub system_uuid: String,
+    pub boot_id: String,
+    pub internal_ip: String,
+    pub provider_id: Option<String>,
+    pub ready: bool,
+}
+
+impl Machine {
+    /// A machine with ids derived from `seed`, so that every seed is a distinct machine.
+    pub fn new(name: &str, seed: u8, internal_ip: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            machine_id: format!("{seed:02x}c1f8e2fbf5540cd8ff218ef016ba6{seed:02x}"),
+            system_uuid: format!("{seed:02x}39a350-3cd4-400f-875d-c2703798{seed:02x}b0"),
+            boot_id: format!("{seed:02x}a0427b-40ea-4cf5-9f24-53d6e200ef{seed:02x}"),
+            internal_ip: internal_ip.to_string(),
+            provider_id: None,
+            ready: true,
+        }
+    }
+
+    /// The same disk booted again: only the boot id changes.
+    pub fn rebooted(&self, boot_id: &str) -> Self {
+        Self {
+            boot_id: boot_id.to_string(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The Node a kubelet sends to register (and, merged, the object of its status writes).
+pub fn node_object(machine: &Machine) -> Value {
+    let mut node: Value = serde_json::from_str(NODE_TEMPLATE).unwrap_or_else(|_| json!({}));
+    let ready = if machine.ready { "True" } else { "Unknown" };
+    node["metadata"] = json!({
+        "name": machine.name,
+        "labels": {
+            "beta.kubernetes.io/arch": "amd64",
+            "beta.kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "kubernetes.io/hostname": machine.name,
+            "kubernetes.io/os": "linux",
+        },
+        "annotations": {
+            "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+        },
+    });
+    node["spec"] = match &machine.provider_id {
+        Some(id) => json!({ "providerID": id }),
+        None => json!({}),
+    };
+    let status = &mut node["status"];
+    status["addresses"] = json!([
+        { "type": "InternalIP", "address": machine.internal_ip },
+        { "type": "Hostname", "address": machine.name },
+    ]);
+    status["nodeInfo"]["machineID"] = json!(machine.machine_id);
+    status["nodeInfo"]["systemUUID"] = json!(machine.system_uuid);
+    status["nodeInfo"]["bootID"] = json!(machine.boot_id);
+    if let Some(conditions) = status["conditions"].as_array_mut() {
+        for condition in conditions {
+            if condition["type"] == "Ready" {
+                condition["status"] = json!(ready);
+            }
+        }
+    }
+    node
+}
+
+pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
+
+/// A kubelet's private key: ECDSA P-256, as the kubelet generates.
+pub fn kubelet_key() -> Result<KeyPair, rcgen::Error> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+}
+
+/// The PEM `CERTIFICATE REQUEST` a kubelet makes: `O=system:nodes, CN=system:node:<name>`,
+/// with its addresses as SANs for a serving certificate.
+pub fn csr_pem(
+    key: &KeyPair,
+    node: &str,
+    ip_sans: &[&str],
+    dns_sans: &[&str],
+) -> Result<String, rcgen::Error> {
+    let mut params = CertificateParams::default();
+    let mut subject = DistinguishedName::new();
+    subject.push(DnType::OrganizationName, "system:nodes");
+    subject.push(DnType::CommonName, format!("system:node:{node}"));
+    params.distinguished_name = subject;
+    for ip in ip_sans {
+        if let Ok(ip) = ip.parse() {
+            params.subject_alt_names.push(SanType::IpAddress(ip));
+        }
+    }
+    for dns in dns_sans {
+        params
+            .subject_alt_names
+            .push(SanType::DnsName((*dns).try_into()?));
+    }
+    Ok(params.serialize_request(key)?.pem()?)
+}
+
+/// Who sends a CSR: a bootstrap token for a joining machine, the node itself for a
+/// rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requester {
+    Bootstrap { token_id: String },
+    Node { name: String },
+}
+
+impl Requester {
+    pub fn username(&self) -> String {
+        match self {
+            Requester::Bootstrap { token_id } => format!("system:bootstrap:{token_id}"),
+            Requester::Node { name } => format!("system:node:{name}"),
+        }
+    }
+
+    pub fn groups(&self) -> Vec<&'static str> {
+        match self {
+            Requester::Bootstrap { .. } => vec!["system:bootstrappers", "system:authenticated"],
+            Requester::Node { .. } => vec!["system:nodes", "system:authenticated"],
+        }
+    }
+}
+
+/// A CertificateSigningRequest as the API server has it at admission: `spec.username`
+/// and `groups` filled in from the requester.
+pub fn csr_object(name: &str, signer: &str, pem: &str, requester: &Requester) -> Value {
+    let usages = if signer == SERVING_SIGNER {
+        json!(["digital signature", "server auth"])
+    } else {
+        json!(["digital signature", "client auth"])
+    };
+    json!({
+        "kind": "CertificateSigningRequest",
+        "apiVersion": "certificates.k8s.io/v1",
+        "metadata": { "name": name, "generateName": "csr-" },
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(pem),
+            "signerName": signer,
+            "usages": usages,
+            "username": requester.username(),
+            "groups": requester.groups(),
+        },
+        "status": {}
+    })
+}
+
+/// The CSR once approved and issued: what the watchers see afterwards.
+pub fn issued(mut csr: Value) -> Value {
+    csr["status"] = json!({
+        "conditions": [{
+            "type": "Approved",
+            "status": "True",
+            "reason": "AutoApproved",
+            "message": "Auto approving kubelet client certificate after SubjectAccessReview.",
+        }],
+        "certificate": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
+    });
+    csr
+}
+
+/// How a write reaches admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// The kubelet registering (or re-registering after a restart).
+    Create,
+    /// `PATCH nodes/status`: admission sees an UPDATE of the status subresource.
+    StatusPatch,
+}
+
+/// The AdmissionReview the API server POSTs for a Node write by `user`.
+pub fn node_review(uid: &str, write: Write, object: &Value, old_object: Option<&Value>, user: &str) -> Value {
+    let name = object["metadata"]["name"].clone();
+    let (operation, sub_resource, options) = match write {
+        Write::Create => ("CREATE", None, json!({"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"})),
+        Write::StatusPatch => (
+            "UPDATE",
+            Some("status"),
+            json!({"kind": "UpdateOptions", "apiVersion": "meta.k8s.io/v1", "fieldManager": "kubelet"}),
+        ),
+    };
+    let mut request = json!({
+        "uid": uid,
+        "kind": { "group": "", "version": "v1", "kind": "Node" },
+        "resource": { "group": "", "version": "v1", "resource": "nodes" },
+        "requestKind": { "group": "", "version": "v1", "kind": "Node" },
+        "requestResource": { "group": "", "version": "v1", "resource": "nodes" },
+        "name": name,
+        "operation": operation,
+        "userInfo": {
+            "username": user,
+            "groups": ["system:nodes", "system:authenticated"],
+        },
+        "object": object,
+        "oldObject": old_object.cloned().unwrap_or(Value::Null),
+        "dryRun": false,
+        "options": options,
+    });
+    if let Some(sub) = sub_resource {
+        request["subResource"] = json!(sub);
+        request["requestSubResource"] = json!(sub);
+    }
+    json!({ "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request })
+}
+
+/// The AdmissionReview the API server POSTs for a CSR CREATE.
+pub fn csr_review(uid: &str, csr: &Value) -> Value {
+    let gvk = json!({ "group": "certificates.k8s.io", "version": "v1", "kind": "CertificateSigningRequest" });
+    let gvr = json!({ "group": "certificates.k8s.io", "version": "v1", "resource": "certificatesigningrequests" });
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": gvk,
+            "resource": gvr,
+            "requestKind": gvk,
+            "requestResource": gvr,
+            "name": csr["metadata"]["name"],
+            "operation": "CREATE",
+            "userInfo": {
+                "username": csr["spec"]["username"],
+                "groups": csr["spec"]["groups"],
+            },
+            "object": csr,
+            "oldObject": null,
+            "dryRun": false,
+            "options": { "kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1" },
+        }
+    })
+}
