@@ -4,8 +4,8 @@ pub mod csr;
 pub mod node;
 pub mod values;
 
-pub use csr::{CsrClaim, CsrError, KeyBinding, KubeletSigner};
-pub use node::{NodeClaim, Readiness};
+pub use csr::{CsrClaim, CsrDoc, CsrError, KeyBinding, KubeletSigner};
+pub use node::{NodeClaim, NodeDoc, Readiness};
 pub use values::{
     BootId, Hostname, KeyFingerprint, MachineId, NodeName, ProviderId, SystemUuid,
     is_placeholder_ip,

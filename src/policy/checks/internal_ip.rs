@@ -26,3 +26,55 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use crate::policy::{CheckId, Outcome};
+
+    #[test]
+    fn a_node_with_another_nodes_internal_ip_is_denied() {
+        let original = worker(1);
+        let mut clone = worker(2);
+        clone.internal_ip = original.internal_ip.clone();
+        let verdict = decide(&create(&clone), &cluster(&[&original]));
+        assert_eq!(verdict.deciding_check(), Some(CheckId::InternalIp));
+        assert_eq!(
+            verdict.denial_message().unwrap(),
+            "nodeguard [internal-ip]: InternalIP 10.0.0.11 is already used by node \"worker-1\"; \
+             give this machine its own address (a cloned /etc/machine-id also clones the DHCP \
+             lease: regenerate it and reboot), or delete node worker-1 if it is gone"
+        );
+    }
+
+    #[test]
+    fn an_address_freed_by_a_deleted_node_can_be_reused() {
+        let original = worker(1);
+        let mut inventory = cluster(&[&original]);
+        inventory.delete_node("worker-1");
+        let mut successor = worker(2);
+        successor.internal_ip = original.internal_ip.clone();
+        assert_eq!(decide(&create(&successor), &inventory).outcome(), Outcome::Allowed);
+    }
+
+    #[test]
+    fn an_address_change_to_a_taken_address_is_denied_and_to_a_free_one_allowed() {
+        let a = worker(1);
+        let b = worker(2);
+        let inventory = cluster(&[&a, &b]);
+        let mut moved = b.clone();
+        moved.internal_ip = a.internal_ip.clone();
+        assert_eq!(decide(&update(&b, &moved), &inventory).outcome(), Outcome::Denied);
+        moved.internal_ip = "10.0.0.99".into();
+        assert_eq!(decide(&update(&b, &moved), &inventory).outcome(), Outcome::Allowed);
+    }
+
+    #[test]
+    fn loopback_addresses_never_collide() {
+        let mut a = worker(1);
+        a.internal_ip = "127.0.0.1".into();
+        let mut b = worker(2);
+        b.internal_ip = "127.0.0.1".into();
+        assert_eq!(decide(&create(&b), &cluster(&[&a])).outcome(), Outcome::Allowed);
+    }
+}

@@ -12,6 +12,8 @@ pub mod name_takeover_csr;
 pub mod provider_id;
 pub mod serving_san;
 pub mod system_uuid;
+#[cfg(test)]
+mod testing;
 
 use jiff::Timestamp;
 

@@ -61,3 +61,64 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     };
     vec![finding]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use crate::policy::{CheckId, Outcome};
+
+    #[test]
+    fn the_same_machine_re_registering_after_a_kubelet_restart_is_allowed() {
+        let original = worker(1);
+        let inventory = cluster(&[&original, &worker(2)]);
+        assert_eq!(decide(&create(&original), &inventory).outcome(), Outcome::Allowed);
+        // After a reboot: a new boot id, the same machine.
+        let rebooted = original.rebooted("9f0e8d7c-6b5a-4938-2716-a5b4c3d2e1f0");
+        assert_eq!(decide(&create(&rebooted), &inventory).outcome(), Outcome::Allowed);
+    }
+
+    #[test]
+    fn another_machine_registering_a_ready_nodes_name_is_denied() {
+        let original = worker(1);
+        let mut impostor = worker(7);
+        impostor.name = original.name.clone();
+        impostor.internal_ip = original.internal_ip.clone();
+        let verdict = decide(&create(&impostor), &cluster(&[&original]));
+        assert_eq!(verdict.deciding_check(), Some(CheckId::NameTakeover));
+        assert_eq!(
+            verdict.denial_message().unwrap(),
+            format!(
+                "nodeguard [name-takeover]: node \"worker-1\" is registered and Ready on another \
+                 machine (machine-id {}, system UUID {}; this machine: {}, {}); give this machine \
+                 its own hostname, or if it replaces worker-1, drain and delete node worker-1 first",
+                original.machine_id, original.system_uuid, impostor.machine_id, impostor.system_uuid
+            )
+        );
+    }
+
+    #[test]
+    fn a_replacement_for_a_node_that_is_not_ready_is_allowed_with_a_warning() {
+        let mut original = worker(1);
+        original.ready = false;
+        let mut replacement = worker(7);
+        replacement.name = original.name.clone();
+        let verdict = decide(&create(&replacement), &cluster(&[&original]));
+        assert_eq!(verdict.outcome(), Outcome::Warned);
+        // The kind fixture's Ready condition changed at 2024-02-20T11:18:12Z.
+        assert_eq!(
+            verdict.warnings(),
+            vec!["nodeguard [name-takeover]: taking over node \"worker-1\", not Ready for 1011d0h on its previous machine"]
+        );
+    }
+
+    #[test]
+    fn a_node_registered_without_identity_can_be_claimed_by_its_kubelet() {
+        // A Node pre-created by a provisioner carries no nodeInfo: nothing contradicts.
+        let original = worker(1);
+        let mut bare = crate::demo::kubelet::node_object(&original);
+        bare["status"]["nodeInfo"] = serde_json::json!({});
+        let mut inventory = crate::inventory::Inventory::new();
+        inventory.apply_node(claim_of(&bare));
+        assert_eq!(decide(&create(&original), &inventory).outcome(), Outcome::Allowed);
+    }
+}

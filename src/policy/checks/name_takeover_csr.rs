@@ -21,3 +21,43 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
         _ => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use crate::demo::kubelet::{self, Machine, Requester};
+    use crate::policy::{CheckId, Outcome};
+
+    fn client_csr(node: &str, requester: Requester) -> serde_json::Value {
+        let pem = kubelet::csr_pem(&kubelet::kubelet_key().unwrap(), node, &[], &[]).unwrap();
+        kubelet::csr_object("csr-b00t5", kubelet::CLIENT_SIGNER, &pem, &requester)
+    }
+
+    #[test]
+    fn a_bootstrap_csr_for_a_ready_nodes_name_is_denied() {
+        let inventory = cluster(&[&worker(1)]);
+        let csr = client_csr("worker-1", Requester::Bootstrap { token_id: "07401b".into() });
+        let verdict = decide_csr_default(&csr_review(&csr), &inventory);
+        assert_eq!(verdict.deciding_check(), Some(CheckId::NameTakeover));
+        assert_eq!(
+            verdict.denial_message().unwrap(),
+            "nodeguard [name-takeover]: a bootstrap token asks for the credentials of node \
+             \"worker-1\", which is registered and Ready on another machine; give this machine \
+             its own hostname, or if it replaces worker-1, drain and delete node worker-1 first"
+        );
+    }
+
+    #[test]
+    fn a_bootstrap_for_a_new_name_or_a_dead_node_and_a_rotation_are_allowed() {
+        let mut gone: Machine = worker(2);
+        gone.ready = false;
+        let inventory = cluster(&[&worker(1), &gone]);
+        for csr in [
+            client_csr("worker-3", Requester::Bootstrap { token_id: "07401b".into() }),
+            client_csr("worker-2", Requester::Bootstrap { token_id: "07401b".into() }),
+            client_csr("worker-1", Requester::Node { name: "worker-1".into() }),
+        ] {
+            assert_eq!(decide_csr_default(&csr_review(&csr), &inventory).outcome(), Outcome::Allowed);
+        }
+    }
+}

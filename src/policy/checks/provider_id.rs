@@ -22,3 +22,44 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     .into_iter()
     .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use crate::policy::Outcome;
+
+    fn on_instance(n: u8, instance: &str) -> crate::demo::kubelet::Machine {
+        let mut machine = worker(n);
+        machine.provider_id = Some(format!("aws:///eu-west-1a/{instance}"));
+        machine
+    }
+
+    #[test]
+    fn a_second_node_on_the_same_instance_is_denied() {
+        let original = on_instance(1, "i-0a1b2c3d4e5f60718");
+        let other = on_instance(2, "i-0a1b2c3d4e5f60718");
+        let verdict = decide(&create(&other), &cluster(&[&original]));
+        assert_eq!(verdict.outcome(), Outcome::Denied);
+        assert!(verdict.denial_message().unwrap().starts_with(
+            "nodeguard [provider-id]: provider ID aws:///eu-west-1a/i-0a1b2c3d4e5f60718 is already used by node \"worker-1\"; "
+        ));
+    }
+
+    #[test]
+    fn the_node_on_its_own_instance_and_nodes_without_provider_ids_pass() {
+        let original = on_instance(1, "i-0a1b2c3d4e5f60718");
+        let inventory = cluster(&[&original, &worker(2)]);
+        assert_eq!(decide(&create(&original), &inventory).outcome(), Outcome::Allowed);
+        assert_eq!(decide(&create(&worker(3)), &inventory).outcome(), Outcome::Allowed);
+        let later = on_instance(4, "i-0fffffffffffffff0");
+        assert_eq!(decide(&update(&worker(4), &later), &inventory).outcome(), Outcome::Allowed);
+    }
+
+    #[test]
+    fn a_provider_id_set_later_by_an_update_is_checked() {
+        let original = on_instance(1, "i-0a1b2c3d4e5f60718");
+        let inventory = cluster(&[&original, &worker(2)]);
+        let claimed = on_instance(2, "i-0a1b2c3d4e5f60718");
+        assert_eq!(decide(&update(&worker(2), &claimed), &inventory).outcome(), Outcome::Denied);
+    }
+}

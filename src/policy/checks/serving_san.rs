@@ -38,3 +38,41 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use crate::demo::kubelet::{self, Requester};
+    use crate::policy::{CheckId, Outcome};
+
+    fn serving_csr(node: &str, ips: &[&str]) -> serde_json::Value {
+        let pem = kubelet::csr_pem(&kubelet::kubelet_key().unwrap(), node, ips, &[node]).unwrap();
+        kubelet::csr_object(
+            "csr-s3rv3",
+            kubelet::SERVING_SIGNER,
+            &pem,
+            &Requester::Node { name: node.into() },
+        )
+    }
+
+    #[test]
+    fn a_serving_csr_for_another_nodes_address_is_denied() {
+        let inventory = cluster(&[&worker(1), &worker(2)]);
+        let verdict = decide_csr_default(&csr_review(&serving_csr("worker-2", &["10.0.0.11"])), &inventory);
+        assert_eq!(verdict.deciding_check(), Some(CheckId::ServingSan));
+        assert_eq!(
+            verdict.denial_message().unwrap(),
+            "nodeguard [serving-san]: serving certificate IP 10.0.0.11 is already used by node \
+             \"worker-1\"; node worker-2 must not serve another node's address: give this machine \
+             its own IP (a cloned /etc/machine-id also clones the DHCP lease), or delete node \
+             worker-1 if it is gone"
+        );
+    }
+
+    #[test]
+    fn a_serving_csr_for_its_own_addresses_is_allowed() {
+        let inventory = cluster(&[&worker(1), &worker(2)]);
+        let csr = serving_csr("worker-2", &["10.0.0.12", "127.0.0.1"]);
+        assert_eq!(decide_csr_default(&csr_review(&csr), &inventory).outcome(), Outcome::Allowed);
+    }
+}
