@@ -116,7 +116,7 @@ pub fn csr_pem(
             .subject_alt_names
             .push(SanType::DnsName((*dns).try_into()?));
     }
-    Ok(params.serialize_request(key)?.pem()?)
+    params.serialize_request(key)?.pem()
 }
 
 /// Who sends a CSR: a bootstrap token for a joining machine, the node itself for a

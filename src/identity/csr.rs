@@ -58,6 +58,9 @@ pub struct CsrDoc<'a> {
 pub struct CsrMetaDoc<'a> {
     #[serde(borrow)]
     pub name: Option<Cow<'a, str>>,
+    /// What a watcher resumes from.
+    #[serde(borrow)]
+    pub resource_version: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

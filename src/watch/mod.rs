@@ -1,19 +1,78 @@
 //! kube-runtime watchers over Nodes and CertificateSigningRequests feeding the
 //! inventory; readiness once both have completed their first full list.
 
+pub mod feed;
+pub mod objects;
 pub mod readiness;
 
+pub use feed::{Feed, Watched};
+pub use objects::{WatchedCsr, WatchedNode};
 pub use readiness::Readiness;
+
+use std::pin::pin;
+
+use futures::{Stream, StreamExt};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource};
 
 use crate::inventory::SharedInventory;
 
 /// Watches Nodes and CSRs until the process ends, keeping `inventory` current and
 /// setting `readiness` once both watchers have completed their first full list.
+///
+/// Watch errors are logged and retried with backoff; the function returns only if a
+/// watcher stream ends, which kube-runtime's watchers never do, and then it is an
+/// error (with readiness withdrawn, since nothing keeps the inventory current anymore).
 pub async fn run(
     client: kube::Client,
     inventory: SharedInventory,
     readiness: Readiness,
 ) -> anyhow::Result<()> {
-    let _ = (client, inventory, readiness);
-    anyhow::bail!("the cluster watchers are not available in this build")
+    let mut nodes = pin!(watch::<WatchedNode>(client.clone()));
+    let mut csrs = pin!(watch::<WatchedCsr>(client));
+    let mut node_feed = Feed::<WatchedNode>::new();
+    let mut csr_feed = Feed::<WatchedCsr>::new();
+
+    let ended = loop {
+        // `StreamExt::next` is cancel-safe, so losing the race drops no event.
+        let listed = tokio::select! {
+            event = nodes.next() => match event {
+                Some(event) => step(&mut node_feed, event, &inventory),
+                None => break WatchedNode::plural(&()),
+            },
+            event = csrs.next() => match event {
+                Some(event) => step(&mut csr_feed, event, &inventory),
+                None => break WatchedCsr::plural(&()),
+            },
+        };
+        if listed && node_feed.is_synced() && csr_feed.is_synced() && !readiness.is_ready() {
+            tracing::info!("nodes and CSRs listed; the inventory is current");
+            readiness.set(true);
+        }
+    };
+    readiness.set(false);
+    anyhow::bail!("the {ended} watch stream ended")
+}
+
+/// A cluster-wide watch of one kind, retried with kube-runtime's default backoff.
+fn watch<K: Watched>(
+    client: kube::Client,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send {
+    watcher::watcher(Api::<K>::all(client), watcher::Config::default()).default_backoff()
+}
+
+/// Applies one item of a watch stream; true when it completed a full list.
+fn step<K: Watched>(
+    feed: &mut Feed<K>,
+    event: Result<Event<K>, watcher::Error>,
+    inventory: &SharedInventory,
+) -> bool {
+    match event {
+        Ok(event) => feed.handle(event, inventory),
+        Err(error) => {
+            tracing::warn!(resource = %K::plural(&()), %error, "watch failed; retrying with backoff");
+            false
+        }
+    }
 }

@@ -1,0 +1,121 @@
+//! Prints how long one admission decision takes (decode of a kubelet-sized Node review
+//! plus the checks) with 500, 5,000 and 50,000 nodes in the inventory, and the memory
+//! the inventory holds for 5,000 nodes. Figures only: nothing here passes or fails.
+//!
+//!     cargo bench --bench decide
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use nodeguard::demo::kubelet::{self, Machine, Write};
+use nodeguard::identity::{NodeClaim, NodeDoc};
+use nodeguard::inventory::Inventory;
+use nodeguard::policy::{self, Config, NodeReview, Operation};
+
+fn machine(i: u32) -> Machine {
+    let mut m = Machine::new(&format!("node-{i:05}"), 0, "10.0.0.1");
+    m.machine_id = format!("{:032x}", 0x9cbf_0000_u64 + u64::from(i));
+    m.system_uuid = format!("3f39a350-3cd4-400f-875d-{:012x}", i);
+    m.boot_id = format!("a0a0427b-40ea-4cf5-9f24-{:012x}", i);
+    m.internal_ip = format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+    m.provider_id = Some(format!("aws:///eu-west-1a/i-{i:017x}"));
+    m
+}
+
+fn claim(m: &Machine) -> NodeClaim {
+    let text = kubelet::node_object(m).to_string();
+    let doc: NodeDoc<'_> = serde_json::from_str(&text).unwrap();
+    NodeClaim::from_doc(&doc).unwrap()
+}
+
+fn inventory(nodes: u32) -> Inventory {
+    // Build one template claim and vary its values: decoding 50,000 Node JSONs would
+    // only time the setup.
+    let mut inventory = Inventory::new();
+    let template = claim(&machine(0));
+    for i in 0..nodes {
+        let m = machine(i);
+        let mut c = template.clone();
+        c.name = m.name.as_str().into();
+        c.machine_id = nodeguard::identity::MachineId::parse(&m.machine_id);
+        c.system_uuid = nodeguard::identity::SystemUuid::parse(&m.system_uuid);
+        c.boot_id = nodeguard::identity::BootId::parse(&m.boot_id);
+        c.provider_id = m.provider_id.as_deref().and_then(nodeguard::identity::ProviderId::parse);
+        c.internal_ips = vec![m.internal_ip.parse().unwrap()];
+        c.hostnames = nodeguard::identity::Hostname::parse(&m.name).into_iter().collect();
+        inventory.apply_node(c);
+    }
+    inventory
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The part of an AdmissionReview the node checks read, decoded as the webhook does.
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    request: Request<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct Request<'a> {
+    #[serde(borrow)]
+    object: NodeDoc<'a>,
+}
+
+/// Median of `rounds` timings of `iterations` decisions each, per decision.
+fn time_decisions(inventory: &Inventory, body: &[u8]) -> Duration {
+    let config = Config::default();
+    let now = jiff::Timestamp::now();
+    let rounds = 15;
+    let iterations = 2_000;
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            let envelope: Envelope<'_> = serde_json::from_slice(black_box(body)).unwrap();
+            let review = NodeReview {
+                operation: Operation::Create,
+                object: NodeClaim::from_doc(&envelope.request.object),
+                old_object: None,
+            };
+            black_box(policy::decide_node(&review, inventory, &config, now));
+        }
+        samples.push(start.elapsed() / iterations);
+    }
+    samples.sort();
+    samples[rounds / 2]
+}
+
+fn main() {
+    let newcomer = kubelet::node_object(&machine(0x00ff_ffff));
+    let body = kubelet::node_review("uid", Write::Create, &newcomer, None, "system:node:x").to_string();
+    println!("review body: {} bytes (a kubelet Node CREATE with 27 images)", body.len());
+
+    let mut at_500 = Duration::ZERO;
+    for nodes in [500, 5_000, 50_000] {
+        let before = rss_kib();
+        let inventory = inventory(nodes);
+        let after = rss_kib();
+        let per_decision = time_decisions(&inventory, body.as_bytes());
+        if nodes == 500 {
+            at_500 = per_decision;
+        }
+        println!(
+            "{nodes:>6} nodes: {:>7.1} µs per decision (decode + checks), {:.2}× the 500-node time; inventory RSS +{:.1} MiB",
+            per_decision.as_secs_f64() * 1e6,
+            per_decision.as_secs_f64() / at_500.as_secs_f64(),
+            (after.saturating_sub(before)) as f64 / 1024.0
+        );
+        drop(inventory);
+    }
+}

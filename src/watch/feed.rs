@@ -1,0 +1,210 @@
+//! Applying watcher events to the inventory, without any I/O: what `run` does with each
+//! event, callable from a test with hand-made events.
+
+use std::fmt::Debug;
+
+use kube::runtime::watcher::Event;
+use serde::de::DeserializeOwned;
+
+use super::objects::{WatchedCsr, WatchedNode};
+use crate::identity::{KeyBinding, NodeClaim};
+use crate::inventory::{Inventory, SharedInventory};
+
+/// A watched kind and how its objects enter and leave the inventory.
+pub trait Watched:
+    kube::Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + 'static
+{
+    /// What the inventory keeps of one object.
+    type Record: Debug + Send;
+
+    /// `None` for an object without a name: it cannot be stored, so it holds nothing.
+    fn into_record(self) -> Option<Self::Record>;
+
+    fn apply(inventory: &mut Inventory, record: Self::Record);
+
+    fn delete(&self, inventory: &mut Inventory);
+
+    /// Makes `records` the whole of this kind in the inventory.
+    fn replace(inventory: &mut Inventory, records: Vec<Self::Record>);
+}
+
+impl Watched for WatchedNode {
+    type Record = NodeClaim;
+
+    fn into_record(self) -> Option<NodeClaim> {
+        self.claim
+    }
+
+    fn apply(inventory: &mut Inventory, claim: NodeClaim) {
+        inventory.apply_node(claim);
+    }
+
+    fn delete(&self, inventory: &mut Inventory) {
+        // The claim's name is the one the inventory is keyed by (it is trimmed).
+        let name = self
+            .claim
+            .as_ref()
+            .map(|c| &*c.name)
+            .or(self.meta.name.as_deref());
+        if let Some(name) = name {
+            inventory.delete_node(name);
+        }
+    }
+
+    fn replace(inventory: &mut Inventory, claims: Vec<NodeClaim>) {
+        inventory.replace_nodes(claims);
+    }
+}
+
+impl Watched for WatchedCsr {
+    type Record = (String, Option<KeyBinding>);
+
+    fn into_record(self) -> Option<Self::Record> {
+        let name = self.meta.name.filter(|n| !n.is_empty())?;
+        Some((name, self.binding))
+    }
+
+    fn apply(inventory: &mut Inventory, (name, binding): Self::Record) {
+        inventory.apply_csr(&name, binding);
+    }
+
+    fn delete(&self, inventory: &mut Inventory) {
+        if let Some(name) = self.meta.name.as_deref() {
+            inventory.delete_csr(name);
+        }
+    }
+
+    fn replace(inventory: &mut Inventory, records: Vec<Self::Record>) {
+        inventory.replace_csrs(records);
+    }
+}
+
+/// One kind's event stream as seen by the inventory. A (re)list is buffered and applied
+/// in one replacement when it completes, so objects deleted while the watch was down
+/// disappear, and readers never see a half-listed inventory.
+#[derive(Debug)]
+pub struct Feed<K: Watched> {
+    listing: Vec<K::Record>,
+    synced: bool,
+}
+
+impl<K: Watched> Default for Feed<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Watched> Feed<K> {
+    pub fn new() -> Self {
+        Self {
+            listing: Vec::new(),
+            synced: false,
+        }
+    }
+
+    /// Whether a full list has completed at least once.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Applies one watcher event. Returns true when the event completed a full list.
+    /// The inventory is write-locked only for the one change an event makes.
+    pub fn handle(&mut self, event: Event<K>, inventory: &SharedInventory) -> bool {
+        match event {
+            Event::Init => {
+                self.listing.clear();
+                false
+            }
+            Event::InitApply(object) => {
+                self.listing.extend(object.into_record());
+                false
+            }
+            Event::InitDone => {
+                let records = std::mem::take(&mut self.listing);
+                let listed = records.len();
+                let size = inventory.write(|inv| {
+                    K::replace(inv, records);
+                    inv.size()
+                });
+                tracing::info!(
+                    resource = %K::plural(&()),
+                    listed,
+                    nodes = size.nodes,
+                    key_bindings = size.key_bindings,
+                    "full list applied"
+                );
+                self.synced = true;
+                true
+            }
+            Event::Apply(object) => {
+                tracing::debug!(resource = %K::plural(&()), name = ?object.meta().name, "applied");
+                if let Some(record) = object.into_record() {
+                    inventory.write(|inv| K::apply(inv, record));
+                }
+                false
+            }
+            Event::Delete(object) => {
+                tracing::debug!(resource = %K::plural(&()), name = ?object.meta().name, "deleted");
+                inventory.write(|inv| object.delete(inv));
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::MachineId;
+
+    fn node(name: &str, machine_id: &str) -> WatchedNode {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "resourceVersion": "1" },
+            "status": { "nodeInfo": { "machineID": machine_id } },
+        }))
+        .unwrap()
+    }
+
+    fn holds(inventory: &SharedInventory, machine_id: &str) -> bool {
+        let id = MachineId::parse(machine_id).unwrap();
+        inventory.read(|inv| !inv.machine_id(&id).is_empty())
+    }
+
+    #[test]
+    fn a_relist_is_applied_whole_when_it_completes() {
+        let inventory = SharedInventory::default();
+        let mut feed = Feed::<WatchedNode>::new();
+        assert!(!feed.handle(Event::Init, &inventory));
+        assert!(!feed.handle(Event::InitApply(node("a", "aaaa")), &inventory));
+        assert!(
+            !holds(&inventory, "aaaa"),
+            "visible before the list completed"
+        );
+        assert!(feed.handle(Event::InitDone, &inventory));
+        assert!(feed.is_synced() && holds(&inventory, "aaaa"));
+
+        feed.handle(Event::Apply(node("b", "bbbb")), &inventory);
+        assert!(holds(&inventory, "bbbb"));
+
+        // `b` was deleted while the watch was down: the next list drops it.
+        feed.handle(Event::Init, &inventory);
+        feed.handle(Event::InitApply(node("a", "aaaa")), &inventory);
+        feed.handle(Event::InitDone, &inventory);
+        assert!(holds(&inventory, "aaaa") && !holds(&inventory, "bbbb"));
+
+        feed.handle(Event::Delete(node("a", "aaaa")), &inventory);
+        assert_eq!(inventory.read(|inv| inv.size().nodes), 0);
+    }
+
+    #[test]
+    fn an_interrupted_relist_starts_over() {
+        let inventory = SharedInventory::default();
+        let mut feed = Feed::<WatchedNode>::new();
+        feed.handle(Event::Init, &inventory);
+        feed.handle(Event::InitApply(node("stale", "5555")), &inventory);
+        feed.handle(Event::Init, &inventory);
+        feed.handle(Event::InitApply(node("a", "aaaa")), &inventory);
+        feed.handle(Event::InitDone, &inventory);
+        assert!(holds(&inventory, "aaaa") && !holds(&inventory, "5555"));
+    }
+}
