@@ -40,9 +40,14 @@ fn inventory(nodes: u32) -> Inventory {
         c.machine_id = nodeguard::identity::MachineId::parse(&m.machine_id);
         c.system_uuid = nodeguard::identity::SystemUuid::parse(&m.system_uuid);
         c.boot_id = nodeguard::identity::BootId::parse(&m.boot_id);
-        c.provider_id = m.provider_id.as_deref().and_then(nodeguard::identity::ProviderId::parse);
+        c.provider_id = m
+            .provider_id
+            .as_deref()
+            .and_then(nodeguard::identity::ProviderId::parse);
         c.internal_ips = vec![m.internal_ip.parse().unwrap()];
-        c.hostnames = nodeguard::identity::Hostname::parse(&m.name).into_iter().collect();
+        c.hostnames = nodeguard::identity::Hostname::parse(&m.name)
+            .into_iter()
+            .collect();
         inventory.apply_node(c);
     }
     inventory
@@ -98,8 +103,12 @@ fn time_decisions(inventory: &Inventory, body: &[u8]) -> Duration {
 
 fn main() {
     let newcomer = kubelet::node_object(&machine(0x00ff_ffff));
-    let body = kubelet::node_review("uid", Write::Create, &newcomer, None, "system:node:x").to_string();
-    println!("review body: {} bytes (a kubelet Node CREATE with 27 images)", body.len());
+    let body =
+        kubelet::node_review("uid", Write::Create, &newcomer, None, "system:node:x").to_string();
+    println!(
+        "review body: {} bytes (a kubelet Node CREATE with 27 images)",
+        body.len()
+    );
 
     let mut at_500 = Duration::ZERO;
     for nodes in [500, 5_000, 50_000] {

@@ -2,8 +2,13 @@
 //!
 //! A pure core (`identity`, `policy`, `inventory`) inside a thin I/O shell.
 
+pub mod admin;
+pub mod certs;
+pub mod cli;
 pub mod demo;
 pub mod identity;
 pub mod inventory;
 pub mod policy;
+pub mod serve;
 pub mod watch;
+pub mod webhook;

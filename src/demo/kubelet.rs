@@ -28,7 +28,7 @@ impl Machine {
     pub fn new(name: &str, seed: u8, internal_ip: &str) -> Self {
         Self {
             name: name.to_string(),
-            machine_id: format!("{seed:02x}c1f8e2fbf5540cd8ff218ef016ba6{seed:02x}"),
+            machine_id: format!("{seed:02x}c1f8e2fbf5540cd8ff218ef016ba{seed:02x}"),
             system_uuid: format!("{seed:02x}39a350-3cd4-400f-875d-c2703798{seed:02x}b0"),
             boot_id: format!("{seed:02x}a0427b-40ea-4cf5-9f24-53d6e200ef{seed:02x}"),
             internal_ip: internal_ip.to_string(),
@@ -190,10 +190,20 @@ pub enum Write {
 }
 
 /// The AdmissionReview the API server POSTs for a Node write by `user`.
-pub fn node_review(uid: &str, write: Write, object: &Value, old_object: Option<&Value>, user: &str) -> Value {
+pub fn node_review(
+    uid: &str,
+    write: Write,
+    object: &Value,
+    old_object: Option<&Value>,
+    user: &str,
+) -> Value {
     let name = object["metadata"]["name"].clone();
     let (operation, sub_resource, options) = match write {
-        Write::Create => ("CREATE", None, json!({"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"})),
+        Write::Create => (
+            "CREATE",
+            None,
+            json!({"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}),
+        ),
         Write::StatusPatch => (
             "UPDATE",
             Some("status"),

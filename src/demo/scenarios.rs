@@ -123,7 +123,11 @@ fn binding_of(csr: &Value) -> Option<KeyBinding> {
 /// The cases, in the order the README tells them: (a)–(f) from the design's list and
 /// (g), the incident itself.
 pub fn all() -> Result<Vec<Scenario>, rcgen::Error> {
-    let cluster = HealthyCluster::new()?;
+    with_cluster(&HealthyCluster::new()?)
+}
+
+/// The cases against a given healthy cluster (tests pass one whose key they know).
+pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Error> {
     let worker1 = cluster.machine("worker-1");
     let mut scenarios = Vec::new();
 
@@ -235,7 +239,11 @@ pub fn all() -> Result<Vec<Scenario>, rcgen::Error> {
     let shared = "5f2d8c1e9a7b4c3d8e6f0a1b2c3d4e5f";
     let fleet: Vec<Machine> = (1..=3)
         .map(|n| {
-            let mut m = Machine::new(&format!("aks-pool-{n}"), 0x30 + n, &format!("10.224.0.{}", 3 + n));
+            let mut m = Machine::new(
+                &format!("aks-pool-{n}"),
+                0x30 + n,
+                &format!("10.224.0.{}", 3 + n),
+            );
             m.machine_id = shared.into();
             m
         })

@@ -56,10 +56,10 @@ pub struct CsrDoc<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CsrMetaDoc<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option")]
     pub name: Option<Cow<'a, str>>,
     /// What a watcher resumes from.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option")]
     pub resource_version: Option<Cow<'a, str>>,
 }
 
@@ -67,13 +67,13 @@ pub struct CsrMetaDoc<'a> {
 #[serde(default, rename_all = "camelCase")]
 pub struct CsrSpecDoc<'a> {
     /// Base64 of the PEM `CERTIFICATE REQUEST`.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option")]
     pub request: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option")]
     pub signer_name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option")]
     pub username: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option_list")]
     pub groups: Option<Vec<Cow<'a, str>>>,
 }
 
@@ -82,16 +82,16 @@ pub struct CsrSpecDoc<'a> {
 pub struct CsrStatusDoc<'a> {
     #[serde(borrow)]
     pub conditions: Option<Vec<CsrConditionDoc<'a>>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option")]
     pub certificate: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct CsrConditionDoc<'a> {
-    #[serde(borrow, rename = "type")]
+    #[serde(borrow, deserialize_with = "super::text::option", rename = "type")]
     pub kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option")]
     pub status: Option<Cow<'a, str>>,
 }
 
@@ -233,6 +233,10 @@ impl KeyBinding {
 
 /// Who asked for a certificate: a bootstrap token (a machine joining) or a node
 /// rotating its own certificate.
-pub fn is_bootstrap_requester<'a>(username: &str, groups: impl IntoIterator<Item = &'a str>) -> bool {
-    username.starts_with(BOOTSTRAP_USER_PREFIX) || groups.into_iter().any(|g| g == BOOTSTRAPPERS_GROUP)
+pub fn is_bootstrap_requester<'a>(
+    username: &str,
+    groups: impl IntoIterator<Item = &'a str>,
+) -> bool {
+    username.starts_with(BOOTSTRAP_USER_PREFIX)
+        || groups.into_iter().any(|g| g == BOOTSTRAPPERS_GROUP)
 }

@@ -2,6 +2,7 @@
 
 pub mod csr;
 pub mod node;
+mod text;
 pub mod values;
 
 pub use csr::{CsrClaim, CsrDoc, CsrError, KeyBinding, KubeletSigner};

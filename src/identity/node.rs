@@ -25,9 +25,9 @@ pub struct NodeDoc<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct NodeMetaDoc<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option")]
     pub name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option")]
     pub resource_version: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub labels: Option<NodeLabelsDoc<'a>>,
@@ -36,14 +36,22 @@ pub struct NodeMetaDoc<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct NodeLabelsDoc<'a> {
-    #[serde(borrow, rename = "kubernetes.io/hostname")]
+    #[serde(
+        borrow,
+        deserialize_with = "super::text::option",
+        rename = "kubernetes.io/hostname"
+    )]
     pub hostname: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct NodeSpecDoc<'a> {
-    #[serde(borrow, rename = "providerID")]
+    #[serde(
+        borrow,
+        deserialize_with = "super::text::option",
+        rename = "providerID"
+    )]
     pub provider_id: Option<Cow<'a, str>>,
 }
 
@@ -61,31 +69,35 @@ pub struct NodeStatusDoc<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct NodeInfoDoc<'a> {
-    #[serde(borrow, rename = "machineID")]
+    #[serde(borrow, deserialize_with = "super::text::option", rename = "machineID")]
     pub machine_id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "systemUUID")]
+    #[serde(
+        borrow,
+        deserialize_with = "super::text::option",
+        rename = "systemUUID"
+    )]
     pub system_uuid: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "bootID")]
+    #[serde(borrow, deserialize_with = "super::text::option", rename = "bootID")]
     pub boot_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct AddressDoc<'a> {
-    #[serde(borrow, rename = "type")]
+    #[serde(borrow, deserialize_with = "super::text::option", rename = "type")]
     pub kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option")]
     pub address: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ConditionDoc<'a> {
-    #[serde(borrow, rename = "type")]
+    #[serde(borrow, deserialize_with = "super::text::option", rename = "type")]
     pub kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option")]
     pub status: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "super::text::option")]
     pub last_transition_time: Option<Cow<'a, str>>,
 }
 
@@ -122,7 +134,11 @@ impl NodeClaim {
     /// Node cannot be stored, so it collides with nothing).
     pub fn from_doc(doc: &NodeDoc<'_>) -> Option<Self> {
         let meta = doc.metadata.as_ref()?;
-        let name = meta.name.as_deref().map(str::trim).filter(|n| !n.is_empty())?;
+        let name = meta
+            .name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())?;
         let status = doc.status.as_ref();
         let info = status.and_then(|s| s.node_info.as_ref());
 
@@ -132,7 +148,10 @@ impl NodeClaim {
         if let Some(label) = meta.labels.as_ref().and_then(|l| l.hostname.as_deref()) {
             hostnames.extend(Hostname::parse(label));
         }
-        for address in status.and_then(|s| s.addresses.as_deref()).unwrap_or_default() {
+        for address in status
+            .and_then(|s| s.addresses.as_deref())
+            .unwrap_or_default()
+        {
             let (Some(kind), Some(value)) = (address.kind.as_deref(), address.address.as_deref())
             else {
                 continue;
@@ -159,9 +178,15 @@ impl NodeClaim {
 
         Some(NodeClaim {
             name: NodeName::from(name),
-            machine_id: info.and_then(|i| i.machine_id.as_deref()).and_then(MachineId::parse),
-            system_uuid: info.and_then(|i| i.system_uuid.as_deref()).and_then(SystemUuid::parse),
-            boot_id: info.and_then(|i| i.boot_id.as_deref()).and_then(BootId::parse),
+            machine_id: info
+                .and_then(|i| i.machine_id.as_deref())
+                .and_then(MachineId::parse),
+            system_uuid: info
+                .and_then(|i| i.system_uuid.as_deref())
+                .and_then(SystemUuid::parse),
+            boot_id: info
+                .and_then(|i| i.boot_id.as_deref())
+                .and_then(BootId::parse),
             provider_id: doc
                 .spec
                 .as_ref()
@@ -185,7 +210,37 @@ fn readiness(status: Option<&NodeStatusDoc<'_>>) -> Readiness {
         None => Readiness::default(),
         Some(c) => Readiness {
             ready: c.status.as_deref() == Some("True"),
-            since: c.last_transition_time.as_deref().and_then(|t| t.parse().ok()),
+            since: c
+                .last_transition_time
+                .as_deref()
+                .and_then(|t| t.parse().ok()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_a_node_borrows_its_strings_from_the_body() {
+        let body = r#"{"metadata":{"name":"worker-1","labels":{"kubernetes.io/hostname":"worker-1"}},
+            "status":{"nodeInfo":{"machineID":"9cbf8e2fbf5540cd8ff218ef016ba690"},
+            "addresses":[{"type":"InternalIP","address":"10.0.0.11"}],
+            "images":[{"names":["registry.k8s.io/etcd:3.5.4-0"],"sizeBytes":102157811}]}}"#;
+        let doc: NodeDoc<'_> = serde_json::from_str(body).unwrap();
+        let meta = doc.metadata.as_ref().unwrap();
+        assert!(matches!(meta.name, Some(Cow::Borrowed("worker-1"))));
+        let info = doc
+            .status
+            .as_ref()
+            .and_then(|s| s.node_info.as_ref())
+            .unwrap();
+        assert!(matches!(info.machine_id, Some(Cow::Borrowed(_))));
+        let claim = NodeClaim::from_doc(&doc).unwrap();
+        assert_eq!(
+            claim.internal_ips,
+            vec!["10.0.0.11".parse::<IpAddr>().unwrap()]
+        );
     }
 }

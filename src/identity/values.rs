@@ -162,8 +162,7 @@ mod tests {
     #[test]
     fn values_are_trimmed_and_lowercased_and_empty_is_none() {
         assert_eq!(
-            SystemUuid::parse(" EC2A1B2C-0000-1111-2222-333344445555\n")
-                .map(|v| v.to_string()),
+            SystemUuid::parse(" EC2A1B2C-0000-1111-2222-333344445555\n").map(|v| v.to_string()),
             Some("ec2a1b2c-0000-1111-2222-333344445555".to_string())
         );
         assert!(MachineId::parse("   ").is_none());
@@ -179,21 +178,42 @@ mod tests {
             "11223344-5566-7788-99AA-BBCC11223344",
             "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
         ] {
-            assert!(SystemUuid::parse(raw).is_some_and(|v| v.is_placeholder()), "{raw}");
+            assert!(
+                SystemUuid::parse(raw).is_some_and(|v| v.is_placeholder()),
+                "{raw}"
+            );
         }
-        for raw in ["uninitialized", "00000000000000000000000000000000", "de1dd9ede40041b7bceb409b0a3b12cb"] {
-            assert!(MachineId::parse(raw).is_some_and(|v| v.is_placeholder()), "{raw}");
+        for raw in [
+            "uninitialized",
+            "00000000000000000000000000000000",
+            "de1dd9ede40041b7bceb409b0a3b12cb",
+        ] {
+            assert!(
+                MachineId::parse(raw).is_some_and(|v| v.is_placeholder()),
+                "{raw}"
+            );
         }
-        assert!(!MachineId::parse("9cbf8e2fbf5540cd8ff218ef016ba690").is_some_and(|v| v.is_placeholder()));
-        assert!(!SystemUuid::parse("3f39a350-3cd4-400f-875d-c270379817b0").is_some_and(|v| v.is_placeholder()));
+        assert!(
+            !MachineId::parse("9cbf8e2fbf5540cd8ff218ef016ba690")
+                .is_some_and(|v| v.is_placeholder())
+        );
+        assert!(
+            !SystemUuid::parse("3f39a350-3cd4-400f-875d-c270379817b0")
+                .is_some_and(|v| v.is_placeholder())
+        );
     }
 
     #[test]
     fn loopback_and_link_local_addresses_are_placeholders() {
         for ip in ["127.0.0.1", "::1", "0.0.0.0", "169.254.1.1", "fe80::1"] {
-            assert!(is_placeholder_ip(&ip.parse().unwrap_or_else(|_| unreachable!())), "{ip}");
+            assert!(
+                is_placeholder_ip(&ip.parse().unwrap_or_else(|_| unreachable!())),
+                "{ip}"
+            );
         }
-        assert!(!is_placeholder_ip(&"10.0.0.5".parse().unwrap_or_else(|_| unreachable!())));
+        assert!(!is_placeholder_ip(
+            &"10.0.0.5".parse().unwrap_or_else(|_| unreachable!())
+        ));
     }
 
     #[test]

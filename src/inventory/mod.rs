@@ -160,7 +160,10 @@ impl Inventory {
     }
 
     /// Replaces all CSR bindings at once, after a full list.
-    pub fn replace_csrs(&mut self, bindings: impl IntoIterator<Item = (String, Option<KeyBinding>)>) {
+    pub fn replace_csrs(
+        &mut self,
+        bindings: impl IntoIterator<Item = (String, Option<KeyBinding>)>,
+    ) {
         self.csrs.clear();
         self.keys = Index::default();
         for (name, binding) in bindings {
@@ -224,7 +227,12 @@ impl Inventory {
     }
 
     fn for_each_value(&mut self, claim: &NodeClaim, add: bool) {
-        fn apply<K: Hash + Eq + Clone>(index: &mut Index<K>, value: &K, node: &NodeName, add: bool) {
+        fn apply<K: Hash + Eq + Clone>(
+            index: &mut Index<K>,
+            value: &K,
+            node: &NodeName,
+            add: bool,
+        ) {
             if add {
                 index.add(value, node);
             } else {
@@ -267,12 +275,18 @@ impl SharedInventory {
     /// index half-updated in a way that matters more than refusing to serve, so a
     /// poisoned lock is still read.
     pub fn read<T>(&self, f: impl FnOnce(&Inventory) -> T) -> T {
-        let guard = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = self
+            .0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&guard)
     }
 
     pub fn write<T>(&self, f: impl FnOnce(&mut Inventory) -> T) -> T {
-        let mut guard = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut guard)
     }
 }

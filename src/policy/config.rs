@@ -173,7 +173,10 @@ struct SharedValuesFile {
 
 impl Config {
     pub fn mode(&self, check: CheckId) -> Mode {
-        self.modes.get(&check).copied().unwrap_or(check.default_mode())
+        self.modes
+            .get(&check)
+            .copied()
+            .unwrap_or(check.default_mode())
     }
 
     pub fn set_mode(&mut self, check: CheckId, mode: Mode) {

@@ -167,13 +167,19 @@ mod tests {
     fn modes_turn_denials_into_warnings_or_drop_them() {
         let finding = || Finding::deny(CheckId::Hostname, "m".into(), "w".into());
         let mut config = Config::default();
-        assert_eq!(Verdict::from_findings([finding()], &config).outcome(), Outcome::Denied);
+        assert_eq!(
+            Verdict::from_findings([finding()], &config).outcome(),
+            Outcome::Denied
+        );
         config.set_mode(CheckId::Hostname, Mode::Warn);
         let warned = Verdict::from_findings([finding()], &config);
         assert_eq!(warned.outcome(), Outcome::Warned);
         assert_eq!(warned.warnings(), vec!["w".to_string()]);
         config.set_mode(CheckId::Hostname, Mode::Off);
-        assert_eq!(Verdict::from_findings([finding()], &config).outcome(), Outcome::Allowed);
+        assert_eq!(
+            Verdict::from_findings([finding()], &config).outcome(),
+            Outcome::Allowed
+        );
     }
 
     #[test]
@@ -186,7 +192,10 @@ mod tests {
             &Config::default(),
         );
         let message = verdict.denial_message().unwrap();
-        assert!(message.ends_with("… (also failed: internal-ip)"), "{message}");
+        assert!(
+            message.ends_with("… (also failed: internal-ip)"),
+            "{message}"
+        );
         assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS);
         assert_eq!(verdict.deciding_check(), Some(CheckId::MachineId));
     }

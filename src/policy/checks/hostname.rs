@@ -11,7 +11,10 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
             collision(
                 CheckId::Hostname,
                 &input.object.name,
-                Claimed { field: "hostname", value: host.as_str() },
+                Claimed {
+                    field: "hostname",
+                    value: host.as_str(),
+                },
                 input.inventory.hostname(host),
                 |holder| {
                     format!(

@@ -46,7 +46,9 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     } else {
         Finding::warn(
             CheckId::IdentityDrift,
-            format!("nodeguard [identity-drift]: node \"{name}\" changed {field} while not Ready (new machine?)"),
+            format!(
+                "nodeguard [identity-drift]: node \"{name}\" changed {field} while not Ready (new machine?)"
+            ),
         )
     };
     vec![finding]
@@ -62,7 +64,10 @@ mod tests {
         let node = worker(1);
         let inventory = cluster(&[&node]);
         let rebooted = node.rebooted("9f0e8d7c-6b5a-4938-2716-a5b4c3d2e1f0");
-        assert_eq!(decide(&update(&node, &rebooted), &inventory).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide(&update(&node, &rebooted), &inventory).outcome(),
+            Outcome::Allowed
+        );
     }
 
     #[test]

@@ -13,7 +13,10 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
             collision(
                 CheckId::InternalIp,
                 &input.object.name,
-                Claimed { field: "InternalIP", value: &ip.to_string() },
+                Claimed {
+                    field: "InternalIP",
+                    value: &ip.to_string(),
+                },
                 input.inventory.internal_ip(ip),
                 |holder| {
                     format!(
@@ -54,7 +57,10 @@ mod tests {
         inventory.delete_node("worker-1");
         let mut successor = worker(2);
         successor.internal_ip = original.internal_ip.clone();
-        assert_eq!(decide(&create(&successor), &inventory).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide(&create(&successor), &inventory).outcome(),
+            Outcome::Allowed
+        );
     }
 
     #[test]
@@ -64,9 +70,15 @@ mod tests {
         let inventory = cluster(&[&a, &b]);
         let mut moved = b.clone();
         moved.internal_ip = a.internal_ip.clone();
-        assert_eq!(decide(&update(&b, &moved), &inventory).outcome(), Outcome::Denied);
+        assert_eq!(
+            decide(&update(&b, &moved), &inventory).outcome(),
+            Outcome::Denied
+        );
         moved.internal_ip = "10.0.0.99".into();
-        assert_eq!(decide(&update(&b, &moved), &inventory).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide(&update(&b, &moved), &inventory).outcome(),
+            Outcome::Allowed
+        );
     }
 
     #[test]
@@ -75,6 +87,9 @@ mod tests {
         a.internal_ip = "127.0.0.1".into();
         let mut b = worker(2);
         b.internal_ip = "127.0.0.1".into();
-        assert_eq!(decide(&create(&b), &cluster(&[&a])).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide(&create(&b), &cluster(&[&a])).outcome(),
+            Outcome::Allowed
+        );
     }
 }

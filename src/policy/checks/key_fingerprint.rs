@@ -5,7 +5,10 @@ use crate::policy::{CheckId, CsrInput, Finding};
 
 pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
     let claim = input.claim;
-    let others = input.inventory.key(&claim.fingerprint).other_than(&claim.node);
+    let others = input
+        .inventory
+        .key(&claim.fingerprint)
+        .other_than(&claim.node);
     let Some(holder) = others.names.first() else {
         return Vec::new();
     };
@@ -41,11 +44,15 @@ mod tests {
             "csr-x7k2p",
             kubelet::CLIENT_SIGNER,
             &pem,
-            &Requester::Bootstrap { token_id: "07401b".into() },
+            &Requester::Bootstrap {
+                token_id: "07401b".into(),
+            },
         );
         let verdict = decide_csr_default(&csr_review(&csr), &inventory);
         assert_eq!(verdict.deciding_check(), Some(CheckId::KeyFingerprint));
-        let fingerprint = crate::identity::KeyFingerprint::of_spki_der(&rcgen::PublicKeyData::subject_public_key_info(&key));
+        let fingerprint = crate::identity::KeyFingerprint::of_spki_der(
+            &rcgen::PublicKeyData::subject_public_key_info(&key),
+        );
         assert_eq!(
             verdict.denial_message().unwrap(),
             format!(
@@ -67,17 +74,28 @@ mod tests {
             "csr-r3n3w",
             kubelet::CLIENT_SIGNER,
             &own,
-            &Requester::Node { name: "worker-1".into() },
+            &Requester::Node {
+                name: "worker-1".into(),
+            },
         );
-        assert_eq!(decide_csr_default(&csr_review(&renewal), &inventory).outcome(), Outcome::Allowed);
-        let fresh = kubelet::csr_pem(&kubelet::kubelet_key().unwrap(), "worker-9", &[], &[]).unwrap();
+        assert_eq!(
+            decide_csr_default(&csr_review(&renewal), &inventory).outcome(),
+            Outcome::Allowed
+        );
+        let fresh =
+            kubelet::csr_pem(&kubelet::kubelet_key().unwrap(), "worker-9", &[], &[]).unwrap();
         let join = kubelet::csr_object(
             "csr-j01n0",
             kubelet::CLIENT_SIGNER,
             &fresh,
-            &Requester::Bootstrap { token_id: "07401b".into() },
+            &Requester::Bootstrap {
+                token_id: "07401b".into(),
+            },
         );
-        assert_eq!(decide_csr_default(&csr_review(&join), &inventory).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide_csr_default(&csr_review(&join), &inventory).outcome(),
+            Outcome::Allowed
+        );
     }
 
     #[test]
@@ -88,9 +106,12 @@ mod tests {
             "csr-d3n13",
             kubelet::CLIENT_SIGNER,
             &pem,
-            &Requester::Bootstrap { token_id: "07401b".into() },
+            &Requester::Bootstrap {
+                token_id: "07401b".into(),
+            },
         );
-        denied["status"] = serde_json::json!({"conditions": [{"type": "Denied", "status": "True"}]});
+        denied["status"] =
+            serde_json::json!({"conditions": [{"type": "Denied", "status": "True"}]});
         let text = denied.to_string();
         let doc: crate::identity::CsrDoc<'_> = serde_json::from_str(&text).unwrap();
         assert_eq!(crate::identity::KeyBinding::from_doc(&doc), None);
@@ -106,8 +127,13 @@ mod tests {
             "csr-0th3r",
             "example.com/internal-ca",
             &pem,
-            &Requester::Bootstrap { token_id: "07401b".into() },
+            &Requester::Bootstrap {
+                token_id: "07401b".into(),
+            },
         );
-        assert_eq!(decide_csr_default(&csr_review(&csr), &inventory).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide_csr_default(&csr_review(&csr), &inventory).outcome(),
+            Outcome::Allowed
+        );
     }
 }

@@ -13,7 +13,10 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     collision(
         CheckId::MachineId,
         &input.object.name,
-        Claimed { field: "machine-id", value: value.as_str() },
+        Claimed {
+            field: "machine-id",
+            value: value.as_str(),
+        },
         input.inventory.machine_id(value),
         |holder| {
             format!(
@@ -57,7 +60,10 @@ mod tests {
         let inventory = cluster(&[&original]);
         let mut clone = worker(3);
         clone.machine_id = original.machine_id.to_uppercase();
-        assert_eq!(decide(&create(&clone), &inventory).deciding_check(), Some(CheckId::MachineId));
+        assert_eq!(
+            decide(&create(&clone), &inventory).deciding_check(),
+            Some(CheckId::MachineId)
+        );
     }
 
     #[test]
@@ -68,7 +74,10 @@ mod tests {
         let mut b = worker(2);
         b.machine_id = a.machine_id.clone();
         let inventory = cluster(&[&a, &b]);
-        let verdict = decide(&update(&b, &b.rebooted("00000000-1111-2222-3333-444444444444")), &inventory);
+        let verdict = decide(
+            &update(&b, &b.rebooted("00000000-1111-2222-3333-444444444444")),
+            &inventory,
+        );
         assert_eq!(verdict.outcome(), Outcome::Allowed, "{verdict:?}");
     }
 
@@ -78,7 +87,10 @@ mod tests {
         a.machine_id = "uninitialized".into();
         let mut b = worker(2);
         b.machine_id = "uninitialized".into();
-        assert_eq!(decide(&create(&b), &cluster(&[&a])).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide(&create(&b), &cluster(&[&a])).outcome(),
+            Outcome::Allowed
+        );
     }
 
     #[test]
@@ -94,7 +106,9 @@ mod tests {
         assert_eq!(verdict.outcome(), Outcome::Warned);
         assert_eq!(
             verdict.warnings(),
-            vec!["nodeguard [machine-id]: machine-id 0a1b2c3d4e5f6… is shared by 2 nodes (e.g. worker-1); not proof of a clone"]
+            vec![
+                "nodeguard [machine-id]: machine-id 0a1b2c3d4e5f6… is shared by 2 nodes (e.g. worker-1); not proof of a clone"
+            ]
         );
     }
 
@@ -124,9 +138,14 @@ mod tests {
         assert_eq!(verdict.outcome(), Outcome::Warned);
         assert_eq!(
             verdict.warnings(),
-            vec!["nodeguard [machine-id]: machine-id 01c1f8e2fbf55… is already used by node \"worker-1\""]
+            vec![
+                "nodeguard [machine-id]: machine-id 01c1f8e2fbf55… is already used by node \"worker-1\""
+            ]
         );
         config.set_mode(CheckId::MachineId, Mode::Off);
-        assert_eq!(decide_node(&create(&b), &inventory, &config, now()).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide_node(&create(&b), &inventory, &config, now()).outcome(),
+            Outcome::Allowed
+        );
     }
 }

@@ -64,7 +64,10 @@ fn introduced_all<'a, T: PartialEq + 'a>(
         (Operation::Update, Some(old)) => field(old),
         _ => &[],
     };
-    field(input.object).iter().filter(|v| !old.contains(v)).collect()
+    field(input.object)
+        .iter()
+        .filter(|v| !old.contains(v))
+        .collect()
 }
 
 /// A value as a person will compare it with the machine: what it is and what it reads.
@@ -129,7 +132,11 @@ pub(crate) fn for_how_long(since: Option<Timestamp>, now: Timestamp) -> String {
     if seconds < 0 {
         return String::new();
     }
-    let (days, hours, minutes) = (seconds / 86_400, seconds % 86_400 / 3_600, seconds % 3_600 / 60);
+    let (days, hours, minutes) = (
+        seconds / 86_400,
+        seconds % 86_400 / 3_600,
+        seconds % 3_600 / 60,
+    );
     if days > 0 {
         format!(" for {days}d{hours}h")
     } else if hours > 0 {

@@ -71,10 +71,16 @@ mod tests {
     fn the_same_machine_re_registering_after_a_kubelet_restart_is_allowed() {
         let original = worker(1);
         let inventory = cluster(&[&original, &worker(2)]);
-        assert_eq!(decide(&create(&original), &inventory).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide(&create(&original), &inventory).outcome(),
+            Outcome::Allowed
+        );
         // After a reboot: a new boot id, the same machine.
         let rebooted = original.rebooted("9f0e8d7c-6b5a-4938-2716-a5b4c3d2e1f0");
-        assert_eq!(decide(&create(&rebooted), &inventory).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide(&create(&rebooted), &inventory).outcome(),
+            Outcome::Allowed
+        );
     }
 
     #[test]
@@ -91,7 +97,10 @@ mod tests {
                 "nodeguard [name-takeover]: node \"worker-1\" is registered and Ready on another \
                  machine (machine-id {}, system UUID {}; this machine: {}, {}); give this machine \
                  its own hostname, or if it replaces worker-1, drain and delete node worker-1 first",
-                original.machine_id, original.system_uuid, impostor.machine_id, impostor.system_uuid
+                original.machine_id,
+                original.system_uuid,
+                impostor.machine_id,
+                impostor.system_uuid
             )
         );
     }
@@ -107,7 +116,9 @@ mod tests {
         // The kind fixture's Ready condition changed at 2024-02-20T11:18:12Z.
         assert_eq!(
             verdict.warnings(),
-            vec!["nodeguard [name-takeover]: taking over node \"worker-1\", not Ready for 1011d0h on its previous machine"]
+            vec![
+                "nodeguard [name-takeover]: taking over node \"worker-1\", not Ready for 1011d0h on its previous machine"
+            ]
         );
     }
 
@@ -119,6 +130,9 @@ mod tests {
         bare["status"]["nodeInfo"] = serde_json::json!({});
         let mut inventory = crate::inventory::Inventory::new();
         inventory.apply_node(claim_of(&bare));
-        assert_eq!(decide(&create(&original), &inventory).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide(&create(&original), &inventory).outcome(),
+            Outcome::Allowed
+        );
     }
 }

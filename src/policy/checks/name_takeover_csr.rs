@@ -36,7 +36,12 @@ mod tests {
     #[test]
     fn a_bootstrap_csr_for_a_ready_nodes_name_is_denied() {
         let inventory = cluster(&[&worker(1)]);
-        let csr = client_csr("worker-1", Requester::Bootstrap { token_id: "07401b".into() });
+        let csr = client_csr(
+            "worker-1",
+            Requester::Bootstrap {
+                token_id: "07401b".into(),
+            },
+        );
         let verdict = decide_csr_default(&csr_review(&csr), &inventory);
         assert_eq!(verdict.deciding_check(), Some(CheckId::NameTakeover));
         assert_eq!(
@@ -53,11 +58,29 @@ mod tests {
         gone.ready = false;
         let inventory = cluster(&[&worker(1), &gone]);
         for csr in [
-            client_csr("worker-3", Requester::Bootstrap { token_id: "07401b".into() }),
-            client_csr("worker-2", Requester::Bootstrap { token_id: "07401b".into() }),
-            client_csr("worker-1", Requester::Node { name: "worker-1".into() }),
+            client_csr(
+                "worker-3",
+                Requester::Bootstrap {
+                    token_id: "07401b".into(),
+                },
+            ),
+            client_csr(
+                "worker-2",
+                Requester::Bootstrap {
+                    token_id: "07401b".into(),
+                },
+            ),
+            client_csr(
+                "worker-1",
+                Requester::Node {
+                    name: "worker-1".into(),
+                },
+            ),
         ] {
-            assert_eq!(decide_csr_default(&csr_review(&csr), &inventory).outcome(), Outcome::Allowed);
+            assert_eq!(
+                decide_csr_default(&csr_review(&csr), &inventory).outcome(),
+                Outcome::Allowed
+            );
         }
     }
 }

@@ -10,7 +10,10 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     collision(
         CheckId::ProviderId,
         &input.object.name,
-        Claimed { field: "provider ID", value: value.as_str() },
+        Claimed {
+            field: "provider ID",
+            value: value.as_str(),
+        },
         input.inventory.provider_id(value),
         |holder| {
             format!(
@@ -49,10 +52,19 @@ mod tests {
     fn the_node_on_its_own_instance_and_nodes_without_provider_ids_pass() {
         let original = on_instance(1, "i-0a1b2c3d4e5f60718");
         let inventory = cluster(&[&original, &worker(2)]);
-        assert_eq!(decide(&create(&original), &inventory).outcome(), Outcome::Allowed);
-        assert_eq!(decide(&create(&worker(3)), &inventory).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide(&create(&original), &inventory).outcome(),
+            Outcome::Allowed
+        );
+        assert_eq!(
+            decide(&create(&worker(3)), &inventory).outcome(),
+            Outcome::Allowed
+        );
         let later = on_instance(4, "i-0fffffffffffffff0");
-        assert_eq!(decide(&update(&worker(4), &later), &inventory).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide(&update(&worker(4), &later), &inventory).outcome(),
+            Outcome::Allowed
+        );
     }
 
     #[test]
@@ -60,6 +72,9 @@ mod tests {
         let original = on_instance(1, "i-0a1b2c3d4e5f60718");
         let inventory = cluster(&[&original, &worker(2)]);
         let claimed = on_instance(2, "i-0a1b2c3d4e5f60718");
-        assert_eq!(decide(&update(&worker(2), &claimed), &inventory).outcome(), Outcome::Denied);
+        assert_eq!(
+            decide(&update(&worker(2), &claimed), &inventory).outcome(),
+            Outcome::Denied
+        );
     }
 }

@@ -25,7 +25,10 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
             collision(
                 CheckId::ServingSan,
                 node,
-                Claimed { field: "serving certificate IP", value: &ip.to_string() },
+                Claimed {
+                    field: "serving certificate IP",
+                    value: &ip.to_string(),
+                },
                 holders,
                 |holder| {
                     format!(
@@ -58,7 +61,10 @@ mod tests {
     #[test]
     fn a_serving_csr_for_another_nodes_address_is_denied() {
         let inventory = cluster(&[&worker(1), &worker(2)]);
-        let verdict = decide_csr_default(&csr_review(&serving_csr("worker-2", &["10.0.0.11"])), &inventory);
+        let verdict = decide_csr_default(
+            &csr_review(&serving_csr("worker-2", &["10.0.0.11"])),
+            &inventory,
+        );
         assert_eq!(verdict.deciding_check(), Some(CheckId::ServingSan));
         assert_eq!(
             verdict.denial_message().unwrap(),
@@ -73,6 +79,9 @@ mod tests {
     fn a_serving_csr_for_its_own_addresses_is_allowed() {
         let inventory = cluster(&[&worker(1), &worker(2)]);
         let csr = serving_csr("worker-2", &["10.0.0.12", "127.0.0.1"]);
-        assert_eq!(decide_csr_default(&csr_review(&csr), &inventory).outcome(), Outcome::Allowed);
+        assert_eq!(
+            decide_csr_default(&csr_review(&csr), &inventory).outcome(),
+            Outcome::Allowed
+        );
     }
 }

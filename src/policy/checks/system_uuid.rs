@@ -19,7 +19,10 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     let node = &input.object.name;
     let holders = input.inventory.system_uuid(value);
     if let [holder] = holders.other_than(node).names.as_slice()
-        && let Some(theirs) = input.inventory.node(holder).and_then(|h| h.machine_id.as_ref())
+        && let Some(theirs) = input
+            .inventory
+            .node(holder)
+            .and_then(|h| h.machine_id.as_ref())
         && let Some(ours) = input.object.machine_id.as_ref()
         && theirs != ours
         && !config.machine_id_is_shared(theirs)
@@ -36,7 +39,10 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     collision(
         CheckId::SystemUuid,
         node,
-        Claimed { field: "system UUID", value: value.as_str() },
+        Claimed {
+            field: "system UUID",
+            value: value.as_str(),
+        },
         holders,
         |holder| {
             format!(
@@ -84,7 +90,12 @@ mod tests {
         clone.system_uuid = original.system_uuid.clone();
         let verdict = decide(&create(&clone), &cluster(&[&original]));
         assert_eq!(verdict.deciding_check(), Some(CheckId::MachineId));
-        assert!(verdict.denial_message().unwrap().ends_with(" (also failed: system-uuid)"));
+        assert!(
+            verdict
+                .denial_message()
+                .unwrap()
+                .ends_with(" (also failed: system-uuid)")
+        );
     }
 
     #[test]
@@ -98,7 +109,9 @@ mod tests {
         assert_eq!(verdict.outcome(), Outcome::Warned);
         assert_eq!(
             verdict.warnings(),
-            vec!["nodeguard [system-uuid]: system UUID 1ad82a4c-2a18… is also node \"worker-1\"'s (machine-ids differ)"]
+            vec![
+                "nodeguard [system-uuid]: system UUID 1ad82a4c-2a18… is also node \"worker-1\"'s (machine-ids differ)"
+            ]
         );
     }
 
@@ -115,7 +128,11 @@ mod tests {
             let mut b = worker(2);
             b.machine_id = "uninitialized".into();
             b.system_uuid = uuid.into();
-            assert_eq!(decide(&create(&b), &cluster(&[&a])).outcome(), Outcome::Allowed, "{uuid}");
+            assert_eq!(
+                decide(&create(&b), &cluster(&[&a])).outcome(),
+                Outcome::Allowed,
+                "{uuid}"
+            );
         }
     }
 }

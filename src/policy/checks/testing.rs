@@ -82,7 +82,9 @@ pub fn bind_key(inventory: &mut Inventory, csr_name: &str, key: &rcgen::KeyPair,
         csr_name,
         kubelet::CLIENT_SIGNER,
         &pem,
-        &Requester::Bootstrap { token_id: "abcdef".into() },
+        &Requester::Bootstrap {
+            token_id: "abcdef".into(),
+        },
     ));
     let text = csr.to_string();
     let doc: CsrDoc<'_> = serde_json::from_str(&text).unwrap();

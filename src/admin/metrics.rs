@@ -1,0 +1,231 @@
+//! The Prometheus metrics: what was decided, by which check, how fast, and how much the
+//! inventory holds. Labels carry check ids, so a dashboard reads the same words as the
+//! denial messages.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::inventory::InventorySize;
+use crate::policy::{Effect, Operation, Verdict};
+use crate::webhook::Webhook;
+
+/// Latency buckets, in seconds: the request path aims for well under a millisecond, and
+/// anything near a second is already a problem for the kubelet's 10 s budget.
+const DURATION_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    webhook: &'static str,
+    operation: &'static str,
+    result: &'static str,
+    check: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FindingLabels {
+    check: &'static str,
+    effect: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WebhookLabels {
+    webhook: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// Every metric nodeguard exports, registered in its own registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    findings: Family<FindingLabels, Counter>,
+    duration: Family<WebhookLabels, Histogram, fn() -> Histogram>,
+    inventory_nodes: Gauge,
+    inventory_key_bindings: Gauge,
+    inventory_ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let findings = Family::<FindingLabels, Counter>::default();
+        let duration: Family<WebhookLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        let inventory_nodes = Gauge::default();
+        let inventory_key_bindings = Gauge::default();
+        let inventory_ready = Gauge::default();
+
+        let mut registry = Registry::default();
+        registry.register(
+            "nodeguard_admission_requests",
+            "Admission reviews answered, by webhook, operation, result and deciding check",
+            requests.clone(),
+        );
+        registry.register(
+            "nodeguard_admission_findings",
+            "Check findings after modes were applied, by check and effect",
+            findings.clone(),
+        );
+        registry.register(
+            "nodeguard_admission_duration_seconds",
+            "Time from a complete request body to the response, by webhook",
+            duration.clone(),
+        );
+        registry.register(
+            "nodeguard_inventory_nodes",
+            "Nodes whose identity the inventory holds",
+            inventory_nodes.clone(),
+        );
+        registry.register(
+            "nodeguard_inventory_key_bindings",
+            "CSRs whose kubelet key the inventory binds to a node",
+            inventory_key_bindings.clone(),
+        );
+        registry.register(
+            "nodeguard_inventory_ready",
+            "1 while the inventory is known to be current, else 0",
+            inventory_ready.clone(),
+        );
+
+        Self {
+            registry,
+            requests,
+            findings,
+            duration,
+            inventory_nodes,
+            inventory_key_bindings,
+            inventory_ready,
+        }
+    }
+
+    /// Counts one answered review and its findings.
+    pub fn observe_verdict(
+        &self,
+        webhook: Webhook,
+        operation: Operation,
+        verdict: &Verdict,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                webhook: webhook.as_str(),
+                operation: operation.as_str(),
+                result: verdict.outcome().as_str(),
+                check: verdict.deciding_check().map_or("", |c| c.as_str()),
+            })
+            .inc();
+        for finding in &verdict.findings {
+            self.findings
+                .get_or_create(&FindingLabels {
+                    check: finding.check.as_str(),
+                    effect: match finding.effect {
+                        Effect::Deny => "deny",
+                        Effect::Warn => "warn",
+                    },
+                })
+                .inc();
+        }
+        self.observe_duration(webhook, elapsed);
+    }
+
+    /// Counts a review that could not be answered (malformed, too large). Its operation
+    /// is left empty: a malformed review's operation is not to be trusted.
+    pub fn observe_error(&self, webhook: Webhook, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                webhook: webhook.as_str(),
+                operation: "",
+                result: "error",
+                check: "",
+            })
+            .inc();
+        self.observe_duration(webhook, elapsed);
+    }
+
+    fn observe_duration(&self, webhook: Webhook, elapsed: Duration) {
+        self.duration
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.as_str(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The inventory as it is now; called at scrape time so the gauges are never stale.
+    pub fn set_inventory(&self, size: InventorySize, ready: bool) {
+        self.inventory_nodes.set(gauge_value(size.nodes));
+        self.inventory_key_bindings
+            .set(gauge_value(size.key_bindings));
+        self.inventory_ready.set(i64::from(ready));
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+fn gauge_value(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{CheckId, Config, Finding};
+
+    #[test]
+    fn a_denial_is_counted_with_its_deciding_check_and_findings() {
+        let metrics = Metrics::new();
+        let verdict = Verdict::from_findings(
+            [Finding::deny(CheckId::MachineId, "m".into(), "w".into())],
+            &Config::default(),
+        );
+        metrics.observe_verdict(
+            Webhook::Nodes,
+            Operation::Create,
+            &verdict,
+            Duration::from_micros(300),
+        );
+        metrics.observe_error(Webhook::Csrs, Duration::from_micros(50));
+        metrics.set_inventory(
+            InventorySize {
+                nodes: 3,
+                key_bindings: 2,
+                indexed_values: 10,
+            },
+            true,
+        );
+        let text = metrics.encode().unwrap();
+        for line in [
+            "nodeguard_admission_requests_total{webhook=\"nodes\",operation=\"CREATE\",result=\"denied\",check=\"machine-id\"} 1",
+            "nodeguard_admission_requests_total{webhook=\"csrs\",operation=\"\",result=\"error\",check=\"\"} 1",
+            "nodeguard_admission_findings_total{check=\"machine-id\",effect=\"deny\"} 1",
+            "nodeguard_admission_duration_seconds_bucket{le=\"0.0005\",webhook=\"nodes\"} 1",
+            "nodeguard_admission_duration_seconds_bucket{le=\"0.00025\",webhook=\"nodes\"} 0",
+            "nodeguard_inventory_nodes 3",
+            "nodeguard_inventory_key_bindings 2",
+            "nodeguard_inventory_ready 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The admin server: `/healthz`, `/readyz` and `/metrics` on a plain-HTTP port of its
+//! own, so that probes and scrapes never compete with admission traffic and need no
+//! TLS client setup.
+
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+pub use metrics::Metrics;
+
+use crate::inventory::SharedInventory;
+use crate::watch::Readiness;
+
+/// The admin server's flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Address of the plain-HTTP admin server (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+}
+
+/// What the admin endpoints report on.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub inventory: SharedInventory,
+    pub readiness: Readiness,
+    pub metrics: Arc<Metrics>,
+}
+
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves the admin endpoints until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Alive as long as the process answers at all.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready only while the inventory is known to be current: a replica that has not synced
+/// would allow clones it cannot see.
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the node and CSR inventory has not completed its sync with the API server",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let size = state.inventory.read(|inventory| inventory.size());
+    state
+        .metrics
+        .set_inventory(size, state.readiness.is_ready());
+    match state.metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot encode metrics");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics").into_response()
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! A development CA and a serving certificate signed by it, for the demo, the tests and
+//! a first install. The API server verifies the webhook against a CA bundle and the
+//! service's DNS name, so even a development setup needs a real chain, not a bare
+//! self-signed certificate.
+
+use jiff::{Timestamp, ToSpan, tz::TimeZone};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+
+/// The name the API server puts in the TLS `ServerName` for service `nodeguard` in
+/// namespace `nodeguard` (`<svc>.<ns>.svc`).
+pub const DEV_SERVER_NAME: &str = "nodeguard.nodeguard.svc";
+
+/// The DNS names a serving certificate for that service needs.
+pub const DEV_DNS_NAMES: [&str; 2] = [
+    "nodeguard.nodeguard.svc",
+    "nodeguard.nodeguard.svc.cluster.local",
+];
+
+/// How long a development serving certificate lasts.
+const VALIDITY_DAYS: i64 = 365;
+
+/// A CA and a serving certificate it signed, all PEM.
+#[derive(Clone)]
+pub struct DevPki {
+    /// The CA certificate: what the webhook configuration's `caBundle` holds.
+    pub ca_pem: String,
+    /// The serving certificate chain (the serving certificate alone: the CA is the root).
+    pub cert_pem: String,
+    /// The serving certificate's private key, PKCS#8.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for DevPki {
+    /// Leaves the private key out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevPki")
+            .field("ca_pem", &self.ca_pem)
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes a CA and an ECDSA P-256 serving certificate for `dns_names`.
+pub fn generate_dev_pki(dns_names: &[&str]) -> Result<DevPki, rcgen::Error> {
+    let serving_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    issue(dns_names, &serving_key)
+}
+
+/// Makes a CA and a serving certificate for `dns_names` whose key is `serving_key_pem`
+/// (PKCS#8, RSA or ECDSA): how an RSA serving certificate is made, since `ring` cannot
+/// generate RSA keys.
+pub fn generate_dev_pki_for_key(
+    dns_names: &[&str],
+    serving_key_pem: &str,
+) -> Result<DevPki, rcgen::Error> {
+    let serving_key = KeyPair::from_pem(serving_key_pem)?;
+    issue(dns_names, &serving_key)
+}
+
+fn issue(dns_names: &[&str], serving_key: &KeyPair) -> Result<DevPki, rcgen::Error> {
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name = common_name("nodeguard development CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut ca_params);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let names: Vec<String> = dns_names.iter().map(|n| (*n).to_string()).collect();
+    let mut params = CertificateParams::new(names)?;
+    params.distinguished_name = common_name(dns_names.first().copied().unwrap_or("nodeguard"));
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params);
+    let cert = params.signed_by(serving_key, &issuer)?;
+
+    Ok(DevPki {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: serving_key.serialize_pem(),
+    })
+}
+
+fn common_name(name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn
+}
+
+/// From yesterday (clocks in a cluster disagree) to a year from today, in whole days.
+fn set_validity(params: &mut CertificateParams) {
+    let today = Timestamp::now().to_zoned(TimeZone::UTC).date();
+    let day = |offset: i64| {
+        let date = today.checked_add(offset.days()).unwrap_or(today);
+        rcgen::date_time_ymd(
+            i32::from(date.year()),
+            date.month().unsigned_abs(),
+            date.day().unsigned_abs(),
+        )
+    };
+    params.not_before = day(-1);
+    params.not_after = day(VALIDITY_DAYS);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    fn der_of(pem: &str) -> Vec<u8> {
+        let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        block.contents
+    }
+
+    #[test]
+    fn the_serving_certificate_names_the_service_and_is_signed_by_a_ca() {
+        let pki = generate_dev_pki(&DEV_DNS_NAMES).unwrap();
+        let ca_der = der_of(&pki.ca_pem);
+        let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+        assert!(ca.is_ca());
+
+        let cert_der = der_of(&pki.cert_pem);
+        let (_, cert) = X509Certificate::from_der(&cert_der).unwrap();
+        assert!(!cert.is_ca());
+        assert_eq!(cert.issuer(), ca.subject());
+        let sans: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            sans,
+            vec![
+                "DNSName(nodeguard.nodeguard.svc)",
+                "DNSName(nodeguard.nodeguard.svc.cluster.local)"
+            ]
+        );
+        assert!(
+            cert.extended_key_usage()
+                .unwrap()
+                .unwrap()
+                .value
+                .server_auth
+        );
+        assert!(cert.validity().is_valid());
+        assert!(pki.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    }
+}

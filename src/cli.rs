@@ -1,0 +1,127 @@
+//! The command line: `nodeguard serve` and `nodeguard demo`, with the logging flags
+//! shared by both.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::serve::{self, ServeArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nodeguard",
+    version,
+    about = "Admission webhook that refuses Nodes and kubelet CSRs whose identity another node already holds"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook, the cluster watchers and the admin server.
+    Serve(ServeArgs),
+    /// Replay the clone scenarios against a local server.
+    Demo,
+}
+
+impl Cli {
+    /// The log level used when neither `--log-level` nor `RUST_LOG` sets one.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Serve(_) => "info",
+            Command::Demo => "warn",
+        }
+    }
+
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Demo => crate::demo::run().await,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    /// Log filter: a level (`debug`) or per-target directives (`info,nodeguard=debug`).
+    /// Defaults to `info` for `serve` and `warn` for `demo`, whose output is its report.
+    #[arg(long, env = "RUST_LOG", global = true)]
+    pub log_level: Option<String>,
+}
+
+impl LogArgs {
+    /// Installs the process-wide subscriber, writing to stderr.
+    pub fn init(&self, default_level: &str) -> anyhow::Result<()> {
+        let level = self.log_level.as_deref().unwrap_or(default_level);
+        let filter =
+            EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        let installed = match self.log_format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder.json().try_init(),
+        };
+        installed.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn serve_takes_each_parts_flags_and_defaults() {
+        let cli = Cli::try_parse_from([
+            "nodeguard",
+            "serve",
+            "--tls-cert",
+            "/tls/tls.crt",
+            "--tls-key",
+            "/tls/tls.key",
+            "--check",
+            "hostname=warn",
+            "--check",
+            "provider-id=off",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log.log_format, LogFormat::Json);
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.webhook.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(args.admin.admin_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(args.webhook.tls_cert, PathBuf::from("/tls/tls.crt"));
+        assert_eq!(args.kube.kubeconfig, None);
+        assert_eq!(args.policy.checks, vec!["hostname=warn", "provider-id=off"]);
+    }
+
+    #[test]
+    fn serve_requires_a_certificate_and_demo_needs_nothing() {
+        assert!(Cli::try_parse_from(["nodeguard", "serve"]).is_err());
+        let cli = Cli::try_parse_from(["nodeguard", "demo"]).unwrap();
+        assert!(matches!(cli.command, Command::Demo));
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,96 @@
+//! `POST /validate/csrs`: a CertificateSigningRequest CREATE. Only the two kubelet
+//! signers make a machine a node; every other CSR passes untouched.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::response::Response;
+use jiff::Timestamp;
+use tracing::Span;
+
+use super::review::{self, CSRS, Request};
+use super::{AppState, Webhook, answer, bad_request, unreadable_body};
+use crate::identity::csr::{CsrDoc, is_bootstrap_requester};
+use crate::identity::{CsrClaim, KubeletSigner};
+use crate::policy::{self, CsrReview, KubeletCsr};
+
+#[tracing::instrument(
+    name = "review",
+    skip_all,
+    fields(webhook = "csrs", uid, operation, csr, signer, node, dry_run)
+)]
+pub(super) async fn validate(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return unreadable_body(&state, Webhook::Csrs, rejection, started),
+    };
+    let request = match review::decode::<CsrDoc<'_>>(&body, &CSRS) {
+        Ok(request) => request,
+        Err(error) => return bad_request(&state, Webhook::Csrs, &error, started),
+    };
+    let span = Span::current();
+    span.record("uid", &*request.uid);
+    span.record("operation", request.operation.as_str());
+    span.record("csr", csr_name(&request));
+    span.record("dry_run", request.dry_run);
+
+    let review = CsrReview {
+        operation: request.operation,
+        kubelet: kubelet_csr(&request),
+    };
+    if let Some(kubelet) = &review.kubelet {
+        span.record("signer", kubelet.signer.name());
+        if let Ok(claim) = &kubelet.claim {
+            span.record("node", &*claim.node);
+        }
+    }
+    let verdict = state
+        .inventory
+        .read(|inventory| policy::decide_csr(&review, inventory, &state.config, Timestamp::now()));
+    answer(
+        &state,
+        Webhook::Csrs,
+        &request.uid,
+        request.operation,
+        &verdict,
+        started,
+    )
+}
+
+/// The CSR's name: generated names are filled in before validating admission runs.
+fn csr_name<'r>(request: &'r Request<'_, CsrDoc<'_>>) -> &'r str {
+    request
+        .object
+        .as_ref()
+        .and_then(|doc| doc.metadata.as_ref())
+        .and_then(|meta| meta.name.as_deref())
+        .unwrap_or(&request.name)
+}
+
+/// What a CSR under a kubelet signer claims, and who asks; `None` for other signers.
+fn kubelet_csr(request: &Request<'_, CsrDoc<'_>>) -> Option<KubeletCsr> {
+    let spec = request.object.as_ref()?.spec.as_ref()?;
+    let signer = KubeletSigner::from_name(spec.signer_name.as_deref()?)?;
+    // The API server fills spec.username and spec.groups from the requester before
+    // admission; the review's userInfo is the same requester, used if they are absent.
+    let bootstrap = match spec.username.as_deref() {
+        Some(username) => {
+            is_bootstrap_requester(username, spec.groups.iter().flatten().map(|g| g.as_ref()))
+        }
+        None => is_bootstrap_requester(
+            &request.user_info.username,
+            request.user_info.groups.iter().map(|g| g.as_ref()),
+        ),
+    };
+    Some(KubeletCsr {
+        signer,
+        bootstrap,
+        claim: CsrClaim::from_request_field(spec.request.as_deref().unwrap_or("")),
+    })
+}

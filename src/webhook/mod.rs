@@ -1,0 +1,147 @@
+//! The admission webhook: AdmissionReview in, Verdict out, nothing else. One request
+//! reads as socket (`server`) → decode (`review`) → identity claims (`crate::identity`)
+//! → decision (`crate::policy`) → answer.
+
+pub mod client;
+mod csrs;
+mod nodes;
+pub mod review;
+pub mod server;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+pub use client::{AdmissionClient, ClientOptions};
+pub use server::serve_tls;
+
+use crate::admin::Metrics;
+use crate::inventory::SharedInventory;
+use crate::policy::{Config, Effect, Operation, Verdict};
+use review::{ReviewAnswer, ReviewError};
+
+/// Largest review accepted. The API server's own request limit is 3 MiB, and an object
+/// wrapped in a review (with its old object) stays well below it for Nodes and CSRs.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// The webhook server's flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookArgs {
+    /// Address of the HTTPS admission endpoint.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// PEM file holding the serving certificate chain, leaf first.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: PathBuf,
+    /// PEM file holding the serving certificate's private key (PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: PathBuf,
+}
+
+/// What every request reads. Nothing here changes per request.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub inventory: SharedInventory,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Which endpoint answered: a metrics label and a log field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Webhook {
+    Nodes,
+    Csrs,
+}
+
+impl Webhook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Webhook::Nodes => "nodes",
+            Webhook::Csrs => "csrs",
+        }
+    }
+}
+
+/// The two admission endpoints. Unknown paths answer 404 and other methods 405.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(review::NODES.endpoint, post(nodes::validate))
+        .route(review::CSRS.endpoint, post(csrs::validate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Sends the verdict on review `uid`, logs it and counts it.
+fn answer(
+    state: &AppState,
+    webhook: Webhook,
+    uid: &str,
+    operation: Operation,
+    verdict: &Verdict,
+    started: Instant,
+) -> Response {
+    log_verdict(verdict);
+    state
+        .metrics
+        .observe_verdict(webhook, operation, verdict, started.elapsed());
+    axum::Json(ReviewAnswer::from_verdict(uid, verdict)).into_response()
+}
+
+/// One line per denial and per warning, at info: each is something a person may have
+/// to act on. The span carries the uid, operation and object name.
+fn log_verdict(verdict: &Verdict) {
+    if let Some(message) = verdict.denial_message() {
+        let checks: Vec<&str> = verdict
+            .findings
+            .iter()
+            .filter(|f| f.effect == Effect::Deny)
+            .map(|f| f.check.as_str())
+            .collect();
+        tracing::info!(checks = %checks.join(","), reason = %message, "denied");
+        return;
+    }
+    let warnings: Vec<_> = verdict
+        .findings
+        .iter()
+        .filter(|f| f.effect == Effect::Warn)
+        .collect();
+    if warnings.is_empty() {
+        tracing::debug!("allowed");
+    }
+    for finding in warnings {
+        tracing::info!(check = %finding.check, warning = %finding.warning, "warned");
+    }
+}
+
+/// A review that cannot be answered: 400 with the reason as one line of text.
+fn bad_request(
+    state: &AppState,
+    webhook: Webhook,
+    error: &ReviewError,
+    started: Instant,
+) -> Response {
+    tracing::info!(%error, "malformed review");
+    state.metrics.observe_error(webhook, started.elapsed());
+    (StatusCode::BAD_REQUEST, error.to_string()).into_response()
+}
+
+/// A body that could not be read: too large (413), or cut off.
+fn unreadable_body(
+    state: &AppState,
+    webhook: Webhook,
+    rejection: BytesRejection,
+    started: Instant,
+) -> Response {
+    tracing::info!(status = %rejection.status(), reason = %rejection.body_text(), "unreadable request body");
+    state.metrics.observe_error(webhook, started.elapsed());
+    rejection.into_response()
+}

@@ -1,0 +1,192 @@
+//! The incident's cases over real HTTPS, as the API server sends them, asserting the
+//! exact AdmissionReview answer each one gets.
+
+use nodeguard::demo::LocalWebhook;
+use nodeguard::demo::scenarios::{self, HealthyCluster, Scenario};
+use nodeguard::policy::Config;
+use serde_json::{Value, json};
+
+/// Sends one scenario to a fresh server holding the scenario's cluster.
+async fn answer(scenario: Scenario) -> Value {
+    let webhook = LocalWebhook::start(Config::default()).await.unwrap();
+    let Scenario {
+        inventory,
+        endpoint,
+        review,
+        ..
+    } = scenario;
+    webhook.inventory.write(|current| *current = inventory);
+    let (status, answer) = webhook.ask(endpoint, &review).await.unwrap();
+    webhook.stop().await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+    assert!(answer["response"].get("patch").is_none());
+    assert!(answer["response"].get("patchType").is_none());
+    answer["response"].clone()
+}
+
+fn denial(message: String) -> Value {
+    json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "Forbidden",
+        "code": 403,
+    })
+}
+
+fn scenario(cluster: &HealthyCluster, key: char) -> Scenario {
+    scenarios::with_cluster(cluster)
+        .unwrap()
+        .into_iter()
+        .find(|s| s.key == key)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_clone_under_a_new_name_with_the_same_machine_id_is_denied_naming_the_original() {
+    let cluster = HealthyCluster::new().unwrap();
+    let original = cluster.machine("worker-1");
+    let response = answer(scenario(&cluster, 'a')).await;
+    assert_eq!(response["allowed"], false);
+    assert_eq!(
+        response["status"],
+        denial(format!(
+            "nodeguard [machine-id]: machine-id {} is already used by node \"worker-1\"; this machine \
+             looks like a clone of worker-1: give it a new identity (rm /etc/machine-id && \
+             systemd-machine-id-setup, then reboot) or delete node worker-1 if it is gone (also \
+             failed: internal-ip)",
+            original.machine_id
+        ))
+    );
+    assert!(response.get("warnings").is_none());
+}
+
+#[tokio::test]
+async fn a_clone_under_the_same_name_from_another_machine_is_denied_while_the_original_is_ready() {
+    let cluster = HealthyCluster::new().unwrap();
+    let original = cluster.machine("worker-1");
+    let scenario = scenario(&cluster, 'b');
+    let clone_info = scenario.review["request"]["object"]["status"]["nodeInfo"].clone();
+    let response = answer(scenario).await;
+    assert_eq!(response["allowed"], false);
+    assert_eq!(
+        response["status"],
+        denial(format!(
+            "nodeguard [name-takeover]: node \"worker-1\" is registered and Ready on another machine \
+             (machine-id {}, system UUID {}; this machine: {}, {}); give this machine its own \
+             hostname, or if it replaces worker-1, drain and delete node worker-1 first",
+            original.machine_id,
+            original.system_uuid,
+            clone_info["machineID"].as_str().unwrap(),
+            clone_info["systemUUID"].as_str().unwrap(),
+        ))
+    );
+}
+
+#[tokio::test]
+async fn a_clone_re_using_the_originals_kubelet_key_in_a_bootstrap_csr_is_denied() {
+    let cluster = HealthyCluster::new().unwrap();
+    // Computed by rcgen from the key itself, not from the CSR nodeguard parses.
+    let fingerprint = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(
+            rcgen::PublicKeyData::subject_public_key_info(&cluster.worker1_key),
+        ))
+    };
+    let response = answer(scenario(&cluster, 'c')).await;
+    assert_eq!(response["allowed"], false);
+    assert_eq!(
+        response["status"],
+        denial(format!(
+            "nodeguard [key-fingerprint]: the key of this CSR (SHA-256 {fingerprint}) is already \
+             bound to node \"worker-1\"; this machine carries worker-1's kubelet credentials: remove \
+             /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, then re-join \
+             with a bootstrap token"
+        ))
+    );
+}
+
+#[tokio::test]
+async fn a_bootstrap_csr_for_the_name_of_a_live_node_is_denied() {
+    let cluster = HealthyCluster::new().unwrap();
+    let response = answer(scenario(&cluster, 'd')).await;
+    assert_eq!(response["allowed"], false);
+    assert_eq!(
+        response["status"],
+        denial(
+            "nodeguard [name-takeover]: a bootstrap token asks for the credentials of node \
+             \"worker-2\", which is registered and Ready on another machine; give this machine its \
+             own hostname, or if it replaces worker-2, drain and delete node worker-2 first"
+                .into()
+        )
+    );
+}
+
+#[tokio::test]
+async fn the_original_kubelet_restarting_is_allowed_without_warnings() {
+    let cluster = HealthyCluster::new().unwrap();
+    let response = answer(scenario(&cluster, 'e')).await;
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("status").is_none(), "{response}");
+    assert!(response.get("warnings").is_none(), "{response}");
+}
+
+#[tokio::test]
+async fn a_new_node_in_a_pool_sharing_one_machine_id_is_warned_not_denied() {
+    let cluster = HealthyCluster::new().unwrap();
+    let response = answer(scenario(&cluster, 'f')).await;
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("status").is_none(), "{response}");
+    assert_eq!(
+        response["warnings"],
+        json!([
+            "nodeguard [machine-id]: machine-id 5f2d8c1e9a7b4… is shared by 3 nodes (e.g. aks-pool-1); not proof of a clone"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn the_clone_holding_the_originals_name_and_credentials_cannot_write_its_status() {
+    let cluster = HealthyCluster::new().unwrap();
+    let original = cluster.machine("worker-1");
+    let response = answer(scenario(&cluster, 'g')).await;
+    assert_eq!(response["allowed"], false);
+    assert_eq!(
+        response["status"],
+        denial(format!(
+            "nodeguard [identity-drift]: node \"worker-1\" is Ready with system UUID {}, but this \
+             write reports 564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61: a second machine is writing as \
+             worker-1 with its credentials; shut that machine down and give it a new identity, or \
+             if worker-1 really moved to new hardware, delete node worker-1 and let it re-register",
+            original.system_uuid
+        ))
+    );
+}
+
+#[test]
+fn the_demo_replays_every_scenario_as_expected() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nodeguard"))
+        .arg("demo")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("\n7 scenarios: 7 answered as expected\n"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("NOT AS EXPECTED").count(), 0);
+    assert_eq!(
+        stdout.matches("denied the request: nodeguard [").count(),
+        5,
+        "{stdout}"
+    );
+}

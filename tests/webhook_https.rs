@@ -1,0 +1,727 @@
+//! The webhook over real HTTPS: `serve_tls` on a loopback port with a CA-signed serving
+//! certificate, called by `AdmissionClient` the way the API server calls it (SNI
+//! `nodeguard.nodeguard.svc`, verified against the CA), with reviews shaped like the
+//! API server's wrapping objects shaped like a kubelet's.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use nodeguard::admin::Metrics;
+use nodeguard::certs::{
+    DEV_DNS_NAMES, DEV_SERVER_NAME, DevPki, generate_dev_pki, generate_dev_pki_for_key,
+};
+use nodeguard::demo::kubelet::{self, Machine, Requester, Write};
+use nodeguard::identity::csr::CsrDoc;
+use nodeguard::identity::node::NodeDoc;
+use nodeguard::identity::{KeyBinding, KeyFingerprint, NodeClaim};
+use nodeguard::inventory::{Inventory, SharedInventory};
+use nodeguard::policy::Config;
+use nodeguard::webhook::{self, AdmissionClient, AppState, ClientOptions};
+use rcgen::{KeyPair, PublicKeyData};
+use rustls::ProtocolVersion;
+use rustls::version::{TLS12, TLS13};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+
+const RSA_PKCS8: &str = include_str!("fixtures/keys/rsa-2048.pkcs8.pem");
+const RSA_PKCS1: &str = include_str!("fixtures/keys/rsa-2048.pkcs1.pem");
+const POD_REVIEW: &str =
+    include_str!("fixtures/real/admissionreview-v1-pod-create-gke-kube-rs.json");
+
+/// Hang guard for a whole test; no test waits on the clock otherwise.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+/// A machine-id that several AKS-like nodes share, but that is no built-in placeholder.
+const SHARED_MACHINE_ID: &str = "5d3a1c0e9b7f4e2a8c6d1f0b3e5a7c9d";
+
+fn worker_1() -> Machine {
+    Machine::new("worker-1", 1, "10.0.0.1")
+}
+
+fn worker_2() -> Machine {
+    Machine::new("worker-2", 2, "10.0.0.2")
+}
+
+fn sharing(name: &str, seed: u8, ip: &str) -> Machine {
+    Machine {
+        machine_id: SHARED_MACHINE_ID.to_string(),
+        ..Machine::new(name, seed, ip)
+    }
+}
+
+fn claim_of(node: &Value) -> NodeClaim {
+    let text = node.to_string();
+    let doc: NodeDoc<'_> = serde_json::from_str(&text).unwrap();
+    NodeClaim::from_doc(&doc).unwrap()
+}
+
+fn binding_of(csr: &Value) -> Option<KeyBinding> {
+    let text = csr.to_string();
+    let doc: CsrDoc<'_> = serde_json::from_str(&text).unwrap();
+    KeyBinding::from_doc(&doc)
+}
+
+/// The cluster every test runs against: two workers, two nodes sharing one machine-id,
+/// and worker-1's kubelet key bound to it by an issued CSR.
+struct Cluster {
+    inventory: Inventory,
+    worker_1_key: KeyPair,
+}
+
+fn cluster() -> Cluster {
+    let mut inventory = Inventory::new();
+    for machine in [
+        worker_1(),
+        worker_2(),
+        sharing("aks-a", 3, "10.0.0.3"),
+        sharing("aks-b", 4, "10.0.0.4"),
+    ] {
+        inventory.apply_node(claim_of(&kubelet::node_object(&machine)));
+    }
+    let worker_1_key = kubelet::kubelet_key().unwrap();
+    let pem = kubelet::csr_pem(&worker_1_key, "worker-1", &[], &[]).unwrap();
+    let csr = kubelet::csr_object(
+        "csr-worker-1",
+        kubelet::CLIENT_SIGNER,
+        &pem,
+        &Requester::Bootstrap {
+            token_id: "07401b".into(),
+        },
+    );
+    let binding = binding_of(&kubelet::issued(csr));
+    assert!(binding.is_some(), "an issued kubelet CSR binds its key");
+    inventory.apply_csr("csr-worker-1", binding);
+    Cluster {
+        inventory,
+        worker_1_key,
+    }
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    ca_pem: String,
+    /// Notified when a request's head reaches the router, before its body is read.
+    requests_seen: Arc<Notify>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    /// Serves over TLS with `pki`'s certificate and `key_pem` as the key, both read from
+    /// files as `nodeguard serve` reads them.
+    async fn start(pki: &DevPki, key_pem: &str, inventory: Inventory) -> Self {
+        static SERVERS: AtomicUsize = AtomicUsize::new(0);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "webhook-https-{}-{}",
+            std::process::id(),
+            SERVERS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert_path, &pki.cert_pem).unwrap();
+        std::fs::write(&key_path, key_pem).unwrap();
+        let (tls, _certificate) =
+            webhook::tls::server_config_from_files(&cert_path, &key_path).unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests_seen = Arc::new(Notify::new());
+        let seen = Arc::clone(&requests_seen);
+        let router = webhook::router(AppState {
+            inventory: SharedInventory::new(inventory),
+            config: Arc::new(Config::default()),
+            metrics: Arc::new(Metrics::new()),
+        })
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                seen.notify_one();
+                next.run(request)
+            },
+        ));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(webhook::serve_tls(listener, tls, router, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            ca_pem: pki.ca_pem.clone(),
+            requests_seen,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn ecdsa(inventory: Inventory) -> Self {
+        let pki = generate_dev_pki(&DEV_DNS_NAMES).unwrap();
+        Self::start(&pki, &pki.key_pem.clone(), inventory).await
+    }
+
+    fn client(&self) -> AdmissionClient {
+        AdmissionClient::new(self.addr, self.ca_pem.as_bytes(), DEV_SERVER_NAME).unwrap()
+    }
+
+    fn client_with(&self, options: ClientOptions) -> AdmissionClient {
+        AdmissionClient::with_options(self.addr, self.ca_pem.as_bytes(), DEV_SERVER_NAME, options)
+            .unwrap()
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// POSTs a review and returns the status and the parsed answer.
+async fn review(client: &AdmissionClient, path: &str, body: &Value) -> (StatusCode, Value) {
+    let (status, bytes) = client
+        .post(path, serde_json::to_vec(body).unwrap())
+        .await
+        .unwrap();
+    let answer = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "{status}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, answer)
+}
+
+async fn text(client: &AdmissionClient, path: &str, body: Vec<u8>) -> (StatusCode, String) {
+    let (status, bytes) = client.post(path, body).await.unwrap();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn create(uid: &str, machine: &Machine) -> Value {
+    let node = kubelet::node_object(machine);
+    let user = format!("system:node:{}", machine.name);
+    kubelet::node_review(uid, Write::Create, &node, None, &user)
+}
+
+fn allowed(uid: &str) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": { "uid": uid, "allowed": true }
+    })
+}
+
+fn allowed_with_warnings(uid: &str, warnings: &[&str]) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": { "uid": uid, "allowed": true, "warnings": warnings }
+    })
+}
+
+fn denied(uid: &str, message: &str) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": uid,
+            "allowed": false,
+            "status": {
+                "metadata": {},
+                "status": "Failure",
+                "message": message,
+                "reason": "Forbidden",
+                "code": 403
+            }
+        }
+    })
+}
+
+fn machine_id_clone_message(holder: &Machine) -> String {
+    format!(
+        "nodeguard [machine-id]: machine-id {} is already used by node \"{}\"; this machine looks \
+         like a clone of {name}: give it a new identity (rm /etc/machine-id && \
+         systemd-machine-id-setup, then reboot) or delete node {name} if it is gone",
+        holder.machine_id,
+        holder.name,
+        name = holder.name
+    )
+}
+
+/// worker-1's disk copied into a VM that was renamed: new name, worker-1's machine-id.
+fn renamed_clone_of_worker_1() -> Machine {
+    Machine {
+        machine_id: worker_1().machine_id,
+        ..Machine::new("worker-9", 9, "10.0.0.9")
+    }
+}
+
+async fn with_hang_guard(test: impl Future<Output = ()>) {
+    tokio::time::timeout(HANG_GUARD, test)
+        .await
+        .expect("the test hung");
+}
+
+#[tokio::test]
+async fn a_new_node_and_a_kubelet_restart_are_allowed() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let client = server.client();
+
+        let newcomer = Machine::new("worker-3", 5, "10.0.0.5");
+        let (status, answer) =
+            review(&client, "/validate/nodes", &create("uid-new", &newcomer)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer, allowed("uid-new"));
+
+        // The kubelet re-sends its CREATE on every restart, from the same machine.
+        let (status, answer) = review(
+            &client,
+            "/validate/nodes",
+            &create("uid-restart", &worker_1()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer, allowed("uid-restart"));
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_machine_id_clone_under_a_new_name_is_denied_naming_the_holder() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let (status, answer) = review(
+            &server.client(),
+            "/validate/nodes",
+            &create("uid-clone", &renamed_clone_of_worker_1()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            answer,
+            denied("uid-clone", &machine_id_clone_message(&worker_1()))
+        );
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_clone_patching_the_original_nodes_status_is_denied() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let original = worker_1();
+        let clone = Machine {
+            system_uuid: "564d8f2a-1c3b-4e5d-9f60-718293a4b5c6".into(),
+            ..original.rebooted("9f0e8d7c-6b5a-4938-2716-a5b4c3d2e1f0")
+        };
+        let body = kubelet::node_review(
+            "uid-patch",
+            Write::StatusPatch,
+            &kubelet::node_object(&clone),
+            Some(&kubelet::node_object(&original)),
+            "system:node:worker-1",
+        );
+        let (_, answer) = review(&server.client(), "/validate/nodes", &body).await;
+        let message = format!(
+            "nodeguard [identity-drift]: node \"worker-1\" is Ready with system UUID {}, but this \
+             write reports 564d8f2a-1c3b-4e5d-9f60-718293a4b5c6: a second machine is writing as \
+             worker-1 with its credentials; shut that machine down and give it a new identity, or \
+             if worker-1 really moved to new hardware, delete node worker-1 and let it re-register",
+            original.system_uuid
+        );
+        assert_eq!(answer, denied("uid-patch", &message));
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_machine_id_two_other_nodes_share_is_allowed_with_a_short_warning() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let newcomer = sharing("aks-c", 6, "10.0.0.6");
+        let (status, answer) = review(
+            &server.client(),
+            "/validate/nodes",
+            &create("uid-shared", &newcomer),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let warning = "nodeguard [machine-id]: machine-id 5d3a1c0e9b7f4… is shared by 2 nodes \
+                       (e.g. aks-a); not proof of a clone";
+        assert!(warning.chars().count() <= 120);
+        assert_eq!(answer, allowed_with_warnings("uid-shared", &[warning]));
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_csr_reusing_a_bound_key_is_denied_and_other_signers_pass_untouched() {
+    with_hang_guard(async {
+        let Cluster {
+            inventory,
+            worker_1_key,
+        } = cluster();
+        let server = TestServer::ecdsa(inventory).await;
+        let client = server.client();
+        // The renamed clone joins with a bootstrap token, but asks with worker-1's key.
+        let pem = kubelet::csr_pem(&worker_1_key, "worker-9", &[], &[]).unwrap();
+        let joining = Requester::Bootstrap {
+            token_id: "abcdef".into(),
+        };
+        let csr = kubelet::csr_object("csr-x7k2p", kubelet::CLIENT_SIGNER, &pem, &joining);
+        let (status, answer) = review(&client, "/validate/csrs", &kubelet::csr_review("uid-csr", &csr)).await;
+        assert_eq!(status, StatusCode::OK);
+        let fingerprint = KeyFingerprint::of_spki_der(&worker_1_key.subject_public_key_info());
+        let message = format!(
+            "nodeguard [key-fingerprint]: the key of this CSR (SHA-256 {fingerprint}) is already \
+             bound to node \"worker-1\"; this machine carries worker-1's kubelet credentials: remove \
+             /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, then re-join \
+             with a bootstrap token"
+        );
+        assert_eq!(answer, denied("uid-csr", &message));
+
+        // The same request under a signer that does not make nodes is none of our business.
+        let other = kubelet::csr_object("csr-app", "example.com/app-client", &pem, &joining);
+        let (status, answer) = review(&client, "/validate/csrs", &kubelet::csr_review("uid-other", &other)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer, allowed("uid-other"));
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dry_run_gets_the_same_decision() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let client = server.client();
+        let mut clone = create("uid-dry-clone", &renamed_clone_of_worker_1());
+        clone["request"]["dryRun"] = json!(true);
+        let (_, answer) = review(&client, "/validate/nodes", &clone).await;
+        assert_eq!(
+            answer,
+            denied("uid-dry-clone", &machine_id_clone_message(&worker_1()))
+        );
+
+        let mut newcomer = create("uid-dry-new", &Machine::new("worker-3", 5, "10.0.0.5"));
+        newcomer["request"]["dryRun"] = json!(true);
+        let (_, answer) = review(&client, "/validate/nodes", &newcomer).await;
+        assert_eq!(answer, allowed("uid-dry-new"));
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_reviews_get_400_with_the_reason() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let client = server.client();
+
+        let (status, message) = text(
+            &client,
+            "/validate/nodes",
+            b"{\"apiVersion\": \"admission".to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.starts_with("the body is not JSON: "), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+
+        let mut wrong_version = create("uid-v1beta1", &worker_2());
+        wrong_version["apiVersion"] = json!("admission.k8s.io/v1beta1");
+        let (status, message) = text(
+            &client,
+            "/validate/nodes",
+            serde_json::to_vec(&wrong_version).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            message,
+            "apiVersion is \"admission.k8s.io/v1beta1\"; nodeguard answers admission.k8s.io/v1 only"
+        );
+
+        let mut no_uid = create("", &worker_2());
+        no_uid["request"].as_object_mut().unwrap().remove("uid");
+        let (status, message) = text(
+            &client,
+            "/validate/nodes",
+            serde_json::to_vec(&no_uid).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(message, "request.uid is empty");
+
+        let (status, message) =
+            text(&client, "/validate/nodes", POD_REVIEW.as_bytes().to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            message,
+            "request.kind is \"Pod\", but /validate/nodes reviews Node only"
+        );
+
+        let node_review = serde_json::to_vec(&create("uid-misrouted", &worker_2())).unwrap();
+        let (status, message) = text(&client, "/validate/csrs", node_review).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            message,
+            "request.kind is \"Node\", but /validate/csrs reviews \
+             CertificateSigningRequest.certificates.k8s.io only"
+        );
+
+        let mut bad_object = create("uid-bad-object", &worker_2());
+        bad_object["request"]["object"]["metadata"] = json!("worker-2");
+        let (status, message) = text(
+            &client,
+            "/validate/nodes",
+            serde_json::to_vec(&bad_object).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            message.starts_with("request.object is not a Node: invalid type: string \"worker-2\""),
+            "{message}"
+        );
+
+        // The connection survives every one of them.
+        assert_eq!(client.connections_opened(), 1);
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_and_other_methods_405() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let client = server.client();
+        let body = serde_json::to_vec(&create("uid-path", &worker_2())).unwrap();
+        let (status, _) = client.post("/validate/pods", body.clone()).await.unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = client
+            .request(Method::GET, "/validate/nodes", Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_body_over_3_mib_is_413() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let client = server.client();
+        let mut huge = create("uid-huge", &worker_2());
+        huge["request"]["object"]["metadata"]["annotations"]["padding"] =
+            json!("x".repeat(4 << 20));
+        let body = serde_json::to_vec(&huge).unwrap();
+        assert!(body.len() > 4 << 20);
+        let (status, _) = client.post("/validate/nodes", body).await.unwrap();
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+        // The server is unharmed: the next review is answered (on a new connection if
+        // the server closed the one whose body it did not read).
+        let (status, answer) = review(
+            &client,
+            "/validate/nodes",
+            &create("uid-after", &worker_2()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer, allowed("uid-after"));
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tls_1_2_only_and_tls_1_3_only_clients_are_both_served() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        for (version, expected) in [
+            (&TLS12, ProtocolVersion::TLSv1_2),
+            (&TLS13, ProtocolVersion::TLSv1_3),
+        ] {
+            let client = server.client_with(ClientOptions {
+                tls_versions: vec![version],
+                ..ClientOptions::default()
+            });
+            let (status, answer) =
+                review(&client, "/validate/nodes", &create("uid-tls", &worker_2())).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(answer, allowed("uid-tls"));
+            assert_eq!(client.tls_version(), Some(expected));
+        }
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_expecting_another_name_refuses_the_certificate_and_others_carry_on() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let stranger =
+            AdmissionClient::new(server.addr, server.ca_pem.as_bytes(), "other.example").unwrap();
+        let body = serde_json::to_vec(&create("uid-sni", &worker_2())).unwrap();
+        let error = stranger.post("/validate/nodes", body).await.unwrap_err();
+        assert!(format!("{error:#}").contains("TLS handshake"), "{error:#}");
+
+        let (status, _) = review(
+            &server.client(),
+            "/validate/nodes",
+            &create("uid-ok", &worker_2()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn several_reviews_share_one_kept_alive_connection() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let client = server.client();
+        for n in 0..5 {
+            let uid = format!("uid-{n}");
+            let (_, answer) = review(&client, "/validate/nodes", &create(&uid, &worker_2())).await;
+            assert_eq!(answer, allowed(&uid));
+            let (_, answer) = review(
+                &client,
+                "/validate/nodes",
+                &create(&format!("{uid}-clone"), &renamed_clone_of_worker_1()),
+            )
+            .await;
+            assert_eq!(answer["response"]["allowed"], json!(false));
+        }
+        assert_eq!(client.connections_opened(), 1);
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_rsa_certificate_with_a_pkcs1_key_serves_the_same_answers() {
+    with_hang_guard(async {
+        let pki = generate_dev_pki_for_key(&DEV_DNS_NAMES, RSA_PKCS8).unwrap();
+        let server = TestServer::start(&pki, RSA_PKCS1, cluster().inventory).await;
+        for version in [&TLS12, &TLS13] {
+            let client = server.client_with(ClientOptions {
+                tls_versions: vec![version],
+                ..ClientOptions::default()
+            });
+            let (_, answer) = review(
+                &client,
+                "/validate/nodes",
+                &create("uid-rsa-ok", &worker_2()),
+            )
+            .await;
+            assert_eq!(answer, allowed("uid-rsa-ok"));
+            let (_, answer) = review(
+                &client,
+                "/validate/nodes",
+                &create("uid-rsa-clone", &renamed_clone_of_worker_1()),
+            )
+            .await;
+            assert_eq!(
+                answer,
+                denied("uid-rsa-clone", &machine_id_clone_message(&worker_1()))
+            );
+        }
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn after_shutdown_the_server_accepts_nothing_more() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let client = server.client();
+        let (status, _) = review(
+            &client,
+            "/validate/nodes",
+            &create("uid-before", &worker_2()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (addr, ca_pem) = (server.addr, server.ca_pem.clone());
+        // The kept-alive connection is idle, so the drain closes it at once.
+        server.shutdown().await;
+        let late = AdmissionClient::new(addr, ca_pem.as_bytes(), DEV_SERVER_NAME).unwrap();
+        let body = serde_json::to_vec(&create("uid-after", &worker_2())).unwrap();
+        assert!(late.post("/validate/nodes", body).await.is_err());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_review_in_flight_when_shutdown_starts_is_still_answered() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    with_hang_guard(async {
+        let mut server = TestServer::ecdsa(cluster().inventory).await;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from(DEV_SERVER_NAME).unwrap(), tcp)
+            .await
+            .unwrap();
+
+        // Headers and half the body are sent, and the server has begun the request.
+        let body = serde_json::to_vec(&create("uid-in-flight", &worker_2())).unwrap();
+        let (first_half, second_half) = body.split_at(body.len() / 2);
+        let head = format!(
+            "POST /validate/nodes HTTP/1.1\r\nHost: {DEV_SERVER_NAME}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(first_half).await.unwrap();
+        tls.flush().await.unwrap();
+        server.requests_seen.notified().await;
+
+        // Shutdown starts: once new connections are refused, the drain is under way.
+        if let Some(stop) = server.stop.take() {
+            let _ = stop.send(());
+        }
+        while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+
+        tls.write_all(second_half).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut response = Vec::new();
+        tls.read_to_end(&mut response).await.unwrap();
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        let answer: Value =
+            serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap();
+        assert_eq!(answer, allowed("uid-in-flight"));
+        server.task.await.unwrap().unwrap();
+    })
+    .await;
+}
