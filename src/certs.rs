@@ -115,6 +115,39 @@ fn set_validity(params: &mut CertificateParams) {
     params.not_after = day(VALIDITY_DAYS);
 }
 
+/// Writes a development CA (`ca.crt`) and serving pair (`tls.crt`, `tls.key`) into `dir`,
+/// the file names a Kubernetes TLS Secret uses. The key is readable by its owner only.
+pub fn write_dev_pki(
+    dir: &std::path::Path,
+    dns_names: &[&str],
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use anyhow::Context;
+    let pki = generate_dev_pki(dns_names).context("cannot generate the certificates")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut written = Vec::new();
+    for (name, text, private) in [
+        ("ca.crt", &pki.ca_pem, false),
+        ("tls.crt", &pki.cert_pem, false),
+        ("tls.key", &pki.key_pem, true),
+    ] {
+        let path = dir.join(name);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(if private { 0o600 } else { 0o644 });
+        }
+        let mut file = options
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::io::Write::write_all(&mut file, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,19 @@ pub enum Command {
     Serve(ServeArgs),
     /// Replay the clone scenarios against a local server.
     Demo,
+    /// Write a development CA and serving certificate for `serve`.
+    Certs(CertsArgs),
+}
+
+/// Where `nodeguard certs` writes, and for which names.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CertsArgs {
+    /// Directory for ca.crt, tls.crt and tls.key.
+    #[arg(long, default_value = "certs")]
+    pub out: std::path::PathBuf,
+    /// DNS name of the serving certificate; repeatable. Defaults to the Service's names.
+    #[arg(long = "dns-name", value_name = "NAME")]
+    pub dns_names: Vec<String>,
 }
 
 impl Cli {
@@ -32,7 +45,7 @@ impl Cli {
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
             Command::Serve(_) => "info",
-            Command::Demo => "warn",
+            Command::Demo | Command::Certs(_) => "warn",
         }
     }
 
@@ -40,6 +53,17 @@ impl Cli {
         match self.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Demo => crate::demo::run().await,
+            Command::Certs(args) => {
+                let names: Vec<&str> = if args.dns_names.is_empty() {
+                    crate::certs::DEV_DNS_NAMES.to_vec()
+                } else {
+                    args.dns_names.iter().map(String::as_str).collect()
+                };
+                for path in crate::certs::write_dev_pki(&args.out, &names)? {
+                    println!("wrote {}", path.display());
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -70,7 +94,8 @@ impl LogArgs {
             EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
         let installed = match self.log_format {
             LogFormat::Text => builder.try_init(),
             LogFormat::Json => builder.json().try_init(),

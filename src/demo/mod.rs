@@ -23,7 +23,7 @@ use kubelet_log::Answer;
 use scenarios::{KubeletAction, Scenario};
 
 /// The name the API server verifies the webhook's certificate against.
-pub const SERVICE_DNS_NAME: &str = "nodeguard.nodeguard.svc";
+pub use certs::DEV_SERVER_NAME as SERVICE_DNS_NAME;
 
 fn outcome_of(answer: &Answer) -> Outcome {
     if !answer.allowed {

@@ -231,3 +231,70 @@ impl Config {
             .join(" ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_check_enforces_by_default_and_ids_round_trip() {
+        let config = Config::default();
+        for id in CheckId::ALL {
+            assert_eq!(config.mode(id), Mode::Enforce);
+            assert_eq!(id.as_str().parse::<CheckId>(), Ok(id));
+        }
+    }
+
+    #[test]
+    fn settings_from_the_command_line_apply_and_bad_ones_say_why() {
+        let mut config = Config::default();
+        config.apply_setting("hostname=warn").unwrap();
+        config.apply_setting(" provider-id = off ").unwrap();
+        assert_eq!(config.mode(CheckId::Hostname), Mode::Warn);
+        assert_eq!(config.mode(CheckId::ProviderId), Mode::Off);
+        assert_eq!(
+            config.apply_setting("hostname").unwrap_err().to_string(),
+            "expected CHECK=MODE (e.g. hostname=warn), got \"hostname\""
+        );
+        assert_eq!(
+            config
+                .apply_setting("hostname=block")
+                .unwrap_err()
+                .to_string(),
+            "unknown mode \"block\"; use enforce, warn or off"
+        );
+        assert_eq!(
+            config.apply_setting("mac=warn").unwrap_err().to_string(),
+            "unknown check \"mac\"; known checks: name-takeover, identity-drift, machine-id, \
+             system-uuid, provider-id, hostname, internal-ip, csr-format, key-fingerprint, serving-san"
+        );
+    }
+
+    #[test]
+    fn the_yaml_file_sets_modes_and_shared_values_and_rejects_typos() {
+        let config = Config::from_yaml(
+            "checks:\n  hostname: warn\n  internal-ip: off\nsharedValues:\n  machineIDs: [\"A38F8EB989A4463C8C194D086528363D\"]\n  systemUUIDs: [\"1ad82a4c-2a18-11b2-a85c-82c3099c6263\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.mode(CheckId::Hostname), Mode::Warn);
+        assert_eq!(config.mode(CheckId::InternalIp), Mode::Off);
+        assert_eq!(config.mode(CheckId::MachineId), Mode::Enforce);
+        assert!(
+            config.machine_id_is_shared(
+                &MachineId::parse("a38f8eb989a4463c8c194d086528363d").unwrap()
+            )
+        );
+        assert!(config.system_uuid_is_shared(
+            &SystemUuid::parse("1AD82A4C-2A18-11B2-A85C-82C3099C6263").unwrap()
+        ));
+        assert!(
+            Config::from_yaml("check:\n  hostname: warn\n").is_err(),
+            "a misspelt key is an error"
+        );
+        assert!(matches!(
+            Config::from_yaml("checks:\n  hostnames: warn\n"),
+            Err(ConfigError::UnknownCheck(_))
+        ));
+        assert_eq!(Config::from_yaml("").unwrap(), Config::default());
+    }
+}
