@@ -101,6 +101,23 @@ fn time_decisions(inventory: &Inventory, body: &[u8]) -> Duration {
     samples[rounds / 2]
 }
 
+/// Median time of decoding the review alone, per review.
+fn time_decode(body: &[u8]) -> Duration {
+    let rounds = 15;
+    let iterations = 2_000;
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            let envelope: Envelope<'_> = serde_json::from_slice(black_box(body)).unwrap();
+            black_box(NodeClaim::from_doc(&envelope.request.object));
+        }
+        samples.push(start.elapsed() / iterations);
+    }
+    samples.sort();
+    samples[rounds / 2]
+}
+
 fn main() {
     let newcomer = kubelet::node_object(&machine(0x00ff_ffff));
     let body =
@@ -110,6 +127,10 @@ fn main() {
         body.len()
     );
 
+    println!(
+        "decode alone: {:.1} µs per review",
+        time_decode(body.as_bytes()).as_secs_f64() * 1e6
+    );
     let mut at_500 = Duration::ZERO;
     for nodes in [500, 5_000, 50_000] {
         let before = rss_kib();

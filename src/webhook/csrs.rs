@@ -18,6 +18,7 @@ use crate::policy::{self, CsrReview, KubeletCsr};
 
 #[tracing::instrument(
     name = "review",
+    level = "debug",
     skip_all,
     fields(webhook = "csrs", uid, operation, csr, signer, node, dry_run)
 )]
@@ -57,6 +58,7 @@ pub(super) async fn validate(
         &state,
         Webhook::Csrs,
         &request.uid,
+        csr_name(&request),
         request.operation,
         &verdict,
         started,

@@ -85,11 +85,12 @@ fn answer(
     state: &AppState,
     webhook: Webhook,
     uid: &str,
+    name: &str,
     operation: Operation,
     verdict: &Verdict,
     started: Instant,
 ) -> Response {
-    log_verdict(verdict);
+    log_verdict(webhook, uid, name, operation, verdict);
     state
         .metrics
         .observe_verdict(webhook, operation, verdict, started.elapsed());
@@ -97,8 +98,9 @@ fn answer(
 }
 
 /// One line per denial and per warning, at info: each is something a person may have
-/// to act on. The span carries the uid, operation and object name.
-fn log_verdict(verdict: &Verdict) {
+/// to act on, so each line carries the uid, webhook, operation and object name itself
+/// (the per-request span is debug-level: it costs nothing unless asked for).
+fn log_verdict(webhook: Webhook, uid: &str, name: &str, operation: Operation, verdict: &Verdict) {
     if let Some(message) = verdict.denial_message() {
         let checks: Vec<&str> = verdict
             .findings
@@ -106,7 +108,15 @@ fn log_verdict(verdict: &Verdict) {
             .filter(|f| f.effect == Effect::Deny)
             .map(|f| f.check.as_str())
             .collect();
-        tracing::info!(checks = %checks.join(","), reason = %message, "denied");
+        tracing::info!(
+            webhook = webhook.as_str(),
+            uid,
+            operation = operation.as_str(),
+            name,
+            checks = %checks.join(","),
+            reason = %message,
+            "denied"
+        );
         return;
     }
     let warnings: Vec<_> = verdict
@@ -118,7 +128,15 @@ fn log_verdict(verdict: &Verdict) {
         tracing::debug!("allowed");
     }
     for finding in warnings {
-        tracing::info!(check = %finding.check, warning = %finding.warning, "warned");
+        tracing::info!(
+            webhook = webhook.as_str(),
+            uid,
+            operation = operation.as_str(),
+            name,
+            check = %finding.check,
+            warning = %finding.warning,
+            "warned"
+        );
     }
 }
 

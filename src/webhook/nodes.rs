@@ -17,6 +17,7 @@ use crate::policy::{self, NodeReview};
 
 #[tracing::instrument(
     name = "review",
+    level = "debug",
     skip_all,
     fields(webhook = "nodes", uid, operation, node, subresource, dry_run)
 )]
@@ -54,6 +55,7 @@ pub(super) async fn validate(
         &state,
         Webhook::Nodes,
         &request.uid,
+        &request.name,
         request.operation,
         &verdict,
         started,
