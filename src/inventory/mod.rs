@@ -93,14 +93,74 @@ impl<'a> Holders<'a> {
 #[derive(Debug, Default)]
 pub struct Inventory {
     nodes: HashMap<NodeName, NodeClaim>,
+    by: NodeIndexes,
+    csrs: HashMap<Arc<str>, KeyBinding>,
+    keys: Index<KeyFingerprint>,
+}
+
+/// One index per identity field of a Node.
+#[derive(Debug, Default)]
+struct NodeIndexes {
     machine_ids: Index<MachineId>,
     system_uuids: Index<SystemUuid>,
     provider_ids: Index<ProviderId>,
     internal_ips: Index<IpAddr>,
     external_ips: Index<IpAddr>,
     hostnames: Index<Hostname>,
-    csrs: HashMap<Arc<str>, KeyBinding>,
-    keys: Index<KeyFingerprint>,
+}
+
+impl NodeIndexes {
+    fn add(&mut self, claim: &NodeClaim) {
+        self.update(claim, true);
+    }
+
+    fn remove(&mut self, claim: &NodeClaim) {
+        self.update(claim, false);
+    }
+
+    /// Adds or removes every value of `claim` in its field's index.
+    fn update(&mut self, claim: &NodeClaim, add: bool) {
+        fn apply<K: Hash + Eq + Clone>(
+            index: &mut Index<K>,
+            value: &K,
+            node: &NodeName,
+            add: bool,
+        ) {
+            if add {
+                index.add(value, node);
+            } else {
+                index.remove(value, node);
+            }
+        }
+        let node = &claim.name;
+        if let Some(v) = &claim.machine_id {
+            apply(&mut self.machine_ids, v, node, add);
+        }
+        if let Some(v) = &claim.system_uuid {
+            apply(&mut self.system_uuids, v, node, add);
+        }
+        if let Some(v) = &claim.provider_id {
+            apply(&mut self.provider_ids, v, node, add);
+        }
+        for v in &claim.internal_ips {
+            apply(&mut self.internal_ips, v, node, add);
+        }
+        for v in &claim.external_ips {
+            apply(&mut self.external_ips, v, node, add);
+        }
+        for v in &claim.hostnames {
+            apply(&mut self.hostnames, v, node, add);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.machine_ids.len()
+            + self.system_uuids.len()
+            + self.provider_ids.len()
+            + self.internal_ips.len()
+            + self.external_ips.len()
+            + self.hostnames.len()
+    }
 }
 
 /// Counts for metrics and logs.
@@ -120,25 +180,23 @@ impl Inventory {
     pub fn apply_node(&mut self, claim: NodeClaim) {
         let name = claim.name.clone();
         if let Some(old) = self.nodes.remove(&name) {
-            self.unindex_node(&old);
+            self.by.remove(&old);
         }
-        self.index_node(&claim);
+        self.by.add(&claim);
         self.nodes.insert(name, claim);
     }
 
     /// Forgets a deleted node, freeing every value it held.
     pub fn delete_node(&mut self, name: &str) {
         if let Some(old) = self.nodes.remove(name) {
-            self.unindex_node(&old);
+            self.by.remove(&old);
         }
     }
 
     /// Replaces all nodes at once, after a full list.
     pub fn replace_nodes(&mut self, claims: impl IntoIterator<Item = NodeClaim>) {
-        let old: Vec<NodeClaim> = self.nodes.drain().map(|(_, c)| c).collect();
-        for claim in &old {
-            self.unindex_node(claim);
-        }
+        self.nodes.clear();
+        self.by = NodeIndexes::default();
         for claim in claims {
             self.apply_node(claim);
         }
@@ -176,27 +234,27 @@ impl Inventory {
     }
 
     pub fn machine_id(&self, value: &MachineId) -> Holders<'_> {
-        self.machine_ids.get(value)
+        self.by.machine_ids.get(value)
     }
 
     pub fn system_uuid(&self, value: &SystemUuid) -> Holders<'_> {
-        self.system_uuids.get(value)
+        self.by.system_uuids.get(value)
     }
 
     pub fn provider_id(&self, value: &ProviderId) -> Holders<'_> {
-        self.provider_ids.get(value)
+        self.by.provider_ids.get(value)
     }
 
     pub fn internal_ip(&self, value: &IpAddr) -> Holders<'_> {
-        self.internal_ips.get(value)
+        self.by.internal_ips.get(value)
     }
 
     pub fn external_ip(&self, value: &IpAddr) -> Holders<'_> {
-        self.external_ips.get(value)
+        self.by.external_ips.get(value)
     }
 
     pub fn hostname(&self, value: &Hostname) -> Holders<'_> {
-        self.hostnames.get(value)
+        self.by.hostnames.get(value)
     }
 
     /// The nodes a kubelet key is bound to.
@@ -208,55 +266,7 @@ impl Inventory {
         InventorySize {
             nodes: self.nodes.len(),
             key_bindings: self.csrs.len(),
-            indexed_values: self.machine_ids.len()
-                + self.system_uuids.len()
-                + self.provider_ids.len()
-                + self.internal_ips.len()
-                + self.external_ips.len()
-                + self.hostnames.len()
-                + self.keys.len(),
-        }
-    }
-
-    fn index_node(&mut self, claim: &NodeClaim) {
-        self.for_each_value(claim, true);
-    }
-
-    fn unindex_node(&mut self, claim: &NodeClaim) {
-        self.for_each_value(claim, false);
-    }
-
-    fn for_each_value(&mut self, claim: &NodeClaim, add: bool) {
-        fn apply<K: Hash + Eq + Clone>(
-            index: &mut Index<K>,
-            value: &K,
-            node: &NodeName,
-            add: bool,
-        ) {
-            if add {
-                index.add(value, node);
-            } else {
-                index.remove(value, node);
-            }
-        }
-        let node = &claim.name;
-        if let Some(v) = &claim.machine_id {
-            apply(&mut self.machine_ids, v, node, add);
-        }
-        if let Some(v) = &claim.system_uuid {
-            apply(&mut self.system_uuids, v, node, add);
-        }
-        if let Some(v) = &claim.provider_id {
-            apply(&mut self.provider_ids, v, node, add);
-        }
-        for v in &claim.internal_ips {
-            apply(&mut self.internal_ips, v, node, add);
-        }
-        for v in &claim.external_ips {
-            apply(&mut self.external_ips, v, node, add);
-        }
-        for v in &claim.hostnames {
-            apply(&mut self.hostnames, v, node, add);
+            indexed_values: self.by.len() + self.keys.len(),
         }
     }
 }
@@ -288,5 +298,112 @@ impl SharedInventory {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut guard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::kubelet::{self, Machine};
+    use crate::identity::{KubeletSigner, NodeDoc};
+
+    fn claim(machine: &Machine) -> NodeClaim {
+        let text = kubelet::node_object(machine).to_string();
+        NodeClaim::from_doc(&serde_json::from_str::<NodeDoc<'_>>(&text).unwrap()).unwrap()
+    }
+
+    fn machine_id(m: &Machine) -> MachineId {
+        MachineId::parse(&m.machine_id).unwrap()
+    }
+
+    #[test]
+    fn a_changed_value_frees_the_old_one_and_a_deleted_node_frees_all() {
+        let mut inventory = Inventory::new();
+        let before = Machine::new("worker-1", 1, "10.0.0.11");
+        inventory.apply_node(claim(&before));
+        let mut after = before.clone();
+        after.machine_id = "0123456789abcdef0123456789abcdef".into();
+        inventory.apply_node(claim(&after));
+        assert!(inventory.machine_id(&machine_id(&before)).is_empty());
+        assert_eq!(
+            inventory
+                .machine_id(&machine_id(&after))
+                .other_than("worker-9")
+                .count,
+            1
+        );
+        inventory.delete_node("worker-1");
+        assert_eq!(
+            inventory.size(),
+            InventorySize {
+                nodes: 0,
+                key_bindings: 0,
+                indexed_values: 0
+            }
+        );
+    }
+
+    #[test]
+    fn holders_other_than_the_asking_node_are_counted_and_named_in_order() {
+        let mut inventory = Inventory::new();
+        for (name, seed) in [("c", 3), ("a", 1), ("b", 2)] {
+            let mut m = Machine::new(name, seed, &format!("10.0.0.{seed}"));
+            m.machine_id = "5f2d8c1e9a7b4c3d8e6f0a1b2c3d4e5f".into();
+            inventory.apply_node(claim(&m));
+        }
+        let shared = MachineId::parse("5f2d8c1e9a7b4c3d8e6f0a1b2c3d4e5f").unwrap();
+        let others = inventory.machine_id(&shared).other_than("b");
+        assert_eq!(others.count, 2);
+        assert_eq!(
+            others.names.iter().map(|n| &***n).collect::<Vec<_>>(),
+            vec!["a", "c"]
+        );
+    }
+
+    #[test]
+    fn replacing_all_nodes_forgets_the_ones_not_listed() {
+        let mut inventory = Inventory::new();
+        let gone = Machine::new("gone", 1, "10.0.0.1");
+        let kept = Machine::new("kept", 2, "10.0.0.2");
+        inventory.apply_node(claim(&gone));
+        inventory.apply_node(claim(&kept));
+        inventory.replace_nodes([claim(&kept)]);
+        assert!(inventory.node("gone").is_none());
+        assert!(inventory.machine_id(&machine_id(&gone)).is_empty());
+        assert!(
+            inventory
+                .internal_ip(&"10.0.0.1".parse().unwrap())
+                .is_empty()
+        );
+        assert_eq!(
+            inventory
+                .internal_ip(&"10.0.0.2".parse().unwrap())
+                .other_than("x")
+                .count,
+            1
+        );
+    }
+
+    #[test]
+    fn a_key_stays_bound_while_any_of_its_csrs_remains() {
+        let mut inventory = Inventory::new();
+        let binding = KeyBinding {
+            node: NodeName::from("worker-1"),
+            fingerprint: KeyFingerprint([7; 32]),
+            signer: KubeletSigner::Client,
+        };
+        inventory.apply_csr("csr-1", Some(binding.clone()));
+        inventory.apply_csr("csr-2", Some(binding.clone()));
+        inventory.delete_csr("csr-1");
+        assert_eq!(
+            inventory
+                .key(&binding.fingerprint)
+                .other_than("worker-2")
+                .count,
+            1
+        );
+        inventory.apply_csr("csr-2", None);
+        assert!(inventory.key(&binding.fingerprint).is_empty());
+        assert_eq!(inventory.size().key_bindings, 0);
     }
 }
