@@ -1,7 +1,8 @@
 //! `internal-ip`: `InternalIP` addresses. ExternalIPs are not compared here: nodes behind
-//! one NAT legitimately report the same one.
+//! one NAT legitimately report the same one. An address held only by a node that is not
+//! Ready is a reused lease rather than a clone: a warning.
 
-use super::{Claimed, collision, introduced_all};
+use super::{Claimed, collision, introduced_all, reused_address};
 use crate::identity::is_placeholder_ip;
 use crate::policy::{CheckId, Finding, NodeInput};
 
@@ -10,14 +11,26 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
         .into_iter()
         .filter(|ip| !is_placeholder_ip(ip))
         .filter_map(|ip| {
+            let node = &input.object.name;
+            let holders = input.inventory.internal_ip(ip);
+            if let Some(warning) = reused_address(
+                CheckId::InternalIp,
+                node,
+                "InternalIP",
+                ip,
+                holders,
+                input.inventory,
+            ) {
+                return Some(warning);
+            }
             collision(
                 CheckId::InternalIp,
-                &input.object.name,
+                node,
                 Claimed {
                     field: "InternalIP",
                     value: &ip.to_string(),
                 },
-                input.inventory.internal_ip(ip),
+                holders,
                 |holder| {
                     format!(
                         "give this machine its own address (a cloned /etc/machine-id also \
@@ -78,6 +91,22 @@ mod tests {
         assert_eq!(
             decide(&update(&b, &moved), &inventory).outcome(),
             Outcome::Allowed
+        );
+    }
+
+    #[test]
+    fn an_address_held_by_a_node_that_is_not_ready_is_only_warned_about() {
+        let mut dead = worker(1);
+        dead.ready = false;
+        let mut successor = worker(2);
+        successor.internal_ip = dead.internal_ip.clone();
+        let verdict = decide(&create(&successor), &cluster(&[&dead]));
+        assert_eq!(verdict.outcome(), Outcome::Warned);
+        assert_eq!(
+            verdict.warnings(),
+            vec![
+                "nodeguard [internal-ip]: InternalIP 10.0.0.11 is also node \"worker-1\"'s, which is not Ready (address reused?)"
+            ]
         );
     }
 

@@ -112,6 +112,32 @@ pub(crate) fn collision(
     }
 }
 
+/// An address whose only other holder is a node that is not Ready: most likely a dead
+/// machine's address handed out again (DHCP), not a clone, whose original is alive. Such
+/// a collision is worth a warning, not a refusal.
+pub(crate) fn reused_address(
+    check: CheckId,
+    node: &str,
+    field: &str,
+    ip: &std::net::IpAddr,
+    holders: Holders<'_>,
+    inventory: &crate::inventory::Inventory,
+) -> Option<Finding> {
+    let others = holders.other_than(node);
+    let [holder] = others.names.as_slice() else {
+        return None;
+    };
+    if inventory.node(holder).is_none_or(|h| h.readiness.ready) {
+        return None;
+    }
+    Some(Finding::warn(
+        check,
+        format!(
+            "nodeguard [{check}]: {field} {ip} is also node \"{holder}\"'s, which is not Ready (address reused?)"
+        ),
+    ))
+}
+
 /// Long identifiers cut to their first characters for 120-character warnings.
 pub(crate) fn abbreviate(value: &str) -> String {
     const KEEP: usize = 13;

@@ -1,7 +1,7 @@
 //! `serving-san`: a kubelet serving certificate names the node's own addresses; an IP
 //! SAN that another node reports would let this machine answer for that node.
 
-use super::{Claimed, collision};
+use super::{Claimed, collision, reused_address};
 use crate::identity::{KubeletSigner, is_placeholder_ip};
 use crate::policy::{CheckId, CsrInput, Finding};
 
@@ -22,6 +22,16 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
             } else {
                 input.inventory.external_ip(ip)
             };
+            if let Some(warning) = reused_address(
+                CheckId::ServingSan,
+                node,
+                "serving certificate IP",
+                ip,
+                holders,
+                input.inventory,
+            ) {
+                return Some(warning);
+            }
             collision(
                 CheckId::ServingSan,
                 node,
