@@ -36,7 +36,6 @@ use nodeguard::demo::scenarios::inventory_of;
 use nodeguard::inventory::SharedInventory;
 use nodeguard::policy::Config;
 use nodeguard::webhook::client::AdmissionClient;
-use nodeguard::webhook::tls::{self, ServingCertificate};
 use nodeguard::webhook::{AppState, MAX_BODY_BYTES, router, serve_tls};
 
 const PATH: &str = "/validate/nodes";
@@ -293,15 +292,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
 
     let pki = generate_dev_pki(&[SERVICE_DNS_NAME]).context("cannot generate a CA")?;
-    let serving = tls::certified_key_from_pem(
-        pki.cert_pem.as_bytes(),
-        "generated certificate",
-        pki.key_pem.as_bytes(),
-        "generated key",
-    )?;
-    let tls_config = Arc::new(tls::server_config(Arc::new(ServingCertificate::new(
-        serving,
-    )))?);
+    let tls_config = pki.server_config()?;
 
     let building = Instant::now();
     let machines: Vec<Machine> = (0..INVENTORY_NODES).map(machine).collect();

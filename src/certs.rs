@@ -43,6 +43,24 @@ impl std::fmt::Debug for DevPki {
     }
 }
 
+impl DevPki {
+    /// A TLS server configuration presenting this serving certificate.
+    pub fn server_config(
+        &self,
+    ) -> Result<std::sync::Arc<rustls::ServerConfig>, crate::webhook::tls::TlsError> {
+        use crate::webhook::tls::{self, ServingCertificate};
+        let key = tls::certified_key_from_pem(
+            self.cert_pem.as_bytes(),
+            "generated certificate",
+            self.key_pem.as_bytes(),
+            "generated key",
+        )?;
+        Ok(std::sync::Arc::new(tls::server_config(
+            std::sync::Arc::new(ServingCertificate::new(key)),
+        )?))
+    }
+}
+
 /// Makes a CA and an ECDSA P-256 serving certificate for `dns_names`.
 pub fn generate_dev_pki(dns_names: &[&str]) -> Result<DevPki, rcgen::Error> {
     let serving_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;

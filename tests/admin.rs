@@ -114,15 +114,7 @@ async fn start() -> Servers {
     }));
 
     let pki = generate_dev_pki(&DEV_DNS_NAMES).unwrap();
-    let key = webhook::tls::certified_key_from_pem(
-        pki.cert_pem.as_bytes(),
-        "cert",
-        pki.key_pem.as_bytes(),
-        "key",
-    )
-    .unwrap();
-    let certificate = Arc::new(webhook::tls::ServingCertificate::new(key));
-    let tls = Arc::new(webhook::tls::server_config(certificate).unwrap());
+    let tls = pki.server_config().unwrap();
     let webhook_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let webhook_addr = webhook_listener.local_addr().unwrap();
     let (webhook_stop, webhook_stopped) = oneshot::channel::<()>();

@@ -17,7 +17,6 @@ use crate::certs;
 use crate::inventory::SharedInventory;
 use crate::policy::{Config, Outcome};
 use crate::webhook::client::AdmissionClient;
-use crate::webhook::tls::{self, ServingCertificate};
 use crate::webhook::{AppState, router, server};
 use kubelet_log::Answer;
 use scenarios::{KubeletAction, Scenario};
@@ -72,15 +71,7 @@ pub struct LocalWebhook {
 impl LocalWebhook {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let pki = certs::generate_dev_pki(&[SERVICE_DNS_NAME]).context("cannot generate a CA")?;
-        let serving = tls::certified_key_from_pem(
-            pki.cert_pem.as_bytes(),
-            "generated certificate",
-            pki.key_pem.as_bytes(),
-            "generated key",
-        )?;
-        let tls_config = Arc::new(tls::server_config(Arc::new(ServingCertificate::new(
-            serving,
-        )))?);
+        let tls_config = pki.server_config()?;
         let inventory = SharedInventory::default();
         let metrics = Arc::new(Metrics::new());
         let state = AppState {
