@@ -28,10 +28,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's own HTTP/1 timer does not run while it sniffs for the HTTP/2 preface, and
 /// HTTP/2 has no timer before its first frame.
 pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest an HTTP/1 connection may take to send a request's headers; it also closes
-/// idle keep-alive connections after this long, as hyper starts the clock as soon as it
-/// waits for the next request.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest an HTTP/1 connection may wait for, and take to send, a request's headers.
+/// hyper starts this clock as soon as it waits for the next request, so it is also the
+/// idle timeout of kept-alive connections: it must exceed the API server's own (Go's
+/// 90 s), so that the client, never this server, closes an idle connection. Otherwise a
+/// review sent just as the server closes the connection fails, and the API server
+/// applies the failure policy to a perfectly good request.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest from request head to response, body read included: the API server gives up
 /// after its `timeoutSeconds` (at most 30) anyway.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
