@@ -10,8 +10,8 @@ use axum::response::Response;
 use jiff::Timestamp;
 use tracing::Span;
 
-use super::review::{self, CSRS, Request};
-use super::{AppState, Webhook, answer, bad_request, unreadable_body};
+use super::review::Request;
+use super::{AppState, Webhook, accept, answer};
 use crate::identity::csr::{CsrDoc, is_bootstrap_requester};
 use crate::identity::{CsrClaim, KubeletSigner};
 use crate::policy::{self, CsrReview, KubeletCsr};
@@ -25,21 +25,11 @@ use crate::policy::{self, CsrReview, KubeletCsr};
 pub(super) async fn validate(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Response, Response> {
     let started = Instant::now();
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return unreadable_body(&state, Webhook::Csrs, rejection, started),
-    };
-    let request = match review::decode::<CsrDoc<'_>>(&body, &CSRS) {
-        Ok(request) => request,
-        Err(error) => return bad_request(&state, Webhook::Csrs, &error, started),
-    };
+    let request = accept::<CsrDoc<'_>>(&state, Webhook::Csrs, &body, started)?;
     let span = Span::current();
-    span.record("uid", &*request.uid);
-    span.record("operation", request.operation.as_str());
     span.record("csr", csr_name(&request));
-    span.record("dry_run", request.dry_run);
 
     let review = CsrReview {
         operation: request.operation,
@@ -54,7 +44,7 @@ pub(super) async fn validate(
     let verdict = state
         .inventory
         .read(|inventory| policy::decide_csr(&review, inventory, &state.config, Timestamp::now()));
-    answer(
+    Ok(answer(
         &state,
         Webhook::Csrs,
         &request.uid,
@@ -62,7 +52,7 @@ pub(super) async fn validate(
         request.operation,
         &verdict,
         started,
-    )
+    ))
 }
 
 /// The CSR's name: generated names are filled in before validating admission runs.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
@@ -69,6 +70,13 @@ impl Webhook {
             Webhook::Csrs => "csrs",
         }
     }
+
+    fn reviewed(self) -> &'static review::Reviewed {
+        match self {
+            Webhook::Nodes => &review::NODES,
+            Webhook::Csrs => &review::CSRS,
+        }
+    }
 }
 
 /// The two admission endpoints. Unknown paths answer 404 and other methods 405.
@@ -78,6 +86,29 @@ pub fn router(state: AppState) -> Router {
         .route(review::CSRS.endpoint, post(csrs::validate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// The request body as a review for `webhook`, recorded in the request's span; or the
+/// answer refusing it (413 for a body that could not be read, 400 for a malformed review).
+// The error is the finished response, built once and returned as is: nothing to shrink.
+#[allow(clippy::result_large_err)]
+fn accept<'b, O: serde::Deserialize<'b>>(
+    state: &AppState,
+    webhook: Webhook,
+    body: &'b Result<Bytes, BytesRejection>,
+    started: Instant,
+) -> Result<review::Request<'b, O>, Response> {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return Err(unreadable_body(state, webhook, rejection, started)),
+    };
+    let request = review::decode::<O>(body, webhook.reviewed())
+        .map_err(|error| bad_request(state, webhook, &error, started))?;
+    let span = tracing::Span::current();
+    span.record("uid", &*request.uid);
+    span.record("operation", request.operation.as_str());
+    span.record("dry_run", request.dry_run);
+    Ok(request)
 }
 
 /// Sends the verdict on review `uid`, logs it and counts it.
@@ -156,10 +187,11 @@ fn bad_request(
 fn unreadable_body(
     state: &AppState,
     webhook: Webhook,
-    rejection: BytesRejection,
+    rejection: &BytesRejection,
     started: Instant,
 ) -> Response {
-    tracing::info!(status = %rejection.status(), reason = %rejection.body_text(), "unreadable request body");
+    let (status, reason) = (rejection.status(), rejection.body_text());
+    tracing::info!(%status, %reason, "unreadable request body");
     state.metrics.observe_error(webhook, started.elapsed());
-    rejection.into_response()
+    (status, reason).into_response()
 }

@@ -9,8 +9,7 @@ use axum::response::Response;
 use jiff::Timestamp;
 use tracing::Span;
 
-use super::review::{self, NODES};
-use super::{AppState, Webhook, answer, bad_request, unreadable_body};
+use super::{AppState, Webhook, accept, answer};
 use crate::identity::NodeClaim;
 use crate::identity::node::NodeDoc;
 use crate::policy::{self, NodeReview};
@@ -24,24 +23,14 @@ use crate::policy::{self, NodeReview};
 pub(super) async fn validate(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Response, Response> {
     let started = Instant::now();
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return unreadable_body(&state, Webhook::Nodes, rejection, started),
-    };
-    let request = match review::decode::<NodeDoc<'_>>(&body, &NODES) {
-        Ok(request) => request,
-        Err(error) => return bad_request(&state, Webhook::Nodes, &error, started),
-    };
+    let request = accept::<NodeDoc<'_>>(&state, Webhook::Nodes, &body, started)?;
     let span = Span::current();
-    span.record("uid", &*request.uid);
-    span.record("operation", request.operation.as_str());
     span.record("node", &*request.name);
     if !request.sub_resource.is_empty() {
         span.record("subresource", &*request.sub_resource);
     }
-    span.record("dry_run", request.dry_run);
 
     let review = NodeReview {
         operation: request.operation,
@@ -51,7 +40,7 @@ pub(super) async fn validate(
     let verdict = state
         .inventory
         .read(|inventory| policy::decide_node(&review, inventory, &state.config, Timestamp::now()));
-    answer(
+    Ok(answer(
         &state,
         Webhook::Nodes,
         &request.uid,
@@ -59,5 +48,5 @@ pub(super) async fn validate(
         request.operation,
         &verdict,
         started,
-    )
+    ))
 }
