@@ -61,8 +61,8 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready only while the inventory is known to be current: a replica that has not synced
-/// would allow clones it cannot see.
+/// Ready once the inventory has completed its first full sync: a replica that has not
+/// synced would allow clones it cannot see.
 async fn readyz(State(state): State<AdminState>) -> Response {
     if state.readiness.is_ready() {
         (StatusCode::OK, "ok").into_response()

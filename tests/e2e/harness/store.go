@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
@@ -235,108 +236,66 @@ func (s *Store) GetCSR(name string) (*certificatesv1.CertificateSigningRequest, 
 	return c.DeepCopy(), true
 }
 
-func (s *Store) CreateNode(n *corev1.Node) error {
+// stored is what the store keeps: a typed object that copies itself.
+type stored interface {
+	*corev1.Node | *certificatesv1.CertificateSigningRequest
+	metav1.Object
+	runtime.Object
+}
+
+// write stores (ADDED, MODIFIED) or removes (DELETED) one object of `resource` in
+// `objects`, as the API server would: create refuses an existing name, update and delete
+// a missing one. It returns once the event has reached every open watch.
+func write[T stored](s *Store, resource string, objects map[string]T, event, name string, obj T) error {
 	s.mu.Lock()
-	if _, ok := s.nodes[n.Name]; ok {
+	current, exists := objects[name]
+	switch {
+	case event == "ADDED" && exists:
 		s.mu.Unlock()
-		return apierrors.NewAlreadyExists(groupResources[resNodes], n.Name)
+		return apierrors.NewAlreadyExists(groupResources[resource], name)
+	case event != "ADDED" && !exists:
+		s.mu.Unlock()
+		return apierrors.NewNotFound(groupResources[resource], name)
 	}
-	n = n.DeepCopy()
-	n.ResourceVersion = s.nextRV()
-	s.nodes[n.Name] = n
-	waits, err := s.record(resNodes, "ADDED", n)
+	if event == "DELETED" {
+		obj = current
+		delete(objects, name)
+	}
+	obj = obj.DeepCopyObject().(T)
+	obj.SetResourceVersion(s.nextRV())
+	if event != "DELETED" {
+		objects[name] = obj
+	}
+	waits, err := s.record(resource, event, obj)
 	s.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	return waitFlushed(waits)
+}
+
+func (s *Store) CreateNode(n *corev1.Node) error {
+	return write(s, resNodes, s.nodes, "ADDED", n.Name, n)
 }
 
 func (s *Store) UpdateNode(n *corev1.Node) error {
-	s.mu.Lock()
-	if _, ok := s.nodes[n.Name]; !ok {
-		s.mu.Unlock()
-		return apierrors.NewNotFound(groupResources[resNodes], n.Name)
-	}
-	n = n.DeepCopy()
-	n.ResourceVersion = s.nextRV()
-	s.nodes[n.Name] = n
-	waits, err := s.record(resNodes, "MODIFIED", n)
-	s.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return waitFlushed(waits)
+	return write(s, resNodes, s.nodes, "MODIFIED", n.Name, n)
 }
 
 func (s *Store) DeleteNode(name string) error {
-	s.mu.Lock()
-	n, ok := s.nodes[name]
-	if !ok {
-		s.mu.Unlock()
-		return apierrors.NewNotFound(groupResources[resNodes], name)
-	}
-	delete(s.nodes, name)
-	n = n.DeepCopy()
-	n.ResourceVersion = s.nextRV()
-	waits, err := s.record(resNodes, "DELETED", n)
-	s.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return waitFlushed(waits)
+	return write[*corev1.Node](s, resNodes, s.nodes, "DELETED", name, nil)
 }
 
 func (s *Store) CreateCSR(c *certificatesv1.CertificateSigningRequest) error {
-	s.mu.Lock()
-	if _, ok := s.csrs[c.Name]; ok {
-		s.mu.Unlock()
-		return apierrors.NewAlreadyExists(groupResources[resCSRs], c.Name)
-	}
-	c = c.DeepCopy()
-	c.ResourceVersion = s.nextRV()
-	s.csrs[c.Name] = c
-	waits, err := s.record(resCSRs, "ADDED", c)
-	s.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return waitFlushed(waits)
+	return write(s, resCSRs, s.csrs, "ADDED", c.Name, c)
 }
 
 func (s *Store) UpdateCSR(c *certificatesv1.CertificateSigningRequest) error {
-	s.mu.Lock()
-	if _, ok := s.csrs[c.Name]; !ok {
-		s.mu.Unlock()
-		return apierrors.NewNotFound(groupResources[resCSRs], c.Name)
-	}
-	c = c.DeepCopy()
-	c.ResourceVersion = s.nextRV()
-	s.csrs[c.Name] = c
-	waits, err := s.record(resCSRs, "MODIFIED", c)
-	s.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return waitFlushed(waits)
+	return write(s, resCSRs, s.csrs, "MODIFIED", c.Name, c)
 }
 
 func (s *Store) DeleteCSR(name string) error {
-	s.mu.Lock()
-	c, ok := s.csrs[name]
-	if !ok {
-		s.mu.Unlock()
-		return apierrors.NewNotFound(groupResources[resCSRs], name)
-	}
-	delete(s.csrs, name)
-	c = c.DeepCopy()
-	c.ResourceVersion = s.nextRV()
-	waits, err := s.record(resCSRs, "DELETED", c)
-	s.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return waitFlushed(waits)
+	return write[*certificatesv1.CertificateSigningRequest](s, resCSRs, s.csrs, "DELETED", name, nil)
 }
 
 // Counts returns the number of Nodes and of key bindings nodeguard should hold.
