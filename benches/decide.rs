@@ -1,6 +1,7 @@
 //! Prints how long one admission decision takes (decode of a kubelet-sized Node review
-//! plus the checks) with 500, 5,000 and 50,000 nodes in the inventory, and the memory
-//! the inventory holds for 5,000 nodes. Figures only: nothing here passes or fails.
+//! plus the checks) with 500, 5,000 and 50,000 nodes in the inventory, each node with
+//! its ledger record (two bound keys, a client certificate, three boots), and the memory
+//! the inventory holds. Figures only: nothing here passes or fails.
 //!
 //!     cargo bench --bench decide
 
@@ -8,8 +9,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use nodeguard::demo::kubelet::{self, Machine, Write};
-use nodeguard::identity::{NodeClaim, NodeDoc};
+use nodeguard::identity::{KeyBinding, KeyFingerprint, KubeletSigner, NodeClaim, NodeDoc};
 use nodeguard::inventory::Inventory;
+use nodeguard::ledger::{KeyObservation, NodeIdentity, NodeObservation};
 use nodeguard::policy::{self, Config, NodeReview, Operation};
 
 fn machine(i: u32) -> Machine {
@@ -49,8 +51,47 @@ fn inventory(nodes: u32) -> Inventory {
             .into_iter()
             .collect();
         inventory.apply_node(c);
+        inventory.apply_identity(ledger_record(&m, i));
     }
     inventory
+}
+
+/// What the recorder keeps for a node that rebooted twice and renewed its certificates.
+fn ledger_record(m: &Machine, i: u32) -> NodeIdentity {
+    let now = jiff::Timestamp::now();
+    let mut record = NodeIdentity::blank(&m.name);
+    for boot in 0..3u32 {
+        let mut booted = m.clone();
+        booted.boot_id = format!("{boot:08x}-40ea-4cf5-9f24-{i:012x}");
+        if boot == 2 {
+            booted.boot_id = m.boot_id.clone();
+        }
+        let mut observation = NodeObservation::of(&claim(&booted));
+        observation.uid = Some(format!("6f0c1b6e-1d2a-4c3b-9e8f-{i:012x}"));
+        record.observe_node(&observation, now);
+    }
+    for (n, signer) in [KubeletSigner::Client, KubeletSigner::Serving]
+        .into_iter()
+        .enumerate()
+    {
+        let mut fingerprint = [0u8; 32];
+        fingerprint[..4].copy_from_slice(&i.to_be_bytes());
+        fingerprint[4] = n as u8;
+        record.observe_key(
+            &KeyObservation {
+                csr: format!("csr-{i:05x}{n}"),
+                binding: KeyBinding {
+                    node: m.name.as_str().into(),
+                    fingerprint: KeyFingerprint(fingerprint),
+                    signer,
+                    credential_id: (signer == KubeletSigner::Client)
+                        .then(|| format!("X509SHA256={:064x}", i).into()),
+                },
+            },
+            now,
+        );
+    }
+    record
 }
 
 fn rss_kib() -> u64 {
@@ -112,6 +153,34 @@ fn time_decisions(inventory: &Inventory, body: &[u8]) -> Duration {
     })
 }
 
+/// A registered node's status update with a new boot id (a reboot): the path where
+/// `two-kubelets` reads the node's ledger record.
+fn time_reboot(inventory: &Inventory) -> Duration {
+    let config = Config::default();
+    let now = jiff::Timestamp::now();
+    let before = machine(7);
+    let mut after = before.clone();
+    after.boot_id = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0".into();
+    let old = kubelet::node_object(&before);
+    let body = kubelet::node_review(
+        "uid",
+        Write::StatusPatch,
+        &kubelet::node_object(&after),
+        Some(&old),
+        "system:node:node-00007",
+    )
+    .to_string();
+    let old_claim = claim(&before);
+    median_time(|| {
+        let review = NodeReview {
+            operation: Operation::Update,
+            object: decode(body.as_bytes()),
+            old_object: Some(old_claim.clone()),
+        };
+        black_box(policy::decide_node(&review, inventory, &config, now));
+    })
+}
+
 /// Decoding a review alone.
 fn time_decode(body: &[u8]) -> Duration {
     median_time(|| {
@@ -138,13 +207,15 @@ fn main() {
         let inventory = inventory(nodes);
         let after = rss_kib();
         let per_decision = time_decisions(&inventory, body.as_bytes());
+        let reboot = time_reboot(&inventory);
         if nodes == 500 {
             at_500 = per_decision;
         }
         println!(
-            "{nodes:>6} nodes: {:>7.1} µs per decision (decode + checks), {:.2}× the 500-node time; inventory RSS +{:.1} MiB",
+            "{nodes:>6} nodes: {:>7.1} µs per decision (decode + checks), {:.2}× the 500-node time; a reboot's status update {:.1} µs; inventory with ledger RSS +{:.1} MiB",
             per_decision.as_secs_f64() * 1e6,
             per_decision.as_secs_f64() / at_500.as_secs_f64(),
+            reboot.as_secs_f64() * 1e6,
             (after.saturating_sub(before)) as f64 / 1024.0
         );
         drop(inventory);

@@ -1,10 +1,10 @@
-//! The command line: `nodeguard serve` and `nodeguard demo`, with the logging flags
-//! shared by both.
+//! The command line: `serve`, `demo`, `certs`, `forget` and `crd`, with the logging
+//! flags they share.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::serve::{self, ServeArgs};
+use crate::serve::{self, KubeArgs, ServeArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,11 +22,24 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook, the cluster watchers and the admin server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Replay the clone scenarios against a local server.
     Demo,
     /// Write a development CA and serving certificate for `serve`.
     Certs(CertsArgs),
+    /// Clear a node's two-kubelets conflict once the copy has its own identity.
+    Forget(ForgetArgs),
+    /// Print the NodeIdentity CustomResourceDefinition (YAML), as deploy/ ships it.
+    Crd,
+}
+
+/// Which node's conflict to clear, in which cluster.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ForgetArgs {
+    /// The node name (the NodeIdentity's name).
+    pub node: String,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 /// Where `nodeguard certs` writes, and for which names.
@@ -45,13 +58,13 @@ impl Cli {
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
             Command::Serve(_) => "info",
-            Command::Demo | Command::Certs(_) => "warn",
+            Command::Demo | Command::Certs(_) | Command::Forget(_) | Command::Crd => "warn",
         }
     }
 
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Demo => crate::demo::run().await,
             Command::Certs(args) => {
                 let names: Vec<&str> = if args.dns_names.is_empty() {
@@ -62,6 +75,21 @@ impl Cli {
                 for path in crate::certs::write_dev_pki(&args.out, &names)? {
                     println!("wrote {}", path.display());
                 }
+                Ok(())
+            }
+            Command::Forget(args) => {
+                let client = args.kube.client().await?;
+                let api = kube::Api::all(client);
+                let outcome = crate::ledger::forget::forget(&api, &args.node)
+                    .await
+                    .map_err(|error| {
+                        anyhow::anyhow!("cannot update NodeIdentity {}: {error}", args.node)
+                    })?;
+                println!("{}", outcome.describe(&args.node));
+                Ok(())
+            }
+            Command::Crd => {
+                print!("{}", crate::ledger::record::crd_yaml()?);
                 Ok(())
             }
         }

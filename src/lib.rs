@@ -8,6 +8,7 @@ pub mod cli;
 pub mod demo;
 pub mod identity;
 pub mod inventory;
+pub mod ledger;
 pub mod policy;
 pub mod serve;
 pub mod watch;

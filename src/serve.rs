@@ -1,6 +1,7 @@
 //! `nodeguard serve`: the watchers keep the inventory current, the webhook answers
-//! reviews from it, the admin server reports on both. The first SIGTERM or SIGINT
-//! drains the servers; a second one stops at once.
+//! reviews from it, the admin server reports on both, and the replica holding the
+//! lease records identities in the ledger. The first SIGTERM or SIGINT drains the
+//! servers and hands the lease over; a second one stops at once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +11,8 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminArgs, AdminState, Metrics};
 use crate::inventory::SharedInventory;
+use crate::ledger::lease::{self, LeaseConfig};
+use crate::ledger::recorder::{self, Recorder};
 use crate::policy::Config;
 use crate::watch::{self, Readiness};
 use crate::webhook::{self, AppState, WebhookArgs};
@@ -25,6 +28,33 @@ pub struct ServeArgs {
     pub kube: KubeArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+}
+
+/// Who records the ledger: the replica holding a Lease in nodeguard's namespace.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LedgerArgs {
+    /// Namespace of the recorder's Lease (the pod's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "nodeguard")]
+    pub namespace: String,
+    /// Name of the Lease that elects the recorder.
+    #[arg(long, default_value = "nodeguard-recorder")]
+    pub lease_name: String,
+    /// This replica's name in the Lease and in Events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+impl LedgerArgs {
+    fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "nodeguard".to_string());
+            format!("{host}-{}", std::process::id())
+        })
+    }
 }
 
 /// How to reach the API server.
@@ -107,7 +137,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let drain = Drain::new();
     let mut signals = Signals::new()?;
 
-    let mut watcher = tokio::spawn(watch::run(client, inventory.clone(), readiness.clone()));
+    let identity = args.ledger.identity();
+    let (observations, observed) = recorder::observations();
+    let (leading, leadership) = lease::leadership_channel();
+    let mut watcher = tokio::spawn(watch::run(
+        client.clone(),
+        inventory.clone(),
+        readiness.clone(),
+        Some(observations),
+    ));
+    let recorder = Recorder::new(
+        client.clone(),
+        inventory.clone(),
+        Arc::clone(&metrics),
+        &identity,
+    );
+    let recording = tokio::spawn(recorder.run(observed, leadership));
+    let lease_config = LeaseConfig::new(
+        args.ledger.namespace.clone(),
+        args.ledger.lease_name.clone(),
+        identity,
+    );
+    let election = tokio::spawn(lease::run_election(
+        client,
+        lease_config,
+        leading,
+        drain.signaled(),
+    ));
     let webhook_router = webhook::router(AppState {
         inventory: inventory.clone(),
         config,
@@ -138,10 +194,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     drain.start();
     watcher.abort();
+    recording.abort();
     let servers = async {
         // A server that already stopped reports a finished (or failed) task here;
-        // its failure is the one already being returned.
-        let _ = tokio::join!(webhook_server, admin_server);
+        // its failure is the one already being returned. The election releases the
+        // lease, so another replica records at once.
+        let _ = tokio::join!(webhook_server, admin_server, election);
     };
     tokio::select! {
         () = servers => tracing::info!("stopped"),

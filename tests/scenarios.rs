@@ -166,6 +166,32 @@ async fn the_clone_holding_the_originals_name_and_credentials_cannot_write_its_s
     );
 }
 
+#[tokio::test]
+async fn a_perfect_copy_taking_turns_with_the_original_is_denied_naming_both_boots() {
+    let cluster = HealthyCluster::new().unwrap();
+    let original = cluster.machine("worker-1");
+    let response = answer(scenario(&cluster, 'h')).await;
+    assert_eq!(response["allowed"], false);
+    assert_eq!(
+        response["status"],
+        denial(format!(
+            "nodeguard [two-kubelets]: two machines are writing node \"worker-1\" with its \
+             credentials: boot d8f2c1a0-1b2c-4d3e-8f4a-5b6c7d8e9f00 (this machine) and boot {}, \
+             which registered first and is kept; stop this machine's kubelet and give it its own \
+             identity (hostname, rm /etc/machine-id && systemd-machine-id-setup, remove \
+             /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join \
+             with a bootstrap token), then run nodeguard forget worker-1",
+            original.boot_id
+        ))
+    );
+    // The original's own next write, against the same ledger, is allowed.
+    let mut allowed = scenario(&cluster, 'h');
+    let request = &mut allowed.review["request"];
+    let original_object = request["oldObject"].clone();
+    request["object"] = original_object;
+    assert_eq!(answer(allowed).await["allowed"], true);
+}
+
 #[test]
 fn the_demo_replays_every_scenario_as_expected() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_nodeguard"))
@@ -180,13 +206,13 @@ fn the_demo_replays_every_scenario_as_expected() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("\n7 scenarios: 7 answered as expected\n"),
+        stdout.contains("\n8 scenarios: 8 answered as expected\n"),
         "{stdout}"
     );
     assert_eq!(stdout.matches("NOT AS EXPECTED").count(), 0);
     assert_eq!(
         stdout.matches("denied the request: nodeguard [").count(),
-        5,
+        6,
         "{stdout}"
     );
 }

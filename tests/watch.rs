@@ -22,6 +22,7 @@ use nodeguard::identity::{
     BootId, CsrClaim, Hostname, KeyFingerprint, MachineId, ProviderId, SystemUuid,
 };
 use nodeguard::inventory::{Holders, Inventory, SharedInventory};
+use nodeguard::ledger::recorder::{self, Observation};
 use nodeguard::watch::{self, Readiness};
 
 /// Guards against hangs only; nothing here measures time.
@@ -29,6 +30,7 @@ const GUARD: Duration = Duration::from_secs(10);
 
 const NODES_PATH: &str = "/api/v1/nodes";
 const CSRS_PATH: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+const LEDGER_PATH: &str = "/apis/nodeguard.io/v1alpha1/nodeidentities";
 const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 
 type TestBody = BoxBody<Bytes, io::Error>;
@@ -44,6 +46,9 @@ struct Cluster {
     readiness: Readiness,
     nodes: mpsc::UnboundedReceiver<Call>,
     csrs: mpsc::UnboundedReceiver<Call>,
+    ledger: mpsc::UnboundedReceiver<Call>,
+    /// What the watchers pass to the ledger's recorder.
+    observed: mpsc::UnboundedReceiver<Observation>,
     run: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -52,11 +57,13 @@ impl Cluster {
         let (service, mut handle) = mock::pair::<Request<kube::client::Body>, Response<TestBody>>();
         let (nodes_tx, nodes) = mpsc::unbounded_channel();
         let (csrs_tx, csrs) = mpsc::unbounded_channel();
+        let (ledger_tx, ledger) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
                 let to = match request.uri().path() {
                     NODES_PATH => &nodes_tx,
                     CSRS_PATH => &csrs_tx,
+                    LEDGER_PATH => &ledger_tx,
                     other => panic!("unexpected request for {other}"),
                 };
                 if to.send((request, send)).is_err() {
@@ -67,12 +74,20 @@ impl Cluster {
         let client = kube::Client::new(service, "default");
         let inventory = SharedInventory::new(Inventory::new());
         let readiness = Readiness::new();
-        let run = tokio::spawn(watch::run(client, inventory.clone(), readiness.clone()));
+        let (observations, observed) = recorder::observations();
+        let run = tokio::spawn(watch::run(
+            client,
+            inventory.clone(),
+            readiness.clone(),
+            Some(observations),
+        ));
         Self {
             inventory,
             readiness,
             nodes,
             csrs,
+            ledger,
+            observed,
             run,
         }
     }
@@ -105,6 +120,23 @@ impl Cluster {
         );
         let (request, send) = self.next_csr_request().await;
         answer_watch(&request, send, resource_version)
+    }
+
+    /// Answers the initial NodeIdentity list and the watch that follows it.
+    async fn list_ledger(&mut self, resource_version: &str, items: Vec<Value>) -> WatchStream {
+        let (request, send) = next(&mut self.ledger, "node identities").await;
+        answer_list(&request, send, "NodeIdentityList", resource_version, items);
+        let (request, send) = next(&mut self.ledger, "node identities").await;
+        answer_watch(&request, send, resource_version)
+    }
+
+    /// The next observation the watchers passed to the recorder.
+    async fn next_observation(&mut self) -> Observation {
+        match tokio::time::timeout(GUARD, self.observed.recv()).await {
+            Ok(Some(observation)) => observation,
+            Ok(None) => panic!("the watchers dropped the recorder's channel"),
+            Err(_) => panic!("no observation reached the recorder"),
+        }
     }
 
     fn read<T>(&self, f: impl FnOnce(&Inventory) -> T) -> T {
@@ -184,7 +216,11 @@ fn answer_list(
     assert_eq!(request.method(), http::Method::GET);
     assert!(!is_watch(request), "expected a list, got {}", request.uri());
     let list = json!({
-        "apiVersion": if kind == "NodeList" { "v1" } else { "certificates.k8s.io/v1" },
+        "apiVersion": match kind {
+            "NodeList" => "v1",
+            "NodeIdentityList" => "nodeguard.io/v1alpha1",
+            _ => "certificates.k8s.io/v1",
+        },
         "kind": kind,
         "metadata": { "resourceVersion": resource_version },
         "items": items,
@@ -428,7 +464,7 @@ fn ip(value: &str) -> IpAddr {
 // Tests.
 
 #[tokio::test]
-async fn readiness_waits_for_both_lists() {
+async fn readiness_waits_for_all_three_lists() {
     let mut cluster = Cluster::start();
     assert!(!cluster.readiness.is_ready());
 
@@ -445,6 +481,13 @@ async fn readiness_waits_for_both_lists() {
     );
 
     let _csrs = cluster.list_csrs("2570", vec![]).await;
+    assert_eq!(cluster.read(|inv| inv.size().nodes), 2);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !cluster.readiness.is_ready(),
+        "ready before the ledger was listed"
+    );
+    let _ledger = cluster.list_ledger("2571", vec![]).await;
     cluster.ready().await;
     assert!(cluster.readiness.is_ready());
 }
@@ -462,6 +505,7 @@ async fn readiness_waits_for_a_list_that_failed_and_was_retried() {
     let (request, send) = cluster.next_node_request().await;
     assert!(!cluster.readiness.is_ready());
     answer_list(&request, send, "NodeList", "2568", eks_nodes());
+    let _ledger = cluster.list_ledger("2571", vec![]).await;
     cluster.ready().await;
     assert_eq!(cluster.read(|inv| inv.size().nodes), 2);
 }
@@ -480,6 +524,7 @@ async fn listed_nodes_are_indexed_and_watch_events_keep_them_current() {
     items.push(kind.clone());
     let nodes = cluster.list_nodes("2568", items).await;
     let _csrs = cluster.list_csrs("2570", vec![]).await;
+    let _ledger = cluster.list_ledger("2571", vec![]).await;
     cluster.ready().await;
 
     cluster.read(|inv| {
@@ -584,6 +629,7 @@ async fn a_watch_that_ends_is_resumed_from_the_last_resource_version() {
     let mut cluster = Cluster::start();
     let nodes = cluster.list_nodes("2568", eks_nodes()).await;
     let _csrs = cluster.list_csrs("2570", vec![]).await;
+    let _ledger = cluster.list_ledger("2571", vec![]).await;
     cluster.ready().await;
 
     let mut a = eks_nodes().remove(0);
@@ -626,6 +672,7 @@ async fn an_expired_watch_relists_and_forgets_nodes_deleted_meanwhile() {
     items.push(kind.clone());
     let nodes = cluster.list_nodes("2568", items).await;
     let _csrs = cluster.list_csrs("2570", vec![]).await;
+    let _ledger = cluster.list_ledger("2571", vec![]).await;
     cluster.ready().await;
     assert_eq!(cluster.read(|inv| inv.size().nodes), 3);
 
@@ -686,6 +733,7 @@ async fn approved_kubelet_csrs_bind_their_key_and_others_do_not() {
             vec![approved.clone(), pending.clone(), denied.clone()],
         )
         .await;
+    let _ledger = cluster.list_ledger("2571", vec![]).await;
     cluster.ready().await;
 
     cluster.read(|inv| {
@@ -749,6 +797,7 @@ async fn csrs_deleted_while_the_watch_was_down_are_forgotten_on_relist() {
     let csrs = cluster
         .list_csrs("4200", vec![first.clone(), second.clone()])
         .await;
+    let _ledger = cluster.list_ledger("2571", vec![]).await;
     cluster.ready().await;
     assert_eq!(cluster.read(|inv| inv.size().key_bindings), 2);
 
@@ -773,4 +822,83 @@ async fn csrs_deleted_while_the_watch_was_down_are_forgotten_on_relist() {
         );
         assert_eq!(inv.size().key_bindings, 1);
     });
+}
+
+/// A NodeIdentity as the recorder writes it: a client key bound an hour ago, two boots.
+fn node_identity(name: &str, resource_version: &str, key: &KeyFingerprint) -> Value {
+    json!({
+        "apiVersion": "nodeguard.io/v1alpha1",
+        "kind": "NodeIdentity",
+        "metadata": {
+            "name": name,
+            "resourceVersion": resource_version,
+            "uid": format!("uid-nid-{name}"),
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": format!("uid-{name}")}],
+        },
+        "spec": {
+            "machineID": EKS_A_MACHINE_ID,
+            "keys": [{
+                "fingerprint": key.to_string(),
+                "signer": CLIENT_SIGNER,
+                "firstSeen": "2024-03-04T09:40:01Z",
+                "csr": "csr-gone1",
+            }],
+            "boots": [
+                {"bootID": "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60", "firstSeen": "2024-03-01T08:00:00Z", "lastSeen": "2024-03-04T08:00:00Z"},
+                {"bootID": "d8f2c1a0-1b2c-4d3e-8f4a-5b6c7d8e9f00", "firstSeen": "2024-03-04T09:00:00Z", "lastSeen": "2024-03-04T09:00:00Z"},
+            ],
+        },
+        "status": {"currentBoot": "d8f2c1a0-1b2c-4d3e-8f4a-5b6c7d8e9f00", "boots": 2, "keys": 1},
+    })
+}
+
+#[tokio::test]
+async fn the_ledger_binds_keys_whose_csrs_are_gone_and_the_recorder_hears_of_changes() {
+    let mut cluster = Cluster::start();
+    let nodes = cluster.list_nodes("2568", eks_nodes()).await;
+    let _csrs = cluster.list_csrs("2570", vec![]).await;
+    let key = fingerprint("csr-kubelet-client-gke-castai.pem");
+    let ledger = cluster
+        .list_ledger("2571", vec![node_identity(EKS_A, "2569", &key)])
+        .await;
+    cluster.ready().await;
+
+    // No CSR is stored, yet the key is bound: the ledger remembers it.
+    assert_eq!(cluster.read(|inv| key_holders(inv, &key)), [EKS_A]);
+    assert_eq!(cluster.read(|inv| inv.size().ledger_records), 1);
+
+    // The relists of Nodes and CSRs each ask the recorder for a full comparison.
+    assert_eq!(cluster.next_observation().await, Observation::Resync);
+    assert_eq!(cluster.next_observation().await, Observation::Resync);
+
+    // A reboot of EKS_B reaches the recorder with its new boot id.
+    let mut rebooted = eks_nodes()[1].clone();
+    rebooted["status"]["nodeInfo"]["bootID"] = json!("0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0");
+    set_resource_version(&mut rebooted, "2580");
+    nodes.event("MODIFIED", &rebooted);
+    match cluster.next_observation().await {
+        Observation::Node(node) => {
+            assert_eq!(node.name, EKS_B);
+            assert_eq!(
+                node.boot_id.as_deref(),
+                Some("0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0")
+            );
+        }
+        other => panic!("expected the rebooted node, got {other:?}"),
+    }
+    // The same Node again (a heartbeat) changes nothing the ledger keeps: no observation.
+    set_resource_version(&mut rebooted, "2581");
+    nodes.event("MODIFIED", &rebooted);
+
+    // The record deleted (its Node was, or an admin released the name): the key is free.
+    ledger.event("DELETED", &node_identity(EKS_A, "2590", &key));
+    cluster
+        .until("the deleted record's key is unbound", |inv| {
+            inv.key(&key).is_empty()
+        })
+        .await;
+    assert!(
+        cluster.observed.try_recv().is_err(),
+        "a heartbeat reached the recorder"
+    );
 }

@@ -54,6 +54,21 @@ pub struct Metrics {
     inventory_nodes: Gauge,
     inventory_key_bindings: Gauge,
     inventory_ready: Gauge,
+    ledger_records: Gauge,
+    ledger_conflicts: Gauge,
+    conflicts_recorded: Family<FindingCheck, Counter>,
+    ledger_writes: Family<WriteLabels, Counter>,
+    recorder_leading: Gauge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FindingCheck {
+    check: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WriteLabels {
+    result: &'static str,
 }
 
 impl Default for Metrics {
@@ -71,6 +86,11 @@ impl Metrics {
         let inventory_nodes = Gauge::default();
         let inventory_key_bindings = Gauge::default();
         let inventory_ready = Gauge::default();
+        let ledger_records = Gauge::default();
+        let ledger_conflicts = Gauge::default();
+        let conflicts_recorded = Family::<FindingCheck, Counter>::default();
+        let ledger_writes = Family::<WriteLabels, Counter>::default();
+        let recorder_leading = Gauge::default();
 
         let mut registry = Registry::default();
         registry.register(
@@ -103,6 +123,31 @@ impl Metrics {
             "1 while the inventory is known to be current, else 0",
             inventory_ready.clone(),
         );
+        registry.register(
+            "nodeguard_ledger_records",
+            "NodeIdentity records this replica has read",
+            ledger_records.clone(),
+        );
+        registry.register(
+            "nodeguard_ledger_conflicts",
+            "NodeIdentity records with a conflict (two machines writing one node)",
+            ledger_conflicts.clone(),
+        );
+        registry.register(
+            "nodeguard_identity_conflicts_recorded",
+            "Conflicts this replica recorded in the ledger, by check",
+            conflicts_recorded.clone(),
+        );
+        registry.register(
+            "nodeguard_ledger_writes",
+            "NodeIdentity writes by this replica, by result (written, conflict-retried, failed)",
+            ledger_writes.clone(),
+        );
+        registry.register(
+            "nodeguard_recorder_leading",
+            "1 while this replica holds the recorder lease, else 0",
+            recorder_leading.clone(),
+        );
 
         Self {
             registry,
@@ -112,7 +157,31 @@ impl Metrics {
             inventory_nodes,
             inventory_key_bindings,
             inventory_ready,
+            ledger_records,
+            ledger_conflicts,
+            conflicts_recorded,
+            ledger_writes,
+            recorder_leading,
         }
+    }
+
+    /// A conflict the recorder wrote to the ledger.
+    pub fn observe_conflict_recorded(&self, check: &'static str) {
+        self.conflicts_recorded
+            .get_or_create(&FindingCheck { check })
+            .inc();
+    }
+
+    /// One NodeIdentity write: `written`, `conflict` (stale resourceVersion, retried)
+    /// or `failed`.
+    pub fn observe_ledger_write(&self, result: &'static str) {
+        self.ledger_writes
+            .get_or_create(&WriteLabels { result })
+            .inc();
+    }
+
+    pub fn set_leading(&self, leading: bool) {
+        self.recorder_leading.set(i64::from(leading));
     }
 
     /// Counts one answered review and its findings.
@@ -173,6 +242,9 @@ impl Metrics {
         self.inventory_key_bindings
             .set(gauge_value(size.key_bindings));
         self.inventory_ready.set(i64::from(ready));
+        self.ledger_records.set(gauge_value(size.ledger_records));
+        self.ledger_conflicts
+            .set(gauge_value(size.ledger_conflicts));
     }
 
     /// The OpenMetrics text exposition of every metric.
@@ -211,6 +283,8 @@ mod tests {
                 nodes: 3,
                 key_bindings: 2,
                 indexed_values: 10,
+                ledger_records: 4,
+                ledger_conflicts: 1,
             },
             true,
         );
@@ -224,6 +298,8 @@ mod tests {
             "nodeguard_inventory_nodes 3",
             "nodeguard_inventory_key_bindings 2",
             "nodeguard_inventory_ready 1",
+            "nodeguard_ledger_records 4",
+            "nodeguard_ledger_conflicts 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

@@ -166,8 +166,16 @@ pub fn csr_object(name: &str, signer: &str, pem: &str, requester: &Requester) ->
     })
 }
 
-/// The CSR once approved and issued: what the watchers see afterwards.
+/// The CSR once approved and issued: what the watchers see afterwards. The certificate
+/// is really signed, by a throwaway cluster CA, so its credential id is what the API
+/// server would report for it. A request that does not parse gets no certificate.
 pub fn issued(mut csr: Value) -> Value {
+    let certificate = csr["spec"]["request"]
+        .as_str()
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .and_then(|pem| String::from_utf8(pem).ok())
+        .and_then(|pem| sign_request(&pem).ok())
+        .map(|pem| base64::engine::general_purpose::STANDARD.encode(pem));
     csr["status"] = json!({
         "conditions": [{
             "type": "Approved",
@@ -175,9 +183,24 @@ pub fn issued(mut csr: Value) -> Value {
             "reason": "AutoApproved",
             "message": "Auto approving kubelet client certificate after SubjectAccessReview.",
         }],
-        "certificate": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
     });
+    if let Some(certificate) = certificate {
+        csr["status"]["certificate"] = json!(certificate);
+    }
     csr
+}
+
+/// Signs a PEM certificate request as the cluster's kubelet signer would.
+fn sign_request(request_pem: &str) -> Result<String, rcgen::Error> {
+    let ca_key = kubelet_key()?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name.push(DnType::CommonName, "kubernetes");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let mut request = rcgen::CertificateSigningRequestParams::from_pem(request_pem)?;
+    request.params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+    request.params.not_after = rcgen::date_time_ymd(2027, 1, 1);
+    Ok(request.signed_by(&issuer)?.pem())
 }
 
 /// How a write reaches admission.

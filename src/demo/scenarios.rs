@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::kubelet::{self, Machine, Requester, Write};
 use crate::identity::{CsrDoc, KeyBinding, NodeClaim, NodeDoc};
 use crate::inventory::Inventory;
+use crate::ledger::{NodeIdentity, NodeObservation};
 use crate::policy::Outcome;
 
 /// Where the request goes.
@@ -121,7 +122,7 @@ fn binding_of(csr: &Value) -> Option<KeyBinding> {
 }
 
 /// The cases, in the order the README tells them: (a)–(f) from the design's list and
-/// (g), the incident itself.
+/// (g)–(h), the incident itself.
 pub fn all() -> Result<Vec<Scenario>, rcgen::Error> {
     with_cluster(&HealthyCluster::new()?)
 }
@@ -288,5 +289,46 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
         expected: Outcome::Denied,
     });
 
+    // (h) The incident with a perfect copy: same machine-id, same system UUID, same
+    // credentials; only the boot id tells the two kubelets apart. The ledger has seen
+    // worker-1's boot, then the copy's, then worker-1's again.
+    let copy = worker1.rebooted("d8f2c1a0-1b2c-4d3e-8f4a-5b6c7d8e9f00");
+    let mut inventory = cluster.inventory()?;
+    inventory.apply_identity(ledger_after(&[&worker1, &copy, &worker1]));
+    scenarios.push(Scenario {
+        key: 'h',
+        title: "a perfect copy of worker-1 and worker-1 take turns writing worker-1's status",
+        inventory,
+        endpoint: Endpoint::Nodes,
+        action: KubeletAction::UpdateStatus,
+        node: "worker-1".into(),
+        review: kubelet::node_review(
+            "b0d3a1c2-0a01-4a5e-9f1d-000000000008",
+            Write::StatusPatch,
+            &kubelet::node_object(&copy),
+            Some(&kubelet::node_object(&worker1)),
+            "system:node:worker-1",
+        ),
+        expected: Outcome::Denied,
+    });
+
     Ok(scenarios)
+}
+
+/// The NodeIdentity the recorder writes after seeing a node report these machines'
+/// states in turn, ten seconds apart (the kubelet's status period).
+pub fn ledger_after(states: &[&Machine]) -> NodeIdentity {
+    let name = states.first().map_or("", |m| m.name.as_str());
+    let mut record = NodeIdentity::blank(name);
+    let mut at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
+    for machine in states {
+        let text = kubelet::node_object(machine).to_string();
+        if let Ok(doc) = serde_json::from_str::<NodeDoc<'_>>(&text)
+            && let Some(claim) = NodeClaim::from_doc(&doc)
+        {
+            record.observe_node(&NodeObservation::of(&claim), at);
+        }
+        at += jiff::SignedDuration::from_secs(10);
+    }
+    record
 }

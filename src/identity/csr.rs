@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use base64::Engine;
 use serde::Deserialize;
@@ -199,6 +200,9 @@ pub struct KeyBinding {
     pub node: NodeName,
     pub fingerprint: KeyFingerprint,
     pub signer: KubeletSigner,
+    /// The credential id of the issued client certificate, as the API server reports it
+    /// for requests made with it (`X509SHA256=<hex>`); `None` until issued.
+    pub credential_id: Option<Arc<str>>,
 }
 
 impl KeyBinding {
@@ -223,12 +227,36 @@ impl KeyBinding {
             return None;
         }
         let claim = CsrClaim::from_request_field(spec.request.as_deref()?).ok()?;
+        let credential_id = match signer {
+            KubeletSigner::Client => status
+                .and_then(|s| s.certificate.as_deref())
+                .and_then(credential_id_of_certificate),
+            KubeletSigner::Serving => None,
+        };
         Some(KeyBinding {
             node: claim.node,
             fingerprint: claim.fingerprint,
             signer,
+            credential_id,
         })
     }
+}
+
+/// The credential id the API server gives a client certificate
+/// (`userInfo.extra["authentication.kubernetes.io/credential-id"]`): `X509SHA256=` and
+/// the hex SHA-256 of the certificate's DER. `status.certificate` is base64 of the PEM
+/// chain; the leaf comes first.
+pub fn credential_id_of_certificate(certificate_b64: &str) -> Option<Arc<str>> {
+    use sha2::{Digest, Sha256};
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(certificate_b64.trim())
+        .ok()?;
+    let (_, leaf) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    if leaf.label != "CERTIFICATE" {
+        return None;
+    }
+    let digest = Sha256::digest(&leaf.contents);
+    Some(Arc::from(format!("X509SHA256={}", hex::encode(digest))))
 }
 
 /// Who asked for a certificate: a bootstrap token (a machine joining) or a node

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::Deserialize;
@@ -29,6 +30,8 @@ pub struct NodeMetaDoc<'a> {
     pub name: Option<Cow<'a, str>>,
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub resource_version: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "super::text::option")]
+    pub uid: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub labels: Option<NodeLabelsDoc<'a>>,
 }
@@ -112,6 +115,8 @@ pub struct Readiness {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeClaim {
     pub name: NodeName,
+    /// `metadata.uid`: tells one registration of a name from the next. Absent on CREATE.
+    pub uid: Option<Arc<str>>,
     pub machine_id: Option<MachineId>,
     pub system_uuid: Option<SystemUuid>,
     pub boot_id: Option<BootId>,
@@ -178,6 +183,11 @@ impl NodeClaim {
 
         Some(NodeClaim {
             name: NodeName::from(name),
+            uid: meta
+                .uid
+                .as_deref()
+                .filter(|uid| !uid.is_empty())
+                .map(Arc::from),
             machine_id: info
                 .and_then(|i| i.machine_id.as_deref())
                 .and_then(MachineId::parse),

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use crate::identity::{
     Hostname, KeyBinding, KeyFingerprint, MachineId, NodeClaim, NodeName, ProviderId, SystemUuid,
 };
+use crate::ledger::NodeIdentity;
 
 /// Value → holders, each holder with the number of times it holds the value (a node
 /// may hold a key through several CSRs).
@@ -95,7 +96,11 @@ pub struct Inventory {
     nodes: HashMap<NodeName, NodeClaim>,
     by: NodeIndexes,
     csrs: HashMap<Arc<str>, KeyBinding>,
+    /// Keys bound by CSRs still stored and by the ledger: a node holds a key while
+    /// either remembers it.
     keys: Index<KeyFingerprint>,
+    ledger: HashMap<NodeName, Arc<NodeIdentity>>,
+    ledger_conflicts: usize,
 }
 
 /// One index per identity field of a Node.
@@ -169,6 +174,8 @@ pub struct InventorySize {
     pub nodes: usize,
     pub key_bindings: usize,
     pub indexed_values: usize,
+    pub ledger_records: usize,
+    pub ledger_conflicts: usize,
 }
 
 impl Inventory {
@@ -233,6 +240,58 @@ impl Inventory {
         self.nodes.get(name)
     }
 
+    /// Every node, in no particular order.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeClaim> {
+        self.nodes.values()
+    }
+
+    /// Every key binding of a stored CSR, with the CSR's name.
+    pub fn key_bindings(&self) -> impl Iterator<Item = (&str, &KeyBinding)> {
+        self.csrs.iter().map(|(name, binding)| (&**name, binding))
+    }
+
+    /// Records the ledger's NodeIdentity for a node, replacing the previous one.
+    pub fn apply_identity(&mut self, mut record: NodeIdentity) {
+        // The API server's field-ownership records are as large as the record and nothing
+        // here reads them; a write that omits them leaves them as they are.
+        record.metadata.managed_fields = None;
+        let Some(name) = record.metadata.name.as_deref() else {
+            return;
+        };
+        let name = NodeName::from(name);
+        self.delete_identity(&name);
+        for fingerprint in record.key_fingerprints() {
+            self.keys.add(&fingerprint, &name);
+        }
+        self.ledger_conflicts += usize::from(record.conflict().is_some());
+        self.ledger.insert(name, Arc::new(record));
+    }
+
+    pub fn delete_identity(&mut self, name: &str) {
+        if let Some((name, old)) = self.ledger.remove_entry(name) {
+            for fingerprint in old.key_fingerprints() {
+                self.keys.remove(&fingerprint, &name);
+            }
+            self.ledger_conflicts -= usize::from(old.conflict().is_some());
+        }
+    }
+
+    /// Replaces all ledger records at once, after a full list.
+    pub fn replace_identities(&mut self, records: impl IntoIterator<Item = NodeIdentity>) {
+        let names: Vec<NodeName> = self.ledger.keys().cloned().collect();
+        for name in names {
+            self.delete_identity(&name);
+        }
+        for record in records {
+            self.apply_identity(record);
+        }
+    }
+
+    /// The ledger's record of a node name.
+    pub fn identity(&self, name: &str) -> Option<&Arc<NodeIdentity>> {
+        self.ledger.get(name)
+    }
+
     pub fn machine_id(&self, value: &MachineId) -> Holders<'_> {
         self.by.machine_ids.get(value)
     }
@@ -267,6 +326,8 @@ impl Inventory {
             nodes: self.nodes.len(),
             key_bindings: self.csrs.len(),
             indexed_values: self.by.len() + self.keys.len(),
+            ledger_records: self.ledger.len(),
+            ledger_conflicts: self.ledger_conflicts,
         }
     }
 }
@@ -338,7 +399,9 @@ mod tests {
             InventorySize {
                 nodes: 0,
                 key_bindings: 0,
-                indexed_values: 0
+                indexed_values: 0,
+                ledger_records: 0,
+                ledger_conflicts: 0,
             }
         );
     }
@@ -391,6 +454,7 @@ mod tests {
             node: NodeName::from("worker-1"),
             fingerprint: KeyFingerprint([7; 32]),
             signer: KubeletSigner::Client,
+            credential_id: None,
         };
         inventory.apply_csr("csr-1", Some(binding.clone()));
         inventory.apply_csr("csr-2", Some(binding.clone()));

@@ -14,6 +14,7 @@ use crate::identity::{MachineId, SystemUuid};
 pub enum CheckId {
     NameTakeover,
     IdentityDrift,
+    TwoKubelets,
     MachineId,
     SystemUuid,
     ProviderId,
@@ -25,9 +26,10 @@ pub enum CheckId {
 }
 
 impl CheckId {
-    pub const ALL: [CheckId; 10] = [
+    pub const ALL: [CheckId; 11] = [
         CheckId::NameTakeover,
         CheckId::IdentityDrift,
+        CheckId::TwoKubelets,
         CheckId::MachineId,
         CheckId::SystemUuid,
         CheckId::ProviderId,
@@ -42,6 +44,7 @@ impl CheckId {
         match self {
             CheckId::NameTakeover => "name-takeover",
             CheckId::IdentityDrift => "identity-drift",
+            CheckId::TwoKubelets => "two-kubelets",
             CheckId::MachineId => "machine-id",
             CheckId::SystemUuid => "system-uuid",
             CheckId::ProviderId => "provider-id",
@@ -265,7 +268,7 @@ mod tests {
         );
         assert_eq!(
             config.apply_setting("mac=warn").unwrap_err().to_string(),
-            "unknown check \"mac\"; known checks: name-takeover, identity-drift, machine-id, \
+            "unknown check \"mac\"; known checks: name-takeover, identity-drift, two-kubelets, machine-id, \
              system-uuid, provider-id, hostname, internal-ip, csr-format, key-fingerprint, serving-san"
         );
     }

@@ -9,6 +9,9 @@ use serde::de::DeserializeOwned;
 use super::objects::{WatchedCsr, WatchedNode};
 use crate::identity::{KeyBinding, NodeClaim};
 use crate::inventory::{Inventory, SharedInventory};
+use crate::ledger::NodeIdentity;
+use crate::ledger::record::{KeyObservation, NodeObservation};
+use crate::ledger::recorder::{Observation, Observations};
 
 /// A watched kind and how its objects enter and leave the inventory.
 pub trait Watched:
@@ -20,12 +23,17 @@ pub trait Watched:
     /// `None` for an object without a name: it cannot be stored, so it holds nothing.
     fn into_record(self) -> Option<Self::Record>;
 
-    fn apply(inventory: &mut Inventory, record: Self::Record);
+    /// Applies one object; returns what the ledger's recorder should look at, if the
+    /// object changed anything the ledger keeps.
+    fn apply(inventory: &mut Inventory, record: Self::Record) -> Option<Observation>;
 
     fn delete(&self, inventory: &mut Inventory);
 
     /// Makes `records` the whole of this kind in the inventory.
     fn replace(inventory: &mut Inventory, records: Vec<Self::Record>);
+
+    /// Whether a completed list of this kind gives the recorder something to compare.
+    const FEEDS_LEDGER: bool;
 }
 
 impl Watched for WatchedNode {
@@ -35,8 +43,13 @@ impl Watched for WatchedNode {
         self.claim
     }
 
-    fn apply(inventory: &mut Inventory, claim: NodeClaim) {
+    fn apply(inventory: &mut Inventory, claim: NodeClaim) -> Option<Observation> {
+        let observation = NodeObservation::of(&claim);
+        let unchanged = inventory
+            .node(&claim.name)
+            .is_some_and(|old| NodeObservation::of(old) == observation);
         inventory.apply_node(claim);
+        (!unchanged).then_some(Observation::Node(observation))
     }
 
     fn delete(&self, inventory: &mut Inventory) {
@@ -54,6 +67,8 @@ impl Watched for WatchedNode {
     fn replace(inventory: &mut Inventory, claims: Vec<NodeClaim>) {
         inventory.replace_nodes(claims);
     }
+
+    const FEEDS_LEDGER: bool = true;
 }
 
 impl Watched for WatchedCsr {
@@ -64,8 +79,13 @@ impl Watched for WatchedCsr {
         Some((name, self.binding))
     }
 
-    fn apply(inventory: &mut Inventory, (name, binding): Self::Record) {
+    fn apply(inventory: &mut Inventory, (name, binding): Self::Record) -> Option<Observation> {
+        let observation = binding.as_ref().map(|binding| KeyObservation {
+            csr: name.clone(),
+            binding: binding.clone(),
+        });
         inventory.apply_csr(&name, binding);
+        observation.map(Observation::Key)
     }
 
     fn delete(&self, inventory: &mut Inventory) {
@@ -77,6 +97,37 @@ impl Watched for WatchedCsr {
     fn replace(inventory: &mut Inventory, records: Vec<Self::Record>) {
         inventory.replace_csrs(records);
     }
+
+    const FEEDS_LEDGER: bool = true;
+}
+
+impl Watched for NodeIdentity {
+    type Record = NodeIdentity;
+
+    fn into_record(self) -> Option<NodeIdentity> {
+        self.metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| !n.is_empty())
+            .then_some(self)
+    }
+
+    fn apply(inventory: &mut Inventory, record: NodeIdentity) -> Option<Observation> {
+        inventory.apply_identity(record);
+        None
+    }
+
+    fn delete(&self, inventory: &mut Inventory) {
+        if let Some(name) = self.metadata.name.as_deref() {
+            inventory.delete_identity(name);
+        }
+    }
+
+    fn replace(inventory: &mut Inventory, records: Vec<NodeIdentity>) {
+        inventory.replace_identities(records);
+    }
+
+    const FEEDS_LEDGER: bool = false;
 }
 
 /// One kind's event stream as seen by the inventory. A (re)list is buffered and applied
@@ -109,7 +160,12 @@ impl<K: Watched> Feed<K> {
 
     /// Applies one watcher event. Returns true when the event completed a full list.
     /// The inventory is write-locked only for the one change an event makes.
-    pub fn handle(&mut self, event: Event<K>, inventory: &SharedInventory) -> bool {
+    pub fn handle(
+        &mut self,
+        event: Event<K>,
+        inventory: &SharedInventory,
+        observations: Option<&Observations>,
+    ) -> bool {
         match event {
             Event::Init => {
                 self.listing.clear();
@@ -134,12 +190,20 @@ impl<K: Watched> Feed<K> {
                     "full list applied"
                 );
                 self.synced = true;
+                if K::FEEDS_LEDGER
+                    && let Some(observations) = observations
+                {
+                    observations.send(Observation::Resync);
+                }
                 true
             }
             Event::Apply(object) => {
                 tracing::debug!(resource = %K::plural(&()), name = ?object.meta().name, "applied");
                 if let Some(record) = object.into_record() {
-                    inventory.write(|inv| K::apply(inv, record));
+                    let observation = inventory.write(|inv| K::apply(inv, record));
+                    if let (Some(observation), Some(observations)) = (observation, observations) {
+                        observations.send(observation);
+                    }
                 }
                 false
             }
@@ -174,25 +238,25 @@ mod tests {
     fn a_relist_is_applied_whole_when_it_completes() {
         let inventory = SharedInventory::default();
         let mut feed = Feed::<WatchedNode>::new();
-        assert!(!feed.handle(Event::Init, &inventory));
-        assert!(!feed.handle(Event::InitApply(node("a", "aaaa")), &inventory));
+        assert!(!feed.handle(Event::Init, &inventory, None));
+        assert!(!feed.handle(Event::InitApply(node("a", "aaaa")), &inventory, None));
         assert!(
             !holds(&inventory, "aaaa"),
             "visible before the list completed"
         );
-        assert!(feed.handle(Event::InitDone, &inventory));
+        assert!(feed.handle(Event::InitDone, &inventory, None));
         assert!(feed.is_synced() && holds(&inventory, "aaaa"));
 
-        feed.handle(Event::Apply(node("b", "bbbb")), &inventory);
+        feed.handle(Event::Apply(node("b", "bbbb")), &inventory, None);
         assert!(holds(&inventory, "bbbb"));
 
         // `b` was deleted while the watch was down: the next list drops it.
-        feed.handle(Event::Init, &inventory);
-        feed.handle(Event::InitApply(node("a", "aaaa")), &inventory);
-        feed.handle(Event::InitDone, &inventory);
+        feed.handle(Event::Init, &inventory, None);
+        feed.handle(Event::InitApply(node("a", "aaaa")), &inventory, None);
+        feed.handle(Event::InitDone, &inventory, None);
         assert!(holds(&inventory, "aaaa") && !holds(&inventory, "bbbb"));
 
-        feed.handle(Event::Delete(node("a", "aaaa")), &inventory);
+        feed.handle(Event::Delete(node("a", "aaaa")), &inventory, None);
         assert_eq!(inventory.read(|inv| inv.size().nodes), 0);
     }
 
@@ -200,11 +264,11 @@ mod tests {
     fn an_interrupted_relist_starts_over() {
         let inventory = SharedInventory::default();
         let mut feed = Feed::<WatchedNode>::new();
-        feed.handle(Event::Init, &inventory);
-        feed.handle(Event::InitApply(node("stale", "5555")), &inventory);
-        feed.handle(Event::Init, &inventory);
-        feed.handle(Event::InitApply(node("a", "aaaa")), &inventory);
-        feed.handle(Event::InitDone, &inventory);
+        feed.handle(Event::Init, &inventory, None);
+        feed.handle(Event::InitApply(node("stale", "5555")), &inventory, None);
+        feed.handle(Event::Init, &inventory, None);
+        feed.handle(Event::InitApply(node("a", "aaaa")), &inventory, None);
+        feed.handle(Event::InitDone, &inventory, None);
         assert!(holds(&inventory, "aaaa") && !holds(&inventory, "5555"));
     }
 }

@@ -1,5 +1,6 @@
-//! kube-runtime watchers over Nodes and CertificateSigningRequests feeding the
-//! inventory; readiness once both have completed their first full list.
+//! kube-runtime watchers over Nodes, CertificateSigningRequests and the ledger's
+//! NodeIdentities feeding the inventory (and telling the recorder what changed);
+//! readiness once all three have completed their first full list.
 
 pub mod feed;
 pub mod objects;
@@ -17,9 +18,12 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
 
 use crate::inventory::SharedInventory;
+use crate::ledger::NodeIdentity;
+use crate::ledger::recorder::Observations;
 
-/// Watches Nodes and CSRs until the process ends, keeping `inventory` current and
-/// setting `readiness` once both watchers have completed their first full list.
+/// Watches Nodes, CSRs and NodeIdentities until the process ends, keeping `inventory`
+/// current, passing changes to `observations` (the recorder), and setting `readiness`
+/// once all three watchers have completed their first full list.
 ///
 /// Watch errors are logged and retried with backoff; the function returns only if a
 /// watcher stream ends, which kube-runtime's watchers never do, and then it is an
@@ -28,26 +32,39 @@ pub async fn run(
     client: kube::Client,
     inventory: SharedInventory,
     readiness: Readiness,
+    observations: Option<Observations>,
 ) -> anyhow::Result<()> {
     let mut nodes = pin!(watch::<WatchedNode>(client.clone()));
-    let mut csrs = pin!(watch::<WatchedCsr>(client));
+    let mut csrs = pin!(watch::<WatchedCsr>(client.clone()));
+    let mut ledger = pin!(watch::<NodeIdentity>(client));
     let mut node_feed = Feed::<WatchedNode>::new();
     let mut csr_feed = Feed::<WatchedCsr>::new();
+    let mut ledger_feed = Feed::<NodeIdentity>::new();
+    let observations = observations.as_ref();
 
     let ended = loop {
         // `StreamExt::next` is cancel-safe, so losing the race drops no event.
         let listed = tokio::select! {
             event = nodes.next() => match event {
-                Some(event) => step(&mut node_feed, event, &inventory),
+                Some(event) => step(&mut node_feed, event, &inventory, observations),
                 None => break WatchedNode::plural(&()),
             },
             event = csrs.next() => match event {
-                Some(event) => step(&mut csr_feed, event, &inventory),
+                Some(event) => step(&mut csr_feed, event, &inventory, observations),
                 None => break WatchedCsr::plural(&()),
             },
+            event = ledger.next() => match event {
+                Some(event) => step(&mut ledger_feed, event, &inventory, observations),
+                None => break NodeIdentity::plural(&()),
+            },
         };
-        if listed && node_feed.is_synced() && csr_feed.is_synced() && !readiness.is_ready() {
-            tracing::info!("nodes and CSRs listed; the inventory is current");
+        if listed
+            && node_feed.is_synced()
+            && csr_feed.is_synced()
+            && ledger_feed.is_synced()
+            && !readiness.is_ready()
+        {
+            tracing::info!("nodes, CSRs and node identities listed; the inventory is current");
             readiness.set(true);
         }
     };
@@ -67,9 +84,10 @@ fn step<K: Watched>(
     feed: &mut Feed<K>,
     event: Result<Event<K>, watcher::Error>,
     inventory: &SharedInventory,
+    observations: Option<&Observations>,
 ) -> bool {
     match event {
-        Ok(event) => feed.handle(event, inventory),
+        Ok(event) => feed.handle(event, inventory, observations),
         Err(error) => {
             tracing::warn!(resource = %K::plural(&()), %error, "watch failed; retrying with backoff");
             false

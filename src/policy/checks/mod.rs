@@ -14,6 +14,7 @@ pub mod serving_san;
 pub mod system_uuid;
 #[cfg(test)]
 mod testing;
+pub mod two_kubelets;
 
 use jiff::Timestamp;
 
@@ -29,6 +30,7 @@ pub type CsrCheck = fn(&CsrInput<'_>) -> Vec<Finding>;
 pub const NODE_CHECKS: &[(CheckId, NodeCheck)] = &[
     (CheckId::NameTakeover, name_takeover::check),
     (CheckId::IdentityDrift, identity_drift::check),
+    (CheckId::TwoKubelets, two_kubelets::check),
     (CheckId::MachineId, machine_id::check),
     (CheckId::SystemUuid, system_uuid::check),
     (CheckId::ProviderId, provider_id::check),

@@ -1,5 +1,7 @@
 //! `name-takeover` for CSRs: a bootstrap token asking for the credentials of a node that
-//! is registered and Ready. A node renewing its own certificate is not a bootstrap.
+//! is registered and Ready. A node renewing its own certificate is not a bootstrap, and
+//! a bootstrap with a key already bound to that node (by a CSR still stored or by the
+//! ledger) is the node itself joining again, e.g. after its certificate expired.
 
 use crate::policy::{CheckId, CsrInput, Finding};
 
@@ -8,6 +10,10 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
         return Vec::new();
     }
     let name = &input.claim.node;
+    let key_holders = input.inventory.key(&input.claim.fingerprint);
+    if !key_holders.is_empty() && key_holders.other_than(name).count == 0 {
+        return Vec::new();
+    }
     match input.inventory.node(name) {
         Some(registered) if registered.readiness.ready => vec![Finding::deny(
             CheckId::NameTakeover,
@@ -82,5 +88,35 @@ mod tests {
                 Outcome::Allowed
             );
         }
+    }
+
+    #[test]
+    fn a_bootstrap_with_the_key_the_ledger_binds_to_that_node_is_the_node_itself() {
+        let key = kubelet::kubelet_key().unwrap();
+        let mut inventory = cluster(&[&worker(1)]);
+        let mut record = crate::ledger::NodeIdentity::blank("worker-1");
+        record.spec.keys.push(crate::ledger::BoundKey {
+            fingerprint: crate::identity::KeyFingerprint::of_spki_der(
+                &rcgen::PublicKeyData::subject_public_key_info(&key),
+            )
+            .to_string(),
+            signer: kubelet::CLIENT_SIGNER.into(),
+            first_seen: now(),
+            csr: Some("csr-8x2kq".into()),
+        });
+        inventory.apply_identity(record);
+        let pem = kubelet::csr_pem(&key, "worker-1", &[], &[]).unwrap();
+        let own = kubelet::csr_object(
+            "csr-r3j01",
+            kubelet::CLIENT_SIGNER,
+            &pem,
+            &Requester::Bootstrap {
+                token_id: "07401b".into(),
+            },
+        );
+        assert_eq!(
+            decide_csr_default(&csr_review(&own), &inventory).outcome(),
+            Outcome::Allowed
+        );
     }
 }

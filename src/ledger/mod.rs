@@ -1,0 +1,16 @@
+//! The durable identity ledger: one `NodeIdentity` custom resource per node name,
+//! holding what must outlive CSR objects and nodeguard's own restarts (key bindings,
+//! credential ids, boot history, conflicts) and what every replica must agree on.
+//!
+//! `record` is pure. `recorder` is the only writer, run by the replica that holds the
+//! `lease`; every replica reads the records through a watch (see `watch`).
+
+pub mod forget;
+pub mod lease;
+pub mod record;
+pub mod recorder;
+
+pub use record::{
+    Boot, BoundKey, Change, Conflict, KeyObservation, NodeIdentity, NodeIdentitySpec,
+    NodeIdentityStatus, NodeObservation,
+};

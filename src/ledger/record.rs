@@ -1,0 +1,825 @@
+//! The NodeIdentity record and how an observation changes it. Pure: no I/O, time is
+//! passed in. The recorder applies these functions to the latest stored object and
+//! writes the result; the policy reads the same records.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::CustomResource;
+use kube::core::ObjectMeta;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{BootId, KeyBinding, KeyFingerprint, NodeClaim};
+
+/// The id of the check whose conflicts the ledger records.
+pub const TWO_KUBELETS: &str = "two-kubelets";
+
+/// Boots kept per node: enough to see an alternation, bounded so that a node rebooting
+/// every day does not grow its record for ever.
+pub const MAX_BOOTS: usize = 16;
+
+/// Keys kept per node and signer; the oldest goes first.
+pub const MAX_KEYS_PER_SIGNER: usize = 16;
+
+/// Client certificates kept per node.
+pub const MAX_CREDENTIAL_IDS: usize = 16;
+
+/// How stale `lastSeen` may get before the recorder refreshes it: a bounded write rate
+/// (at most one write per node per interval), not one per heartbeat.
+pub const LAST_SEEN_INTERVAL: SignedDuration = SignedDuration::from_hours(1);
+
+/// What the ledger knows about one node name: the machine that holds it, the keys and
+/// certificates issued to it, its boots, and a conflict once two machines were seen
+/// writing it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "nodeguard.io",
+    version = "v1alpha1",
+    kind = "NodeIdentity",
+    plural = "nodeidentities",
+    singular = "nodeidentity",
+    shortname = "nid",
+    status = "NodeIdentityStatus",
+    printcolumn = r#"{"name":"Machine-ID","type":"string","jsonPath":".spec.machineID"}"#,
+    printcolumn = r#"{"name":"Boot","type":"string","jsonPath":".status.currentBoot"}"#,
+    printcolumn = r#"{"name":"Boots","type":"integer","jsonPath":".status.boots"}"#,
+    printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.keys"}"#,
+    printcolumn = r#"{"name":"Conflict","type":"string","jsonPath":".status.conflict.check"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeIdentitySpec {
+    #[serde(rename = "machineID", default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+    #[serde(
+        rename = "systemUUID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub system_uuid: Option<String>,
+    #[serde(
+        rename = "providerID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub provider_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<RecordedAddress>,
+    /// Kubelet keys bound to this node by issued CSRs, client and serving.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<BoundKey>,
+    /// Client certificates issued to this node, as the API server identifies a request
+    /// made with one (`authentication.kubernetes.io/credential-id`).
+    #[serde(
+        rename = "credentialIDs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub credential_ids: Vec<RecordedCredential>,
+    /// Boots in the order they were first seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boots: Vec<Boot>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct RecordedAddress {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub address: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BoundKey {
+    /// Lowercase hex SHA-256 of the DER SubjectPublicKeyInfo.
+    pub fingerprint: String,
+    pub signer: String,
+    pub first_seen: Timestamp,
+    /// The CSR the binding was learned from (gone about an hour after it was issued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedCredential {
+    /// `X509SHA256=<hex>`.
+    pub id: String,
+    pub first_seen: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Boot {
+    #[serde(rename = "bootID")]
+    pub boot_id: String,
+    /// The system UUID reported with this boot: tells two machines apart in a conflict.
+    #[serde(
+        rename = "systemUUID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub system_uuid: Option<String>,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeIdentityStatus {
+    /// The boot the Node reports now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_boot: Option<String>,
+    /// Counts for `kubectl get`.
+    #[serde(default)]
+    pub boots: u32,
+    #[serde(default)]
+    pub keys: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<Conflict>,
+}
+
+/// Two machines writing one node: the boot seen first is kept, the other refused.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Conflict {
+    /// The check that found it (`two-kubelets`).
+    pub check: String,
+    pub kept_boot: String,
+    pub refused_boot: String,
+    pub detected: Timestamp,
+    pub message: String,
+}
+
+/// A Node as the recorder sees it in a watch event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeObservation {
+    pub name: String,
+    pub uid: Option<String>,
+    pub machine_id: Option<String>,
+    pub system_uuid: Option<String>,
+    pub provider_id: Option<String>,
+    pub addresses: Vec<RecordedAddress>,
+    pub boot_id: Option<String>,
+}
+
+impl NodeObservation {
+    pub fn of(claim: &NodeClaim) -> Self {
+        let mut addresses: Vec<RecordedAddress> = claim
+            .internal_ips
+            .iter()
+            .map(|ip| ("InternalIP", ip))
+            .chain(claim.external_ips.iter().map(|ip| ("ExternalIP", ip)))
+            .map(|(kind, ip)| RecordedAddress {
+                kind: kind.to_string(),
+                address: ip.to_string(),
+            })
+            .collect();
+        addresses.extend(claim.hostnames.iter().map(|host| RecordedAddress {
+            kind: "Hostname".to_string(),
+            address: host.to_string(),
+        }));
+        Self {
+            name: claim.name.to_string(),
+            uid: claim.uid.as_deref().map(str::to_string),
+            machine_id: claim.machine_id.as_ref().map(|v| v.to_string()),
+            system_uuid: claim.system_uuid.as_ref().map(|v| v.to_string()),
+            provider_id: claim.provider_id.as_ref().map(|v| v.to_string()),
+            addresses,
+            boot_id: claim.boot_id.as_ref().map(|v| v.to_string()),
+        }
+    }
+}
+
+/// An issued kubelet CSR as the recorder sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyObservation {
+    pub csr: String,
+    pub binding: KeyBinding,
+}
+
+/// What applying an observation did to a record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Change {
+    /// The record differs and must be written.
+    pub changed: bool,
+    /// A conflict found by this observation (already stored in the record).
+    pub new_conflict: Option<Conflict>,
+}
+
+impl Change {
+    fn merge(&mut self, other: Change) {
+        self.changed |= other.changed;
+        if other.new_conflict.is_some() {
+            self.new_conflict = other.new_conflict;
+        }
+    }
+
+    fn changed() -> Self {
+        Change {
+            changed: true,
+            new_conflict: None,
+        }
+    }
+}
+
+/// The denial for a write from the refused machine: names both boots and the remedy.
+pub fn conflict_message(node: &str, refused_boot: &str, kept_boot: &str) -> String {
+    format!(
+        "nodeguard [two-kubelets]: two machines are writing node \"{node}\" with its \
+         credentials: boot {refused_boot} (this machine) and boot {kept_boot}, which \
+         registered first and is kept; stop this machine's kubelet and give it its own \
+         identity (hostname, rm /etc/machine-id && systemd-machine-id-setup, remove \
+         /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join \
+         with a bootstrap token), then run nodeguard forget {node}"
+    )
+}
+
+/// The note of the Warning Event on the Node: for `kubectl describe node`.
+pub fn conflict_note(node: &str, conflict: &Conflict) -> String {
+    format!(
+        "Two machines are writing node {node} with its credentials: boot {} keeps it, boot \
+         {} is refused from now on. On the refused machine, cat \
+         /proc/sys/kernel/random/boot_id shows {}; give it its own identity, then run \
+         nodeguard forget {node}.",
+        conflict.kept_boot, conflict.refused_boot, conflict.refused_boot
+    )
+}
+
+impl NodeIdentity {
+    /// An empty record for `name`, before any observation.
+    pub fn blank(name: &str) -> Self {
+        let mut record = NodeIdentity::new(name, NodeIdentitySpec::default());
+        record.status = Some(NodeIdentityStatus::default());
+        record
+    }
+
+    pub fn conflict(&self) -> Option<&Conflict> {
+        self.status.as_ref().and_then(|s| s.conflict.as_ref())
+    }
+
+    pub fn current_boot(&self) -> Option<&str> {
+        self.status.as_ref().and_then(|s| s.current_boot.as_deref())
+    }
+
+    /// The uid of the Node this record belongs to, once known.
+    pub fn owner_uid(&self) -> Option<&str> {
+        self.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.kind == "Node" && o.api_version == "v1")
+            .map(|o| o.uid.as_str())
+    }
+
+    /// Position of a boot in first-seen order.
+    pub fn boot_index(&self, boot: &BootId) -> Option<usize> {
+        self.spec
+            .boots
+            .iter()
+            .position(|b| BootId::parse(&b.boot_id).as_ref() == Some(boot))
+    }
+
+    /// The keys bound to this node, parsed.
+    pub fn key_fingerprints(&self) -> impl Iterator<Item = KeyFingerprint> + '_ {
+        self.spec
+            .keys
+            .iter()
+            .filter_map(|k| parse_fingerprint(&k.fingerprint))
+    }
+
+    /// Applies what a Node watch event shows.
+    pub fn observe_node(&mut self, node: &NodeObservation, now: Timestamp) -> Change {
+        let mut change = Change::default();
+        if let Some(uid) = node.uid.as_deref() {
+            change.merge(self.own_by(&node.name, uid));
+        }
+        let refused = self
+            .conflict()
+            .is_some_and(|c| node.boot_id.as_deref() == Some(c.refused_boot.as_str()));
+        // The refused machine's state can only be stored while nodeguard is not
+        // admitting (down, or failing open): never let it rewrite the kept identity.
+        if !refused {
+            change.merge(self.set_machine(node));
+        }
+        if let Some(boot) = node.boot_id.as_deref() {
+            change.merge(self.observe_boot(&node.name, boot, node.system_uuid.as_deref(), now));
+        }
+        change.merge(self.refresh_counts());
+        change
+    }
+
+    /// Applies an issued kubelet CSR: binds its key and, for a client certificate, its
+    /// credential id.
+    pub fn observe_key(&mut self, key: &KeyObservation, now: Timestamp) -> Change {
+        let mut change = Change::default();
+        let binding = &key.binding;
+        let fingerprint = binding.fingerprint.to_string();
+        let signer = binding.signer.name();
+        if !self
+            .spec
+            .keys
+            .iter()
+            .any(|k| k.fingerprint == fingerprint && k.signer == signer)
+        {
+            self.spec.keys.push(BoundKey {
+                fingerprint,
+                signer: signer.to_string(),
+                first_seen: now,
+                csr: Some(key.csr.clone()),
+            });
+            let (mut same, other): (Vec<BoundKey>, Vec<BoundKey>) =
+                std::mem::take(&mut self.spec.keys)
+                    .into_iter()
+                    .partition(|k| k.signer == signer);
+            trim_oldest(&mut same, MAX_KEYS_PER_SIGNER, |_| true);
+            self.spec.keys = other;
+            self.spec.keys.append(&mut same);
+            change = Change::changed();
+        }
+        if let Some(id) = binding.credential_id.as_deref()
+            && !self.spec.credential_ids.iter().any(|c| c.id == id)
+        {
+            self.spec.credential_ids.push(RecordedCredential {
+                id: id.to_string(),
+                first_seen: now,
+                csr: Some(key.csr.clone()),
+            });
+            trim_oldest(&mut self.spec.credential_ids, MAX_CREDENTIAL_IDS, |_| true);
+            change = Change::changed();
+        }
+        change.merge(self.refresh_counts());
+        change
+    }
+
+    /// Clears a conflict and the boot history before the current boot, after the
+    /// copy was given its own identity. Returns the conflict it cleared, if any.
+    pub fn forget(&mut self) -> Option<Conflict> {
+        let status = self.status.get_or_insert_with(Default::default);
+        let cleared = status.conflict.take();
+        let current = status.current_boot.clone();
+        self.spec
+            .boots
+            .retain(|b| Some(b.boot_id.as_str()) == current.as_deref());
+        self.refresh_counts();
+        cleared
+    }
+
+    /// Ties the record to the Node registered under its name. A record owned by an
+    /// earlier Node of the same name (deleted, its record not yet collected) is stale:
+    /// it starts over, since deleting a Node is how an admin releases a name.
+    fn own_by(&mut self, name: &str, uid: &str) -> Change {
+        match self.owner_uid() {
+            Some(owner) if owner == uid => Change::default(),
+            Some(_) => {
+                let metadata = std::mem::take(&mut self.metadata);
+                *self = NodeIdentity::blank(name);
+                self.metadata.resource_version = metadata.resource_version;
+                self.metadata.uid = metadata.uid;
+                self.metadata.creation_timestamp = metadata.creation_timestamp;
+                self.set_owner(name, uid);
+                Change::changed()
+            }
+            None => {
+                self.set_owner(name, uid);
+                Change::changed()
+            }
+        }
+    }
+
+    fn set_owner(&mut self, name: &str, uid: &str) {
+        self.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "v1".to_string(),
+            kind: "Node".to_string(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+            controller: None,
+            block_owner_deletion: None,
+        }]);
+    }
+
+    fn set_machine(&mut self, node: &NodeObservation) -> Change {
+        let spec = &mut self.spec;
+        let mut changed = false;
+        for (field, value) in [
+            (&mut spec.machine_id, &node.machine_id),
+            (&mut spec.system_uuid, &node.system_uuid),
+            (&mut spec.provider_id, &node.provider_id),
+        ] {
+            if value.is_some() && field != value {
+                field.clone_from(value);
+                changed = true;
+            }
+        }
+        if !node.addresses.is_empty() && spec.addresses != node.addresses {
+            spec.addresses.clone_from(&node.addresses);
+            changed = true;
+        }
+        Change {
+            changed,
+            new_conflict: None,
+        }
+    }
+
+    /// A boot seen for the first time is a reboot; the current boot only refreshes
+    /// `lastSeen` now and then; an earlier boot coming back is two machines, since a
+    /// machine never returns to a boot id it has left.
+    fn observe_boot(
+        &mut self,
+        node: &str,
+        boot: &str,
+        system_uuid: Option<&str>,
+        now: Timestamp,
+    ) -> Change {
+        let status = self.status.get_or_insert_with(Default::default);
+        let current = status.current_boot.clone();
+        let boots = &mut self.spec.boots;
+        let Some(seen) = boots.iter().position(|b| b.boot_id == boot) else {
+            boots.push(Boot {
+                boot_id: boot.to_string(),
+                system_uuid: system_uuid.map(str::to_string),
+                first_seen: now,
+                last_seen: now,
+            });
+            let conflict_boots = status
+                .conflict
+                .as_ref()
+                .map(|c| [c.kept_boot.clone(), c.refused_boot.clone()]);
+            trim_oldest(boots, MAX_BOOTS, |b| {
+                conflict_boots
+                    .as_ref()
+                    .is_none_or(|kept| !kept.contains(&b.boot_id))
+            });
+            status.current_boot = Some(boot.to_string());
+            return Change::changed();
+        };
+        if current.as_deref() == Some(boot) {
+            let entry = &mut boots[seen];
+            if now.duration_since(entry.last_seen) >= LAST_SEEN_INTERVAL {
+                entry.last_seen = now;
+                return Change::changed();
+            }
+            return Change::default();
+        }
+        boots[seen].last_seen = now;
+        status.current_boot = Some(boot.to_string());
+        let left = current
+            .as_deref()
+            .and_then(|c| boots.iter().position(|b| b.boot_id == c));
+        let mut change = Change::changed();
+        if let Some(left) = left
+            && status.conflict.is_none()
+        {
+            // The boot first seen earlier is the machine that registered the name.
+            let (kept, refused) = if seen < left {
+                (seen, left)
+            } else {
+                (left, seen)
+            };
+            let kept = boots[kept].boot_id.clone();
+            let refused = boots[refused].boot_id.clone();
+            let conflict = Conflict {
+                check: TWO_KUBELETS.to_string(),
+                message: conflict_message(node, &refused, &kept),
+                kept_boot: kept,
+                refused_boot: refused,
+                detected: now,
+            };
+            status.conflict = Some(conflict.clone());
+            change.new_conflict = Some(conflict);
+        }
+        change
+    }
+
+    fn refresh_counts(&mut self) -> Change {
+        let boots = u32::try_from(self.spec.boots.len()).unwrap_or(u32::MAX);
+        let keys = u32::try_from(self.spec.keys.len()).unwrap_or(u32::MAX);
+        let status = self.status.get_or_insert_with(Default::default);
+        if status.boots == boots && status.keys == keys {
+            return Change::default();
+        }
+        status.boots = boots;
+        status.keys = keys;
+        Change::changed()
+    }
+}
+
+/// Drops the oldest `removable` entries until at most `max` remain.
+fn trim_oldest<T>(entries: &mut Vec<T>, max: usize, removable: impl Fn(&T) -> bool) {
+    let mut excess = entries.len().saturating_sub(max);
+    entries.retain(|e| {
+        if excess > 0 && removable(e) {
+            excess -= 1;
+            false
+        } else {
+            true
+        }
+    });
+}
+
+pub fn parse_fingerprint(hex_text: &str) -> Option<KeyFingerprint> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_text.trim(), &mut bytes).ok()?;
+    Some(KeyFingerprint(bytes))
+}
+
+/// The CRD as the API server takes it. The status is written with the rest of the
+/// record in one optimistic-concurrency write, so it is an ordinary field here, not a
+/// subresource.
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = NodeIdentity::crd();
+    for version in &mut crd.spec.versions {
+        version.subresources = None;
+    }
+    let labels: BTreeMap<String, String> = [(
+        "app.kubernetes.io/name".to_string(),
+        "nodeguard".to_string(),
+    )]
+    .into();
+    crd.metadata = ObjectMeta {
+        labels: Some(labels),
+        ..crd.metadata
+    };
+    crd
+}
+
+/// The CRD as YAML, the way `deploy/crd.yaml` holds it.
+pub fn crd_yaml() -> anyhow::Result<String> {
+    Ok(serde_saphyr::to_string(&crd())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::KubeletSigner;
+
+    const A: &str = "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60";
+    const B: &str = "d8f2c1a0-1b2c-4d3e-8f4a-5b6c7d8e9f00";
+    const C: &str = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_795_000_000 + seconds).unwrap()
+    }
+
+    fn node(boot: &str) -> NodeObservation {
+        NodeObservation {
+            name: "worker-1".into(),
+            uid: Some("6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f".into()),
+            machine_id: Some("11c1f8e2fbf5540cd8ff218ef016ba11".into()),
+            system_uuid: Some("1139a350-3cd4-400f-875d-c270379811b0".into()),
+            provider_id: None,
+            addresses: vec![RecordedAddress {
+                kind: "InternalIP".into(),
+                address: "10.0.0.11".into(),
+            }],
+            boot_id: Some(boot.into()),
+        }
+    }
+
+    fn replay(boots: &[&str]) -> (NodeIdentity, Vec<Change>) {
+        let mut record = NodeIdentity::blank("worker-1");
+        let changes = boots
+            .iter()
+            .enumerate()
+            .map(|(i, boot)| record.observe_node(&node(boot), at(10 * i as i64)))
+            .collect();
+        (record, changes)
+    }
+
+    #[test]
+    fn the_first_observation_records_the_machine_its_boot_and_its_owner() {
+        let (record, changes) = replay(&[A]);
+        assert!(changes[0].changed);
+        assert_eq!(
+            record.owner_uid(),
+            Some("6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f")
+        );
+        assert_eq!(
+            record.spec.machine_id.as_deref(),
+            Some("11c1f8e2fbf5540cd8ff218ef016ba11")
+        );
+        assert_eq!(record.current_boot(), Some(A));
+        assert_eq!(record.status.as_ref().unwrap().boots, 1);
+    }
+
+    #[test]
+    fn a_kubelet_restart_within_one_boot_records_nothing() {
+        let (_, changes) = replay(&[A, A, A]);
+        assert_eq!(changes[1], Change::default());
+        assert_eq!(changes[2], Change::default());
+    }
+
+    #[test]
+    fn a_reboot_appends_a_boot_and_never_conflicts() {
+        let (record, changes) = replay(&[A, B, B, C]);
+        assert!(changes.iter().all(|c| c.new_conflict.is_none()));
+        assert_eq!(
+            record
+                .spec
+                .boots
+                .iter()
+                .map(|b| b.boot_id.as_str())
+                .collect::<Vec<_>>(),
+            [A, B, C]
+        );
+        assert!(record.conflict().is_none());
+    }
+
+    #[test]
+    fn a_boot_coming_back_is_a_conflict_that_keeps_the_earlier_boot() {
+        let (record, changes) = replay(&[A, B, A]);
+        let conflict = changes[2]
+            .new_conflict
+            .clone()
+            .expect("A → B → A is a conflict");
+        assert_eq!(conflict.kept_boot, A);
+        assert_eq!(conflict.refused_boot, B);
+        assert_eq!(conflict.check, TWO_KUBELETS);
+        assert_eq!(conflict.detected, at(20));
+        assert_eq!(record.conflict(), Some(&conflict));
+        // Found once: the alternation going on (while nodeguard fails open) adds nothing.
+        let mut record = record;
+        assert!(record.observe_node(&node(B), at(30)).new_conflict.is_none());
+        assert!(record.observe_node(&node(A), at(40)).new_conflict.is_none());
+        assert_eq!(record.conflict().unwrap().refused_boot, B);
+    }
+
+    #[test]
+    fn the_clone_coming_back_first_still_refuses_the_later_boot() {
+        // Seen: A, B, C (reboot of the clone?) then B again: B and C alternate; B was
+        // first seen before C, so C is the later machine.
+        let (record, changes) = replay(&[A, B, C, B]);
+        let conflict = changes[3].new_conflict.clone().unwrap();
+        assert_eq!(
+            (conflict.kept_boot.as_str(), conflict.refused_boot.as_str()),
+            (B, C)
+        );
+        assert_eq!(record.current_boot(), Some(B));
+    }
+
+    #[test]
+    fn last_seen_is_refreshed_at_a_bounded_rate() {
+        let mut record = NodeIdentity::blank("worker-1");
+        record.observe_node(&node(A), at(0));
+        assert!(!record.observe_node(&node(A), at(600)).changed);
+        let later = at(0) + LAST_SEEN_INTERVAL;
+        assert!(record.observe_node(&node(A), later).changed);
+        assert_eq!(record.spec.boots[0].last_seen, later);
+        assert_eq!(record.spec.boots[0].first_seen, at(0));
+    }
+
+    #[test]
+    fn a_record_of_an_earlier_node_of_that_name_starts_over() {
+        let (mut record, _) = replay(&[A, B, A]);
+        let mut successor = node(C);
+        successor.uid = Some("0b7e3c55-0000-4000-8000-000000000002".into());
+        assert!(record.observe_node(&successor, at(100)).changed);
+        assert!(record.conflict().is_none());
+        assert_eq!(record.spec.boots.len(), 1);
+        assert_eq!(
+            record.owner_uid(),
+            Some("0b7e3c55-0000-4000-8000-000000000002")
+        );
+    }
+
+    #[test]
+    fn the_refused_machine_never_rewrites_the_kept_identity() {
+        let (mut record, _) = replay(&[A, B, A]);
+        let mut clone = node(B);
+        clone.system_uuid = Some("564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61".into());
+        record.observe_node(&clone, at(100));
+        assert_eq!(
+            record.spec.system_uuid.as_deref(),
+            Some("1139a350-3cd4-400f-875d-c270379811b0")
+        );
+    }
+
+    #[test]
+    fn boots_are_bounded_but_a_conflict_s_boots_are_kept() {
+        let mut boots: Vec<String> = vec![A.into(), B.into(), A.into()];
+        boots.extend((0..40).map(|i| format!("00000000-0000-4000-8000-{i:012}")));
+        let refs: Vec<&str> = boots.iter().map(String::as_str).collect();
+        let (record, _) = replay(&refs);
+        assert_eq!(record.spec.boots.len(), MAX_BOOTS);
+        assert!(record.spec.boots.iter().any(|b| b.boot_id == A));
+        assert!(record.spec.boots.iter().any(|b| b.boot_id == B));
+    }
+
+    fn key(byte: u8, signer: KubeletSigner, credential: Option<&str>) -> KeyObservation {
+        KeyObservation {
+            csr: format!("csr-{byte:02x}"),
+            binding: KeyBinding {
+                node: "worker-1".into(),
+                fingerprint: KeyFingerprint([byte; 32]),
+                signer,
+                credential_id: credential.map(Into::into),
+            },
+        }
+    }
+
+    #[test]
+    fn an_issued_key_is_bound_once_with_its_credential_id() {
+        let mut record = NodeIdentity::blank("worker-1");
+        let client = key(7, KubeletSigner::Client, Some("X509SHA256=ab12"));
+        assert!(record.observe_key(&client, at(0)).changed);
+        assert!(!record.observe_key(&client, at(10)).changed);
+        assert_eq!(record.spec.keys.len(), 1);
+        assert_eq!(record.spec.keys[0].fingerprint, "07".repeat(32));
+        assert_eq!(record.spec.keys[0].csr.as_deref(), Some("csr-07"));
+        assert_eq!(record.spec.credential_ids[0].id, "X509SHA256=ab12");
+        assert_eq!(
+            record.key_fingerprints().collect::<Vec<_>>(),
+            [KeyFingerprint([7; 32])]
+        );
+        // The same key for serving is a second binding.
+        assert!(
+            record
+                .observe_key(&key(7, KubeletSigner::Serving, None), at(20))
+                .changed
+        );
+        assert_eq!(record.status.as_ref().unwrap().keys, 2);
+    }
+
+    #[test]
+    fn keys_are_bounded_per_signer_dropping_the_oldest() {
+        let mut record = NodeIdentity::blank("worker-1");
+        record.observe_key(&key(200, KubeletSigner::Serving, None), at(0));
+        for byte in 0..20 {
+            record.observe_key(&key(byte, KubeletSigner::Client, None), at(i64::from(byte)));
+        }
+        let client: Vec<_> = record
+            .spec
+            .keys
+            .iter()
+            .filter(|k| k.signer == KubeletSigner::Client.name())
+            .collect();
+        assert_eq!(client.len(), MAX_KEYS_PER_SIGNER);
+        assert_eq!(client[0].fingerprint, hex::encode([4u8; 32]));
+        assert!(
+            record
+                .spec
+                .keys
+                .iter()
+                .any(|k| k.signer == KubeletSigner::Serving.name())
+        );
+    }
+
+    #[test]
+    fn forget_clears_the_conflict_and_the_boots_before_the_current_one() {
+        let (mut record, _) = replay(&[A, B, A]);
+        let cleared = record.forget().expect("there was a conflict");
+        assert_eq!(cleared.refused_boot, B);
+        assert!(record.conflict().is_none());
+        assert_eq!(
+            record
+                .spec
+                .boots
+                .iter()
+                .map(|b| b.boot_id.as_str())
+                .collect::<Vec<_>>(),
+            [A]
+        );
+        // The copy, still running, would be seen as a reboot again, then as a conflict.
+        assert!(
+            record
+                .observe_node(&node(B), at(100))
+                .new_conflict
+                .is_none()
+        );
+        assert!(
+            record
+                .observe_node(&node(A), at(110))
+                .new_conflict
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn the_record_round_trips_through_json_as_the_api_server_stores_it() {
+        let (record, _) = replay(&[A, B, A]);
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["apiVersion"], "nodeguard.io/v1alpha1");
+        assert_eq!(json["kind"], "NodeIdentity");
+        assert_eq!(json["spec"]["boots"][1]["bootID"], B);
+        assert_eq!(json["status"]["conflict"]["refusedBoot"], B);
+        assert_eq!(json["metadata"]["ownerReferences"][0]["kind"], "Node");
+        let back: NodeIdentity = serde_json::from_value(json).unwrap();
+        assert_eq!((back.spec, back.status), (record.spec, record.status));
+    }
+
+    #[test]
+    fn the_shipped_crd_is_the_one_the_code_defines() {
+        let shipped = include_str!("../../deploy/crd.yaml");
+        assert_eq!(
+            shipped,
+            crd_yaml().unwrap(),
+            "deploy/crd.yaml is stale: run `cargo run -- crd > deploy/crd.yaml`"
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! The recorder: the only writer of the ledger, active on the replica that holds the
+//! lease. The watchers tell it what changed (a node's boot or identity, an issued
+//! kubelet CSR); it applies that to the latest stored record and writes it back with
+//! the record's resourceVersion, so two writers (a leader handing over, `nodeguard
+//! forget`) never lose an update: a stale write gets 409 and is redone on a fresh read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder as EventRecorder, Reporter};
+use tokio::sync::mpsc;
+
+use super::lease::Leadership;
+use super::record::{Change, Conflict, KeyObservation, NodeIdentity, NodeObservation};
+use crate::admin::metrics::Metrics;
+use crate::inventory::SharedInventory;
+
+/// Attempts of one read-modify-write before giving up until the next resync.
+const MAX_ATTEMPTS: usize = 5;
+
+/// Every replica's watchers re-check the whole ledger this often (writing only what is
+/// missing or stale), so nothing depends on an event being delivered.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(10 * 60);
+
+/// At most this many writes per second: a relist of a large cluster must not flood the
+/// API server.
+const MIN_WRITE_GAP: Duration = Duration::from_millis(20);
+
+pub const CONFLICT_REASON: &str = "NodeIdentityConflict";
+
+/// What the watchers saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    Node(NodeObservation),
+    Key(KeyObservation),
+    /// A full list completed: compare everything.
+    Resync,
+}
+
+impl Observation {
+    fn node_name(&self) -> Option<&str> {
+        match self {
+            Observation::Node(node) => Some(&node.name),
+            Observation::Key(key) => Some(&key.binding.node),
+            Observation::Resync => None,
+        }
+    }
+
+    fn apply(&self, record: &mut NodeIdentity, now: Timestamp) -> Change {
+        match self {
+            Observation::Node(node) => record.observe_node(node, now),
+            Observation::Key(key) => record.observe_key(key, now),
+            Observation::Resync => Change::default(),
+        }
+    }
+}
+
+/// The watchers' end of the channel. Sending never blocks and never fails the
+/// watcher: with no recorder listening, observations are dropped.
+#[derive(Debug, Clone)]
+pub struct Observations(mpsc::UnboundedSender<Observation>);
+
+impl Observations {
+    pub fn send(&self, observation: Observation) {
+        let _ = self.0.send(observation);
+    }
+}
+
+pub fn observations() -> (Observations, mpsc::UnboundedReceiver<Observation>) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    (Observations(sender), receiver)
+}
+
+#[derive(Debug)]
+enum WriteError {
+    /// Another writer changed the record (409): read again and redo.
+    Stale,
+    Api(kube::Error),
+}
+
+/// The recorder and what it writes through.
+pub struct Recorder {
+    api: Api<NodeIdentity>,
+    events: EventRecorder,
+    inventory: SharedInventory,
+    metrics: Arc<Metrics>,
+    next_write: tokio::time::Instant,
+}
+
+impl Recorder {
+    pub fn new(
+        client: kube::Client,
+        inventory: SharedInventory,
+        metrics: Arc<Metrics>,
+        instance: &str,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "nodeguard".to_string(),
+            instance: Some(instance.to_string()),
+        };
+        Self {
+            api: Api::all(client.clone()),
+            events: EventRecorder::new(client, reporter),
+            inventory,
+            metrics,
+            next_write: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Records observations while this replica leads, until the channel closes.
+    /// Observations that arrive while another replica leads are dropped: on taking over,
+    /// a resync compares every node and CSR with the ledger anyway.
+    pub async fn run(
+        mut self,
+        mut observations: mpsc::UnboundedReceiver<Observation>,
+        mut leadership: Leadership,
+    ) {
+        loop {
+            if !leadership.is_leader() {
+                self.metrics.set_leading(false);
+                tokio::select! {
+                    () = leadership.wait_until_leader() => {}
+                    received = observations.recv() => match received {
+                        Some(_) => continue,
+                        None => return,
+                    },
+                }
+            }
+            self.metrics.set_leading(true);
+            tracing::info!("recording node identities");
+            self.resync().await;
+            let mut resync = tokio::time::interval(RESYNC_EVERY);
+            resync.reset();
+            loop {
+                tokio::select! {
+                    () = leadership.wait_until_not_leader() => break,
+                    received = observations.recv() => match received {
+                        Some(Observation::Resync) => self.resync().await,
+                        Some(observation) => self.record(&observation).await,
+                        None => return,
+                    },
+                    _ = resync.tick() => self.resync().await,
+                }
+            }
+            tracing::info!("stopped recording node identities: another replica leads");
+        }
+    }
+
+    /// Compares every node and every issued kubelet CSR the inventory holds with the
+    /// ledger and writes what differs.
+    pub async fn resync(&mut self) {
+        let pending: Vec<Observation> = self.inventory.read(|inv| {
+            inv.nodes()
+                .map(|claim| Observation::Node(NodeObservation::of(claim)))
+                .chain(inv.key_bindings().map(|(csr, binding)| {
+                    Observation::Key(KeyObservation {
+                        csr: csr.to_string(),
+                        binding: binding.clone(),
+                    })
+                }))
+                .collect()
+        });
+        for observation in &pending {
+            self.record(observation).await;
+        }
+    }
+
+    /// Applies one observation to the node's record: a read-modify-write that starts
+    /// from the record this replica has seen and, on a 409, from a fresh read.
+    pub async fn record(&mut self, observation: &Observation) {
+        let Some(name) = observation.node_name() else {
+            return;
+        };
+        let name = name.to_string();
+        let mut known = self
+            .inventory
+            .read(|inv| inv.identity(&name).map(|record| (**record).clone()));
+        for attempt in 1..=MAX_ATTEMPTS {
+            let mut record = known.clone().unwrap_or_else(|| NodeIdentity::blank(&name));
+            let change = observation.apply(&mut record, Timestamp::now());
+            if !change.changed {
+                return;
+            }
+            match self.write(known.is_some(), &record).await {
+                Ok(written) => {
+                    self.metrics.observe_ledger_write("written");
+                    self.inventory.write(|inv| inv.apply_identity(written));
+                    if let Some(conflict) = change.new_conflict {
+                        self.announce(&name, &conflict).await;
+                    }
+                    return;
+                }
+                Err(WriteError::Stale) => {
+                    self.metrics.observe_ledger_write("conflict");
+                    tracing::debug!(node = %name, attempt, "NodeIdentity changed meanwhile; reading it again");
+                    match self.api.get_opt(&name).await {
+                        Ok(fresh) => known = fresh,
+                        Err(error) => {
+                            self.failed(&name, &error);
+                            return;
+                        }
+                    }
+                }
+                Err(WriteError::Api(error)) => {
+                    self.failed(&name, &error);
+                    return;
+                }
+            }
+        }
+        self.metrics.observe_ledger_write("failed");
+        tracing::warn!(node = %name, "NodeIdentity kept changing under each write; left for the next resync");
+    }
+
+    /// Creates or replaces the record; both carry the resourceVersion read (none for a
+    /// create), so the API server refuses a write over a newer version.
+    async fn write(
+        &mut self,
+        exists: bool,
+        record: &NodeIdentity,
+    ) -> Result<NodeIdentity, WriteError> {
+        tokio::time::sleep_until(self.next_write).await;
+        self.next_write = tokio::time::Instant::now() + MIN_WRITE_GAP;
+        let name = record.metadata.name.as_deref().unwrap_or_default();
+        let params = PostParams::default();
+        let result = if exists {
+            self.api.replace(name, &params, record).await
+        } else {
+            self.api.create(&params, record).await
+        };
+        result.map_err(|error| match &error {
+            // 409: a stale resourceVersion, or a record created meanwhile. 404: the
+            // record was deleted (its Node was, or an admin released it).
+            kube::Error::Api(status) if status.code == 409 || status.code == 404 => {
+                WriteError::Stale
+            }
+            _ => WriteError::Api(error),
+        })
+    }
+
+    fn failed(&self, name: &str, error: &kube::Error) {
+        self.metrics.observe_ledger_write("failed");
+        tracing::warn!(node = %name, %error, "could not write NodeIdentity; retried at the next resync");
+    }
+
+    /// A new conflict: a Warning Event on the Node, a metric and a log line.
+    async fn announce(&self, name: &str, conflict: &Conflict) {
+        self.metrics
+            .observe_conflict_recorded(super::record::TWO_KUBELETS);
+        tracing::warn!(
+            node = %name,
+            kept_boot = %conflict.kept_boot,
+            refused_boot = %conflict.refused_boot,
+            check = super::record::TWO_KUBELETS,
+            "two machines are writing one node; refusing the later boot from now on"
+        );
+        let uid = self.inventory.read(|inv| {
+            inv.node(name)
+                .and_then(|n| n.uid.as_deref().map(str::to_string))
+        });
+        let reference = ObjectReference {
+            api_version: Some("v1".to_string()),
+            kind: Some("Node".to_string()),
+            name: Some(name.to_string()),
+            uid,
+            ..ObjectReference::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: CONFLICT_REASON.to_string(),
+            note: Some(super::record::conflict_note(name, conflict)),
+            action: "RefuseBoot".to_string(),
+            secondary: None,
+        };
+        if let Err(error) = self.events.publish(&event, &reference).await {
+            tracing::warn!(node = %name, %error, "could not post the NodeIdentityConflict event");
+        }
+    }
+}

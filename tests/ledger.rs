@@ -1,0 +1,582 @@
+//! The ledger against the `kube` client over an in-memory API server: the watchers, the
+//! recorder and the real HTTPS webhook of one nodeguard replica, with the test playing
+//! the API server's part (admission first, then storage), as kube-apiserver does.
+
+#[path = "support/fake_api.rs"]
+mod fake_api;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use fake_api::FakeApi;
+use nodeguard::admin::Metrics;
+use nodeguard::demo::LocalWebhook;
+use nodeguard::demo::kubelet::{self, Machine, Requester, Write};
+use nodeguard::demo::scenarios::Endpoint;
+use nodeguard::identity::KeyFingerprint;
+use nodeguard::inventory::SharedInventory;
+use nodeguard::ledger::forget::{Forgotten, forget};
+use nodeguard::ledger::lease::Leadership;
+use nodeguard::ledger::recorder::{self, Observation, Recorder};
+use nodeguard::ledger::{KeyObservation, NodeIdentity};
+use nodeguard::policy::Config;
+use nodeguard::watch::{self, Readiness};
+
+/// Guards against hangs only; nothing here measures time.
+const GUARD: Duration = Duration::from_secs(10);
+
+const NODES: &str = "/api/v1/nodes";
+const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+const LEDGER: &str = "/apis/nodeguard.io/v1alpha1/nodeidentities";
+const NODE_EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+const BOOT_B: &str = "d8f2c1a0-1b2c-4d3e-8f4a-5b6c7d8e9f00";
+const BOOT_C: &str = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
+
+/// One nodeguard replica: the HTTPS webhook, the watchers and the recorder, sharing one
+/// inventory, talking to the fake API server.
+struct Replica {
+    webhook: LocalWebhook,
+    readiness: Readiness,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Replica {
+    async fn start(api: &FakeApi, leadership: Leadership) -> Self {
+        let webhook = LocalWebhook::start(Config::default()).await.unwrap();
+        let inventory = webhook.inventory.clone();
+        let readiness = Readiness::new();
+        let (observations, observed) = recorder::observations();
+        let watcher = tokio::spawn({
+            let (client, inventory, readiness) =
+                (api.client(), inventory.clone(), readiness.clone());
+            async move {
+                let _ = watch::run(client, inventory, readiness, Some(observations)).await;
+            }
+        });
+        let recorder = Recorder::new(
+            api.client(),
+            inventory,
+            Arc::clone(&webhook.metrics),
+            "nodeguard-0",
+        );
+        let recording = tokio::spawn(recorder.run(observed, leadership));
+        let replica = Self {
+            webhook,
+            readiness,
+            tasks: vec![watcher, recording],
+        };
+        let ready = tokio::time::timeout(GUARD, replica.readiness.wait()).await;
+        assert!(ready.is_ok(), "the replica never became ready");
+        replica
+    }
+
+    fn inventory(&self) -> &SharedInventory {
+        &self.webhook.inventory
+    }
+
+    /// Waits until this replica's view of the ledger satisfies `condition`.
+    async fn until_ledger(&self, what: &str, condition: impl Fn(Option<&NodeIdentity>) -> bool) {
+        let inventory = self.inventory().clone();
+        eventually(what, || {
+            inventory.read(|inv| condition(inv.identity("worker-1").map(|r| &**r)))
+        })
+        .await;
+    }
+
+    async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.webhook.stop().await.unwrap();
+    }
+}
+
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(GUARD, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "never happened: {what}");
+}
+
+fn node_path(name: &str) -> String {
+    format!("{NODES}/{name}")
+}
+
+fn stored_identity(api: &FakeApi, name: &str) -> Option<NodeIdentity> {
+    api.get(&format!("{LEDGER}/{name}"))
+        .map(|v| serde_json::from_value(v).unwrap())
+}
+
+fn boots(record: &NodeIdentity) -> Vec<&str> {
+    record
+        .spec
+        .boots
+        .iter()
+        .map(|b| b.boot_id.as_str())
+        .collect()
+}
+
+/// A registered Node as the API server stores it.
+fn stored_node(machine: &Machine, uid: &str) -> Value {
+    let mut node = kubelet::node_object(machine);
+    node["apiVersion"] = json!("v1");
+    node["kind"] = json!("Node");
+    node["metadata"]["uid"] = json!(uid);
+    node
+}
+
+fn cluster(api: &FakeApi) -> Machine {
+    let worker1 = Machine::new("worker-1", 0x11, "10.0.0.11");
+    api.insert(
+        NODES,
+        stored_node(&worker1, "6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f"),
+    );
+    api.insert(
+        NODES,
+        stored_node(
+            &Machine::new("worker-2", 0x12, "10.0.0.12"),
+            "6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e30",
+        ),
+    );
+    worker1
+}
+
+fn issued_client_csr(name: &str, node: &str, key: &rcgen::KeyPair) -> Value {
+    let pem = kubelet::csr_pem(key, node, &[], &[]).unwrap();
+    let mut csr = kubelet::issued(kubelet::csr_object(
+        name,
+        kubelet::CLIENT_SIGNER,
+        &pem,
+        &Requester::Bootstrap {
+            token_id: "abcdef".into(),
+        },
+    ));
+    csr["metadata"]["uid"] = json!(format!("uid-{name}"));
+    csr
+}
+
+/// What kube-apiserver does with a kubelet's Node write: admission through nodeguard's
+/// webhook, then (if allowed) storage; a CREATE of an existing name stores nothing
+/// (AlreadyExists, after admission). Returns the webhook's answer.
+async fn kubelet_writes(
+    api: &FakeApi,
+    replica: &Replica,
+    write: Write,
+    machine: &Machine,
+) -> Value {
+    let path = node_path(&machine.name);
+    let stored = api.get(&path);
+    let (object, old) = match write {
+        Write::Create => (kubelet::node_object(machine), None),
+        Write::StatusPatch => {
+            let old = stored.clone().expect("a status patch of a registered node");
+            let mut new = old.clone();
+            new["status"] = kubelet::node_object(machine)["status"].clone();
+            (new, Some(old))
+        }
+    };
+    let review = kubelet::node_review(
+        "0f5c2a9e-7b61-4d0a-9d8e-1c2b3a4d5e6f",
+        write,
+        &object,
+        old.as_ref(),
+        &format!("system:node:{}", machine.name),
+    );
+    let (_, answer) = replica.webhook.ask(Endpoint::Nodes, &review).await.unwrap();
+    let response = answer["response"].clone();
+    if response["allowed"] == json!(true) && stored.is_some() && write == Write::StatusPatch {
+        api.update(&path, |node| node["status"] = object["status"].clone());
+    }
+    response
+}
+
+fn denial(response: &Value) -> &str {
+    assert_eq!(response["allowed"], json!(false), "allowed: {response}");
+    assert_eq!(response["status"]["code"], json!(403));
+    response["status"]["message"].as_str().unwrap()
+}
+
+fn allowed(response: &Value) {
+    assert_eq!(response["allowed"], json!(true), "denied: {response}");
+}
+
+fn ledger_writes(api: &FakeApi) -> usize {
+    api.requests()
+        .iter()
+        .filter(|(method, path)| {
+            (method == http::Method::PUT || method == http::Method::POST)
+                && path.starts_with(LEDGER)
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incident_a_perfect_copy_is_refused_at_its_second_alternation() {
+    let api = FakeApi::new();
+    let worker1 = cluster(&api);
+    let replica = Replica::start(&api, Leadership::always()).await;
+    replica
+        .until_ledger("worker-1 recorded with its boot", |r| {
+            r.is_some_and(|r| boots(r) == [worker1.boot_id.as_str()])
+        })
+        .await;
+    let record = stored_identity(&api, "worker-1").unwrap();
+    assert_eq!(
+        record.owner_uid(),
+        Some("6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f")
+    );
+
+    // The copy boots: same disk, same SMBIOS UUID, same credentials; another boot id.
+    let copy = worker1.rebooted(BOOT_B);
+    allowed(&kubelet_writes(&api, &replica, Write::Create, &copy).await);
+    allowed(&kubelet_writes(&api, &replica, Write::StatusPatch, &copy).await);
+    replica
+        .until_ledger("the copy's boot recorded, as a reboot", |r| {
+            r.is_some_and(|r| boots(r).len() == 2 && r.conflict().is_none())
+        })
+        .await;
+
+    // The original's next status sync writes its boot back: allowed, and the conflict.
+    allowed(&kubelet_writes(&api, &replica, Write::StatusPatch, &worker1).await);
+    replica
+        .until_ledger("the conflict recorded", |r| {
+            r.is_some_and(|r| r.conflict().is_some())
+        })
+        .await;
+    let conflict = stored_identity(&api, "worker-1")
+        .unwrap()
+        .status
+        .unwrap()
+        .conflict
+        .unwrap();
+    assert_eq!(conflict.kept_boot, worker1.boot_id);
+    assert_eq!(conflict.refused_boot, BOOT_B);
+
+    // From now on the copy is refused, status and registration alike.
+    let expected = format!(
+        "nodeguard [two-kubelets]: two machines are writing node \"worker-1\" with its \
+         credentials: boot {BOOT_B} (this machine) and boot {}, which registered first and \
+         is kept; stop this machine's kubelet and give it its own identity (hostname, rm \
+         /etc/machine-id && systemd-machine-id-setup, remove \
+         /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join \
+         with a bootstrap token), then run nodeguard forget worker-1",
+        worker1.boot_id
+    );
+    for _ in 0..3 {
+        let response = kubelet_writes(&api, &replica, Write::StatusPatch, &copy).await;
+        assert_eq!(denial(&response), expected);
+    }
+    let response = kubelet_writes(&api, &replica, Write::Create, &copy).await;
+    assert_eq!(denial(&response), expected);
+    // The Node kept the original's boot throughout.
+    assert_eq!(
+        api.get(&node_path("worker-1")).unwrap()["status"]["nodeInfo"]["bootID"],
+        json!(worker1.boot_id)
+    );
+    // The original keeps working, and so does its reboot.
+    allowed(&kubelet_writes(&api, &replica, Write::StatusPatch, &worker1).await);
+    allowed(&kubelet_writes(&api, &replica, Write::Create, &worker1).await);
+    allowed(
+        &kubelet_writes(
+            &api,
+            &replica,
+            Write::StatusPatch,
+            &worker1.rebooted(BOOT_C),
+        )
+        .await,
+    );
+
+    // One Warning Event on the Node, and the metrics say so.
+    let events = api.objects(NODE_EVENTS);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "NodeIdentityConflict");
+    assert_eq!(event["regarding"]["kind"], "Node");
+    assert_eq!(event["regarding"]["name"], "worker-1");
+    assert_eq!(
+        event["regarding"]["uid"],
+        "6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f"
+    );
+    assert_eq!(event["reportingController"], "nodeguard");
+    assert!(event["note"].as_str().unwrap().contains(BOOT_B));
+    let metrics = replica.webhook.metrics.encode().unwrap();
+    for line in [
+        "nodeguard_identity_conflicts_recorded_total{check=\"two-kubelets\"} 1",
+        "nodeguard_admission_requests_total{webhook=\"nodes\",operation=\"UPDATE\",result=\"denied\",check=\"two-kubelets\"} 3",
+        "nodeguard_admission_requests_total{webhook=\"nodes\",operation=\"CREATE\",result=\"denied\",check=\"two-kubelets\"} 1",
+        "nodeguard_recorder_leading 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line} in\n{metrics}"
+        );
+    }
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_is_no_conflict_and_a_kubelet_restart_records_nothing() {
+    let api = FakeApi::new();
+    let worker1 = cluster(&api);
+    let replica = Replica::start(&api, Leadership::always()).await;
+    replica
+        .until_ledger("worker-1 recorded", |r| r.is_some())
+        .await;
+    eventually("both nodes recorded", || api.objects(LEDGER).len() == 2).await;
+
+    let rebooted = worker1.rebooted(BOOT_B);
+    allowed(&kubelet_writes(&api, &replica, Write::Create, &rebooted).await);
+    allowed(&kubelet_writes(&api, &replica, Write::StatusPatch, &rebooted).await);
+    replica
+        .until_ledger("the reboot recorded", |r| {
+            r.is_some_and(|r| boots(r).len() == 2)
+        })
+        .await;
+    let writes = ledger_writes(&api);
+
+    // The kubelet restarts within boot B: CREATE again, then status as before.
+    allowed(&kubelet_writes(&api, &replica, Write::Create, &rebooted).await);
+    allowed(&kubelet_writes(&api, &replica, Write::StatusPatch, &rebooted).await);
+    // A heartbeat-like change that is not identity (the Ready condition's time) either.
+    api.update(&node_path("worker-1"), |node| {
+        node["status"]["conditions"][0]["lastHeartbeatTime"] = json!("2026-11-27T12:00:00Z");
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        ledger_writes(&api),
+        writes,
+        "a restart within one boot was written"
+    );
+    let record = stored_identity(&api, "worker-1").unwrap();
+    assert_eq!(boots(&record), [worker1.boot_id.as_str(), BOOT_B]);
+    assert!(record.conflict().is_none());
+    assert!(api.objects(NODE_EVENTS).is_empty());
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_remembered_after_its_csr_is_gone_and_nodeguard_restarted() {
+    let api = FakeApi::new();
+    cluster(&api);
+    let key = kubelet::kubelet_key().unwrap();
+    let fingerprint =
+        KeyFingerprint::of_spki_der(&rcgen::PublicKeyData::subject_public_key_info(&key));
+    api.insert(CSRS, issued_client_csr("csr-8x2kq", "worker-1", &key));
+
+    let first = Replica::start(&api, Leadership::always()).await;
+    let bound = fingerprint.to_string();
+    eventually("the key recorded in the ledger", || {
+        stored_identity(&api, "worker-1")
+            .is_some_and(|r| r.spec.keys.iter().any(|k| k.fingerprint == bound))
+    })
+    .await;
+    let record = stored_identity(&api, "worker-1").unwrap();
+    assert_eq!(record.spec.keys[0].csr.as_deref(), Some("csr-8x2kq"));
+    assert!(
+        record.spec.credential_ids[0].id.starts_with("X509SHA256="),
+        "the issued certificate's credential id is recorded"
+    );
+    first.stop().await;
+
+    // An hour later the API server has deleted the CSR; nodeguard restarts.
+    api.delete(&format!("{CSRS}/csr-8x2kq"));
+    let second = Replica::start(&api, Leadership::never()).await;
+    assert_eq!(second.inventory().read(|inv| inv.size().key_bindings), 0);
+
+    // A clone bootstraps as worker-9 with worker-1's key.
+    let pem = kubelet::csr_pem(&key, "worker-9", &[], &[]).unwrap();
+    let csr = kubelet::csr_object(
+        "csr-c10n3",
+        kubelet::CLIENT_SIGNER,
+        &pem,
+        &Requester::Bootstrap {
+            token_id: "07401b".into(),
+        },
+    );
+    let (_, answer) = second
+        .webhook
+        .ask(
+            Endpoint::Csrs,
+            &kubelet::csr_review("9a8b7c6d-0000-4000-8000-00000000c5a1", &csr),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        denial(&answer["response"]),
+        format!(
+            "nodeguard [key-fingerprint]: the key of this CSR (SHA-256 {fingerprint}) is \
+             already bound to node \"worker-1\"; this machine carries worker-1's kubelet \
+             credentials: remove /var/lib/kubelet/pki/kubelet-client-* and \
+             /etc/kubernetes/kubelet.conf, then re-join with a bootstrap token"
+        )
+    );
+    second.stop().await;
+}
+
+fn key_observation(byte: u8) -> Observation {
+    Observation::Key(KeyObservation {
+        csr: format!("csr-{byte:02x}"),
+        binding: nodeguard::identity::KeyBinding {
+            node: "worker-1".into(),
+            fingerprint: KeyFingerprint([byte; 32]),
+            signer: nodeguard::identity::KubeletSigner::Client,
+            credential_id: None,
+        },
+    })
+}
+
+fn recorder_on(api: &FakeApi, metrics: &Arc<Metrics>) -> Recorder {
+    Recorder::new(
+        api.client(),
+        SharedInventory::default(),
+        Arc::clone(metrics),
+        "nodeguard-x",
+    )
+}
+
+#[tokio::test]
+async fn two_recorders_racing_on_one_record_lose_no_update() {
+    let api = FakeApi::new();
+    let metrics = Arc::new(Metrics::new());
+    // Neither has seen the other's write: both start from no record at all.
+    let mut first = recorder_on(&api, &metrics);
+    let mut second = recorder_on(&api, &metrics);
+    let (a, b) = (key_observation(1), key_observation(2));
+    tokio::join!(first.record(&a), second.record(&b));
+    // And once more from stale copies: each replaces over a version it did not read.
+    let (c, d) = (key_observation(3), key_observation(4));
+    tokio::join!(first.record(&c), second.record(&d));
+
+    let record = stored_identity(&api, "worker-1").unwrap();
+    let mut keys: Vec<_> = record
+        .spec
+        .keys
+        .iter()
+        .map(|k| k.fingerprint.clone())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        (1u8..=4).map(|b| hex::encode([b; 32])).collect::<Vec<_>>(),
+        "an update was lost"
+    );
+    let text = metrics.encode().unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("nodeguard_ledger_writes_total{result=\"conflict\"}")),
+        "no write met a conflict:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_write_over_a_concurrent_change_is_redone_on_a_fresh_read() {
+    let api = FakeApi::new();
+    let metrics = Arc::new(Metrics::new());
+    let mut recorder = recorder_on(&api, &metrics);
+    recorder.record(&key_observation(1)).await;
+    // Another writer adds a key right before this recorder's next write lands.
+    let path = format!("{LEDGER}/worker-1");
+    api.before_next_write(&path, |record| {
+        record["spec"]["keys"].as_array_mut().unwrap().push(json!({
+            "fingerprint": hex::encode([9u8; 32]),
+            "signer": kubelet::CLIENT_SIGNER,
+            "firstSeen": "2026-11-27T10:00:00Z",
+        }));
+    });
+    recorder.record(&key_observation(2)).await;
+    assert!(api.hooks_done());
+    let record = stored_identity(&api, "worker-1").unwrap();
+    assert_eq!(record.spec.keys.len(), 3, "{:?}", record.spec.keys);
+    let record_path = format!("{LEDGER}/worker-1");
+    let conflicts = api
+        .responses()
+        .into_iter()
+        .filter(|(method, path, status)| {
+            method == http::Method::PUT && path.starts_with(&record_path) && status.as_u16() == 409
+        })
+        .count();
+    assert_eq!(conflicts, 1);
+}
+
+#[tokio::test]
+async fn a_failed_write_is_left_for_the_next_resync_not_lost() {
+    let api = FakeApi::new();
+    let metrics = Arc::new(Metrics::new());
+    let mut recorder = recorder_on(&api, &metrics);
+    api.fail_next(http::Method::POST, LEDGER, 500);
+    recorder.record(&key_observation(1)).await;
+    assert!(stored_identity(&api, "worker-1").is_none());
+    assert!(
+        metrics
+            .encode()
+            .unwrap()
+            .lines()
+            .any(|l| l == "nodeguard_ledger_writes_total{result=\"failed\"} 1")
+    );
+    recorder.record(&key_observation(1)).await;
+    assert_eq!(
+        stored_identity(&api, "worker-1").unwrap().spec.keys.len(),
+        1
+    );
+}
+
+/// A record with a conflict, as the recorder leaves it.
+fn conflicted(api: &FakeApi) {
+    let worker1 = Machine::new("worker-1", 0x11, "10.0.0.11");
+    let copy = worker1.rebooted(BOOT_B);
+    let record = nodeguard::demo::scenarios::ledger_after(&[&worker1, &copy, &worker1]);
+    api.insert(LEDGER, serde_json::to_value(record).unwrap());
+}
+
+#[tokio::test]
+async fn forget_clears_the_conflict_and_earlier_boots_even_over_a_concurrent_write() {
+    let api = FakeApi::new();
+    conflicted(&api);
+    let ledger: kube::Api<NodeIdentity> = kube::Api::all(api.client());
+    // The recorder binds a key at the same moment: forget must not erase it.
+    api.before_next_write(&format!("{LEDGER}/worker-1"), |record| {
+        record["spec"]["keys"] = json!([{
+            "fingerprint": hex::encode([5u8; 32]),
+            "signer": kubelet::CLIENT_SIGNER,
+            "firstSeen": "2026-11-27T10:00:00Z",
+        }]);
+    });
+    let outcome = forget(&ledger, "worker-1").await.unwrap();
+    let Forgotten::Cleared {
+        conflict,
+        boots_dropped,
+    } = &outcome
+    else {
+        panic!("expected a cleared conflict, got {outcome:?}");
+    };
+    assert_eq!(conflict.refused_boot, BOOT_B);
+    assert_eq!(*boots_dropped, 1);
+    assert!(outcome.describe("worker-1").starts_with(
+        "cleared the two-kubelets conflict of node worker-1 (boot 11a0427b-40ea-4cf5-9f24-53d6e200ef11 kept, boot d8f2c1a0-1b2c-4d3e-8f4a-5b6c7d8e9f00 refused since"
+    ));
+    let record = stored_identity(&api, "worker-1").unwrap();
+    assert!(record.conflict().is_none());
+    assert_eq!(boots(&record), ["11a0427b-40ea-4cf5-9f24-53d6e200ef11"]);
+    assert_eq!(
+        record.spec.keys.len(),
+        1,
+        "forget erased the concurrent write"
+    );
+
+    assert_eq!(
+        forget(&ledger, "worker-1").await.unwrap(),
+        Forgotten::NoConflict { boots_dropped: 0 }
+    );
+    assert_eq!(
+        forget(&ledger, "worker-7").await.unwrap(),
+        Forgotten::NoRecord
+    );
+}
