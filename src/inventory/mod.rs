@@ -229,8 +229,11 @@ impl Inventory {
         &mut self,
         bindings: impl IntoIterator<Item = (String, Option<KeyBinding>)>,
     ) {
-        self.csrs.clear();
-        self.keys = Index::default();
+        // Only the CSRs' own bindings go: the key index also holds the ledger's.
+        let listed: Vec<Arc<str>> = self.csrs.keys().cloned().collect();
+        for name in listed {
+            self.delete_csr(&name);
+        }
         for (name, binding) in bindings {
             self.apply_csr(&name, binding);
         }
@@ -469,5 +472,37 @@ mod tests {
         inventory.apply_csr("csr-2", None);
         assert!(inventory.key(&binding.fingerprint).is_empty());
         assert_eq!(inventory.size().key_bindings, 0);
+    }
+
+    #[test]
+    fn a_relist_of_csrs_keeps_the_keys_the_ledger_binds() {
+        let mut inventory = Inventory::new();
+        let mut record = NodeIdentity::blank("worker-1");
+        record.spec.keys.push(crate::ledger::BoundKey {
+            fingerprint: hex::encode([9u8; 32]),
+            signer: KubeletSigner::Client.name().into(),
+            first_seen: jiff::Timestamp::UNIX_EPOCH,
+            csr: None,
+        });
+        inventory.apply_identity(record);
+        let binding = KeyBinding {
+            node: NodeName::from("worker-2"),
+            fingerprint: KeyFingerprint([7; 32]),
+            signer: KubeletSigner::Client,
+            credential_id: None,
+        };
+        inventory.apply_csr("csr-1", Some(binding));
+        inventory.replace_csrs([]);
+        assert!(inventory.key(&KeyFingerprint([7; 32])).is_empty());
+        assert_eq!(
+            inventory
+                .key(&KeyFingerprint([9; 32]))
+                .other_than("x")
+                .count,
+            1,
+            "the ledger's key was dropped with the CSRs"
+        );
+        inventory.replace_identities([]);
+        assert!(inventory.key(&KeyFingerprint([9; 32])).is_empty());
     }
 }

@@ -88,6 +88,14 @@ fn step<K: Watched>(
 ) -> bool {
     match event {
         Ok(event) => feed.handle(event, inventory, observations),
+        Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
+            tracing::warn!(
+                resource = %K::plural(&()),
+                "the API server does not serve this resource (is the NodeIdentity CRD \
+                 installed? kubectl apply -k deploy/); retrying with backoff, not ready until then"
+            );
+            false
+        }
         Err(error) => {
             tracing::warn!(resource = %K::plural(&()), %error, "watch failed; retrying with backoff");
             false

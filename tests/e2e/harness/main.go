@@ -5,7 +5,7 @@
 //	nodeguard-e2e --webhook-config deploy.yaml --ca ca.crt --webhook-port PORT \
 //	    --kubeconfig-out kubeconfig --nodeguard-admin http://127.0.0.1:APORT \
 //	    --nodeguard-log nodeguard.log --scenarios DIR [--only SUBSTRING] \
-//	    -- nodeguard serve ... --kubeconfig kubeconfig
+//	    [--ledger auto|on|off] -- nodeguard serve ... --kubeconfig kubeconfig
 //
 // One line per step, `PASS|FAIL scenario / step`, then `N passed, M failed`.
 // Exit 0 if all passed, 1 if any failed, 2 on a setup error.
@@ -76,6 +76,7 @@ func run() int {
 	grace := fs.Duration("grace", 100*time.Millisecond, "pause after each store change, once its event is flushed to every watch")
 	readyTimeout := fs.Duration("ready-timeout", 30*time.Second, "how long to wait for nodeguard's /readyz")
 	verbose := fs.Bool("v", false, "print the details of passing steps too")
+	ledgerMode := fs.String("ledger", "auto", "whether nodeguard keeps a NodeIdentity ledger the reset waits for: on, off, or auto (on when the NodeIdentity CRD is in the manifests or `nodeguard crd` prints it, or /metrics has "+gaugeLedgerRecs+")")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: nodeguard-e2e [flags] -- NODEGUARD-COMMAND...\n")
 		fs.PrintDefaults()
@@ -95,6 +96,8 @@ func run() int {
 	case len(argv) == 0:
 		fs.Usage()
 		return setupErr("the nodeguard command line is required after --")
+	case *ledgerMode != "auto" && *ledgerMode != "on" && *ledgerMode != "off":
+		return setupErr("--ledger %q is not auto, on or off", *ledgerMode)
 	}
 	if *harnessLog == "" {
 		*harnessLog = filepath.Join(filepath.Dir(*ngLog), "nodeguard-e2e.log")
@@ -108,6 +111,17 @@ func run() int {
 		return setupErr("no scenario in %s matches", *scenarios)
 	}
 	vwc, err := LoadWebhookConfig(*webhookConfig, *caFile)
+	if err != nil {
+		return setupErr("%v", err)
+	}
+	manifests, err := os.ReadFile(*webhookConfig)
+	if err != nil {
+		return setupErr("%v", err)
+	}
+	if err := AddManifestNamespaces(manifests); err != nil {
+		return setupErr("%s: %v", *webhookConfig, err)
+	}
+	crd, err := LoadLedgerCRD(manifests, argv[0])
 	if err != nil {
 		return setupErr("%v", err)
 	}
@@ -128,15 +142,30 @@ func run() int {
 	klog.SetOutputBySeverity("INFO", steplog)
 
 	store := NewStore()
+	store.logf = logger.Printf
 	api, err := StartAPIServer(store, logger)
 	if err != nil {
 		return setupErr("starting the API server: %v", err)
 	}
 	defer api.Close()
-	if err := api.WriteKubeconfig(*kubeconfigOut); err != nil {
+	if err := api.WriteKubeconfig(*kubeconfigOut, serviceAccountToken); err != nil {
 		return setupErr("%v", err)
 	}
-	logger.Printf("API server on %s; kubeconfig %s", api.URL(), *kubeconfigOut)
+	adminKubeconfig := *kubeconfigOut + ".admin"
+	if err := api.WriteKubeconfig(adminKubeconfig, adminToken); err != nil {
+		return setupErr("%v", err)
+	}
+	rbac, err := LoadRBAC(manifests)
+	if err != nil {
+		return setupErr("%s: %v", *webhookConfig, err)
+	}
+	if rbac != nil {
+		api.SetRBAC(rbac)
+		logger.Printf("RBAC: %s is nodeguard's ServiceAccount", rbac.ServiceAccount().GetName())
+	} else {
+		logger.Printf("RBAC: no Deployment in the manifests; requests are not authorized")
+	}
+	logger.Printf("API server on %s; kubeconfig %s (nodeguard's ServiceAccount), %s (an administrator)", api.URL(), *kubeconfigOut, adminKubeconfig)
 
 	ng, err := NewNodeguard(argv, *admin, *ngLog)
 	if err != nil {
@@ -165,7 +194,32 @@ func run() int {
 	if err != nil {
 		return setupErr("%v", err)
 	}
-	r := &Runner{store: store, adm: adm, ng: ng, keys: NewKeys(), ca: ca, clock: &clock{}, grace: *grace, readyWait: *readyTimeout}
+	r := &Runner{store: store, adm: adm, ng: ng, keys: NewKeys(), ca: ca, clock: &clock{}, grace: *grace,
+		readyWait: *readyTimeout, kubeconfig: adminKubeconfig}
+	switch {
+	case crd.found:
+		logger.Printf("NodeIdentity CRD from %s; status subresource: %v", crd.origin, crd.status)
+		if crd.origin != "the manifests" {
+			fmt.Fprintf(os.Stderr, "nodeguard-e2e: note: the NodeIdentity CustomResourceDefinition is not in %s; a cluster would answer 404 for nodeidentities. Serving it as %s defines it.\n", *webhookConfig, crd.origin)
+		}
+	default:
+		logger.Printf("no NodeIdentity CRD in the manifests or from `nodeguard crd`; serving nodeidentities without a status subresource")
+	}
+	switch *ledgerMode {
+	case "on":
+		r.ledger = true
+	case "off":
+		r.noLedger = "the ledger is off (--ledger off)"
+	default:
+		m, _ := ng.Metrics()
+		_, gauge := m[gaugeLedgerRecs]
+		r.ledger = crd.found || gauge
+		r.noLedger = "nodeguard has no ledger: no NodeIdentity CRD in the manifests or from `nodeguard crd`, and no " + gaugeLedgerRecs + " in /metrics (--ledger auto)"
+	}
+	if !r.ledger {
+		fmt.Fprintf(os.Stderr, "nodeguard-e2e: note: %s; the reset does not wait for NodeIdentities, and ledger steps fail\n", r.noLedger)
+	}
+	logger.Printf("ledger: %v", r.ledger)
 
 	passed, failed := 0, 0
 	started := time.Now()
@@ -189,9 +243,13 @@ func run() int {
 			st := &sc.Steps[i]
 			logger.Printf("----- step %s", st.title())
 			steplog.Take()
+			api.TakeUnserved() // those of the reset or an earlier step are in the summary
 			logOffset := ng.LogSize()
 			wasRunning := ng.Running()
 			res := r.Run(st)
+			for _, u := range api.TakeUnserved() {
+				res.Info = append(res.Info, "unserved API request: "+u)
+			}
 			if wasRunning && st.Nodeguard != "stop" && !ng.Running() {
 				res.Pass = false
 				res.Details = append(res.Details, fmt.Sprintf("nodeguard exited during this step: %v", ng.exitErr))
@@ -209,6 +267,9 @@ func run() int {
 				for _, d := range res.Details {
 					fmt.Println(indent(d, "    "))
 				}
+			}
+			if !res.Pass && r.ledger {
+				res.Info = append(res.Info, r.ledgerState()...)
 			}
 			if !res.Pass || *verbose {
 				for _, d := range res.Info {
@@ -230,6 +291,10 @@ func run() int {
 	logger.Printf("done in %s", time.Since(started))
 	if err := ng.Stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "nodeguard-e2e: %v\n", err)
+	}
+	if u := api.UnservedSummary(); len(u) > 0 {
+		fmt.Println("API requests the harness does not serve (404) or RBAC forbids (403):")
+		fmt.Println(indent(strings.Join(u, "\n"), "    "))
 	}
 	if failed > 0 {
 		fmt.Printf("logs: nodeguard %s, harness %s\n", *ngLog, *harnessLog)

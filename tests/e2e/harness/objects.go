@@ -74,6 +74,23 @@ func (k *Keys) Fingerprint(name string) (string, error) {
 	return hex.EncodeToString(sum[:]), nil
 }
 
+// NameOf returns the name of the key with that fingerprint, or the fingerprint itself
+// for a key the run does not know.
+func (k *Keys) NameOf(fp string) string {
+	k.mu.Lock()
+	names := make([]string, 0, len(k.keys))
+	for name := range k.keys {
+		names = append(names, name)
+	}
+	k.mu.Unlock()
+	for _, name := range names {
+		if f, err := k.Fingerprint(name); err == nil && f == fp {
+			return name
+		}
+	}
+	return fp
+}
+
 var placeholderRe = regexp.MustCompile(`\{fingerprint:([^{}]+)\}`)
 
 // Expand replaces `{fingerprint:KEYNAME}` placeholders.
@@ -185,6 +202,17 @@ func userInfo(username string, groups []string) user.Info {
 		groups = groupsFor(username)
 	}
 	return &user.DefaultInfo{Name: username, Groups: groups}
+}
+
+// withCredentialID adds the credential id the API server's authenticators put in a
+// user's extra (for a client certificate since 1.32: X509SHA256=<hex of the
+// certificate's SHA-256>).
+func withCredentialID(u user.Info, id string) user.Info {
+	if id == "" {
+		return u
+	}
+	return &user.DefaultInfo{Name: u.GetName(), UID: u.GetUID(), Groups: u.GetGroups(),
+		Extra: map[string][]string{user.CredentialIDKey: {id}}}
 }
 
 // ---- nodes -----------------------------------------------------------------------

@@ -1,9 +1,13 @@
 package main
 
-// Scenario files (one YAML scenario per file) and how their steps run.
+// Scenario files (YAML; one scenario per document, several documents per file allowed)
+// and how their steps run.
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -15,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/apiserver/pkg/admission"
 	"sigs.k8s.io/yaml"
 )
@@ -51,17 +56,31 @@ type NodeUpdate struct {
 }
 
 type Expect struct {
+	// Admitted steps.
 	Allowed  *bool     `json:"allowed,omitempty"`
 	Code     *int32    `json:"code,omitempty"`
 	Error    *string   `json:"error,omitempty"`
 	Warnings *[]string `json:"warnings,omitempty"`
 	Reached  *bool     `json:"reached,omitempty"`
+	// forget.
+	ExitCode *int    `json:"exitCode,omitempty"`
+	Output   *string `json:"output,omitempty"`
+	// Any step: the store after it.
+	Events       *[]EventExpect      `json:"events,omitempty"`
+	NodeIdentity *NodeIdentityExpect `json:"nodeIdentity,omitempty"`
+}
+
+func (e *Expect) admission() bool {
+	return e.Allowed != nil || e.Code != nil || e.Error != nil || e.Warnings != nil || e.Reached != nil
 }
 
 type Step struct {
 	Name   string   `json:"name,omitempty"`
 	As     string   `json:"as,omitempty"`
 	Groups []string `json:"groups,omitempty"`
+	// CredentialID goes into the user's extra authentication.kubernetes.io/credential-id
+	// (Node steps).
+	CredentialID string `json:"credentialID,omitempty"`
 
 	CreateNode       *NodeSpec     `json:"createNode,omitempty"`
 	UpdateNodeStatus *StatusUpdate `json:"updateNodeStatus,omitempty"`
@@ -71,6 +90,8 @@ type Step struct {
 	DeleteNode       *NameRef      `json:"deleteNode,omitempty"`
 	DeleteCSR        *NameRef      `json:"deleteCSR,omitempty"`
 	Nodeguard        string        `json:"nodeguard,omitempty"`
+	WaitFor          *WaitFor      `json:"waitFor,omitempty"`
+	Forget           string        `json:"forget,omitempty"`
 
 	Expect *Expect `json:"expect,omitempty"`
 }
@@ -100,6 +121,12 @@ func (s *Step) action() (string, bool) {
 	}
 	if s.Nodeguard != "" {
 		names = append(names, "nodeguard")
+	}
+	if s.WaitFor != nil {
+		names = append(names, "waitFor")
+	}
+	if s.Forget != "" {
+		names = append(names, "forget")
 	}
 	if len(names) != 1 {
 		return strings.Join(names, ", "), false
@@ -132,6 +159,10 @@ func (s *Step) title() string {
 		return a + " " + s.DeleteNode.Name
 	case s.DeleteCSR != nil:
 		return a + " " + s.DeleteCSR.Name
+	case s.WaitFor != nil:
+		return s.WaitFor.String()
+	case s.Forget != "":
+		return "forget " + s.Forget
 	default:
 		return "nodeguard " + s.Nodeguard
 	}
@@ -165,68 +196,138 @@ func LoadScenarios(dir, only string) ([]*Scenario, error) {
 		if err != nil {
 			return nil, err
 		}
-		var sc Scenario
-		if err := yaml.UnmarshalStrict(raw, &sc); err != nil {
+		docs, err := yamlDocuments(raw)
+		if err != nil {
 			return nil, fmt.Errorf("%s: %v", f, err)
 		}
-		sc.file = f
-		if sc.Name == "" {
-			sc.Name = strings.TrimSuffix(filepath.Base(f), ".yaml")
-		}
-		if only != "" && !strings.Contains(sc.Name, only) && !strings.Contains(filepath.Base(f), only) {
-			continue
-		}
-		for i := range sc.Setup.Nodes {
-			if err := checkNodeSpec(fmt.Sprintf("%s: setup.nodes[%d]", f, i), &sc.Setup.Nodes[i]); err != nil {
+		for d, doc := range docs {
+			where := f
+			if len(docs) > 1 {
+				where = fmt.Sprintf("%s (document %d)", f, d+1)
+			}
+			sc, err := loadScenario(where, doc)
+			if err != nil {
 				return nil, err
 			}
-		}
-		for i := range sc.Setup.CSRs {
-			if err := checkCSRSpec(fmt.Sprintf("%s: setup.csrs[%d]", f, i), &sc.Setup.CSRs[i]); err != nil {
-				return nil, err
-			}
-		}
-		if len(sc.Steps) == 0 {
-			return nil, fmt.Errorf("%s: no steps", f)
-		}
-		for i := range sc.Steps {
-			st := &sc.Steps[i]
-			where := fmt.Sprintf("%s: steps[%d] (%s)", f, i, st.Name)
-			a, ok := st.action()
-			if !ok {
-				if a == "" {
-					return nil, fmt.Errorf("%s: no action (createNode, updateNodeStatus, updateNode, createCSR, approveCSR, deleteNode, deleteCSR or nodeguard)", where)
+			sc.file = f
+			if sc.Name == "" {
+				sc.Name = strings.TrimSuffix(filepath.Base(f), ".yaml")
+				if len(docs) > 1 {
+					sc.Name += fmt.Sprintf(" #%d", d+1)
 				}
-				return nil, fmt.Errorf("%s: more than one action: %s", where, a)
 			}
-			if st.Expect != nil && !st.admitted() {
-				return nil, fmt.Errorf("%s: expect is only for createNode, updateNodeStatus, updateNode and createCSR", where)
+			if only != "" && !strings.Contains(sc.Name, only) && !strings.Contains(filepath.Base(f), only) {
+				continue
 			}
-			switch {
-			case st.CreateNode != nil:
-				if err := checkNodeSpec(where+": createNode", st.CreateNode); err != nil {
-					return nil, err
-				}
-			case st.CreateCSR != nil:
-				if err := checkCSRSpec(where+": createCSR", st.CreateCSR); err != nil {
-					return nil, err
-				}
-				if st.CreateCSR.Approved {
-					return nil, fmt.Errorf("%s: createCSR: approved is for setup; approve with an approveCSR step", where)
-				}
-			case st.UpdateNodeStatus != nil && st.UpdateNodeStatus.Name == "",
-				st.UpdateNode != nil && st.UpdateNode.Name == "",
-				st.ApproveCSR != nil && st.ApproveCSR.Name == "",
-				st.DeleteNode != nil && st.DeleteNode.Name == "",
-				st.DeleteCSR != nil && st.DeleteCSR.Name == "":
-				return nil, fmt.Errorf("%s: %s: name is required", where, a)
-			case st.Nodeguard != "" && st.Nodeguard != "stop" && st.Nodeguard != "start":
-				return nil, fmt.Errorf("%s: nodeguard: %q is not stop or start", where, st.Nodeguard)
-			}
+			out = append(out, sc)
 		}
-		out = append(out, &sc)
 	}
 	return out, nil
+}
+
+// yamlDocuments splits a file at `---`, dropping empty documents.
+func yamlDocuments(raw []byte) ([][]byte, error) {
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(raw)))
+	var docs [][]byte
+	for {
+		doc, err := reader.Read()
+		if err == io.EOF {
+			return docs, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(bytes.TrimSpace(doc)) == 0 {
+			continue
+		}
+		var probe interface{}
+		if err := yaml.Unmarshal(doc, &probe); err != nil {
+			return nil, err
+		}
+		if probe == nil {
+			continue // only comments
+		}
+		docs = append(docs, doc)
+	}
+}
+
+// loadScenario decodes one scenario strictly (an unknown key is an error) and checks it.
+func loadScenario(f string, raw []byte) (*Scenario, error) {
+	var sc Scenario
+	if err := yaml.UnmarshalStrict(raw, &sc); err != nil {
+		return nil, fmt.Errorf("%s: %v", f, err)
+	}
+	for i := range sc.Setup.Nodes {
+		if err := checkNodeSpec(fmt.Sprintf("%s: setup.nodes[%d]", f, i), &sc.Setup.Nodes[i]); err != nil {
+			return nil, err
+		}
+	}
+	for i := range sc.Setup.CSRs {
+		if err := checkCSRSpec(fmt.Sprintf("%s: setup.csrs[%d]", f, i), &sc.Setup.CSRs[i]); err != nil {
+			return nil, err
+		}
+	}
+	if len(sc.Steps) == 0 {
+		return nil, fmt.Errorf("%s: no steps", f)
+	}
+	for i := range sc.Steps {
+		st := &sc.Steps[i]
+		where := fmt.Sprintf("%s: steps[%d] (%s)", f, i, st.Name)
+		a, ok := st.action()
+		if !ok {
+			if a == "" {
+				return nil, fmt.Errorf("%s: no action (createNode, updateNodeStatus, updateNode, createCSR, approveCSR, deleteNode, deleteCSR, nodeguard, waitFor or forget)", where)
+			}
+			return nil, fmt.Errorf("%s: more than one action: %s", where, a)
+		}
+		if e := st.Expect; e != nil {
+			switch {
+			case e.admission() && !st.admitted():
+				return nil, fmt.Errorf("%s: expect.allowed, code, error, warnings and reached are only for createNode, updateNodeStatus, updateNode and createCSR", where)
+			case (e.ExitCode != nil || e.Output != nil) && st.Forget == "":
+				return nil, fmt.Errorf("%s: expect.exitCode and output are only for forget", where)
+			case e.NodeIdentity != nil && e.NodeIdentity.Name == "":
+				return nil, fmt.Errorf("%s: expect.nodeIdentity: name is required", where)
+			}
+			if e.Events != nil {
+				for j, ev := range *e.Events {
+					if ev.Node == "" || ev.Reason == "" || ev.Type == "" {
+						return nil, fmt.Errorf("%s: expect.events[%d]: node, reason and type are required", where, j)
+					}
+				}
+			}
+		}
+		if st.CredentialID != "" && st.CreateNode == nil && st.UpdateNodeStatus == nil && st.UpdateNode == nil {
+			return nil, fmt.Errorf("%s: credentialID is only for createNode, updateNodeStatus and updateNode", where)
+		}
+		if st.WaitFor != nil {
+			if err := st.WaitFor.check(); err != nil {
+				return nil, fmt.Errorf("%s: %v", where, err)
+			}
+		}
+		switch {
+		case st.CreateNode != nil:
+			if err := checkNodeSpec(where+": createNode", st.CreateNode); err != nil {
+				return nil, err
+			}
+		case st.CreateCSR != nil:
+			if err := checkCSRSpec(where+": createCSR", st.CreateCSR); err != nil {
+				return nil, err
+			}
+			if st.CreateCSR.Approved {
+				return nil, fmt.Errorf("%s: createCSR: approved is for setup; approve with an approveCSR step", where)
+			}
+		case st.UpdateNodeStatus != nil && st.UpdateNodeStatus.Name == "",
+			st.UpdateNode != nil && st.UpdateNode.Name == "",
+			st.ApproveCSR != nil && st.ApproveCSR.Name == "",
+			st.DeleteNode != nil && st.DeleteNode.Name == "",
+			st.DeleteCSR != nil && st.DeleteCSR.Name == "":
+			return nil, fmt.Errorf("%s: %s: name is required", where, a)
+		case st.Nodeguard != "" && st.Nodeguard != "stop" && st.Nodeguard != "start":
+			return nil, fmt.Errorf("%s: nodeguard: %q is not stop or start", where, st.Nodeguard)
+		}
+	}
+	return &sc, nil
 }
 
 // ---- running ---------------------------------------------------------------------
@@ -240,6 +341,12 @@ type Runner struct {
 	clock     *clock
 	grace     time.Duration
 	readyWait time.Duration
+	// kubeconfig is the harness's kubeconfig, for `nodeguard forget`.
+	kubeconfig string
+	// ledger: the reset waits for nodeguard's recorder, and ledger steps run. When
+	// false, noLedger says why.
+	ledger   bool
+	noLedger string
 }
 
 // StepResult is one line of the report.
@@ -259,7 +366,7 @@ var (
 )
 
 // Reset puts the cluster in the scenario's setup state and waits until nodeguard's
-// inventory holds it.
+// inventory holds it and, with a ledger, until the recorder recorded it.
 func (r *Runner) Reset(sc *Scenario) error {
 	if !r.ng.Running() {
 		if err := r.ng.Start(r.readyWait); err != nil {
@@ -294,15 +401,55 @@ func (r *Runner) Reset(sc *Scenario) error {
 	if err := r.ng.WaitInventory(wantNodes, wantBindings, 10*time.Second); err != nil {
 		return err
 	}
+	if r.ledger {
+		if err := r.waitLedgerSetup(nodes, csrs, sc.Setup.CSRs); err != nil {
+			return err
+		}
+	}
 	time.Sleep(r.grace)
 	return nil
 }
 
 func (r *Runner) settle() { time.Sleep(r.grace) }
 
-// Run executes one step.
+// Run executes one step, then checks what its expect says of the store.
 func (r *Runner) Run(st *Step) StepResult {
+	res := r.act(st)
+	e := st.Expect
+	if e == nil || (e.Events == nil && e.NodeIdentity == nil) {
+		return res
+	}
+	if !r.ledger {
+		res.Pass = false
+		res.Details = append(res.Details, "expect.events and expect.nodeIdentity: "+r.noLedger)
+		return res
+	}
+	if e.NodeIdentity != nil {
+		d, i := r.checkNodeIdentity(e.NodeIdentity)
+		res.Details = append(res.Details, d...)
+		res.Info = append(res.Info, i...)
+		if len(d) > 0 {
+			res.Pass = false
+		}
+	}
+	if e.Events != nil {
+		d, i := r.checkEvents(*e.Events)
+		res.Details = append(res.Details, d...)
+		res.Info = append(res.Info, i...)
+		if len(d) > 0 {
+			res.Pass = false
+		}
+	}
+	return res
+}
+
+// act runs the step's action.
+func (r *Runner) act(st *Step) StepResult {
 	switch {
+	case st.WaitFor != nil:
+		return r.waitFor(st.WaitFor)
+	case st.Forget != "":
+		return r.forget(st.Forget, st.Expect)
 	case st.Nodeguard == "stop":
 		if err := r.ng.Stop(); err != nil {
 			return StepResult{Details: []string{err.Error()}}
@@ -355,7 +502,7 @@ func (r *Runner) admit(st *Step) StepResult {
 	case st.CreateNode != nil:
 		node := buildNode(*st.CreateNode, now)
 		req = Request{Operation: admission.Create, Object: node, Kind: nodeGVK, Resource: nodeGVR, Name: node.Name,
-			User: userInfo(orDefault(st.As, "system:node:"+node.Name), st.Groups)}
+			User: withCredentialID(userInfo(orDefault(st.As, "system:node:"+node.Name), st.Groups), st.CredentialID)}
 		apply = func() error { return r.store.CreateNode(node) }
 	case st.UpdateNodeStatus != nil, st.UpdateNode != nil:
 		name := ""
@@ -406,7 +553,7 @@ func (r *Runner) admit(st *Step) StepResult {
 			}
 		}
 		req = Request{Operation: admission.Update, Object: node, OldObject: old, Kind: nodeGVK, Resource: nodeGVR,
-			Subresource: sub, Name: name, User: userInfo(orDefault(st.As, "system:node:"+name), st.Groups)}
+			Subresource: sub, Name: name, User: withCredentialID(userInfo(orDefault(st.As, "system:node:"+name), st.Groups), st.CredentialID)}
 		apply = func() error { return r.store.UpdateNode(node) }
 	case st.CreateCSR != nil:
 		cs := *st.CreateCSR
@@ -496,7 +643,7 @@ func (r *Runner) admit(st *Step) StepResult {
 	info := []string{
 		fmt.Sprintf("got: allowed=%v code=%d reason=%q reached=%v warnings=%q", out.Allowed, out.Code, out.Reason, reached, out.Warnings),
 		fmt.Sprintf("got error: %q", gotErr),
-		fmt.Sprintf("request: %s %s%s %q by %s %v", req.Operation, req.Resource.Resource, subSuffix(req.Subresource), req.Name, req.User.GetName(), req.User.GetGroups()),
+		fmt.Sprintf("request: %s %s%s %q by %s %v%s", req.Operation, req.Resource.Resource, subSuffix(req.Subresource), req.Name, req.User.GetName(), req.User.GetGroups(), extraSuffix(req.User.GetExtra())),
 		"routing: " + strings.Join(out.Routing, "; "),
 	}
 	if len(out.FailedOpen) > 0 {
@@ -506,6 +653,13 @@ func (r *Runner) admit(st *Step) StepResult {
 		info = append(info, storeNote)
 	}
 	return StepResult{Pass: pass, Details: details, Info: info}
+}
+
+func extraSuffix(extra map[string][]string) string {
+	if len(extra) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" extra %v", extra)
 }
 
 func subSuffix(s string) string {
