@@ -135,6 +135,10 @@ fn set_validity(params: &mut CertificateParams) {
 
 /// Writes a development CA (`ca.crt`) and serving pair (`tls.crt`, `tls.key`) into `dir`,
 /// the file names a Kubernetes TLS Secret uses. The key is readable by its owner only.
+///
+/// When `dir` already holds a `ca.crt` that is still valid (a rotation), its first CA
+/// stays in the new `ca.crt` after the new one: a `caBundle` made from it trusts both
+/// the serving certificate still mounted in running pods and the new one they reload.
 pub fn write_dev_pki(
     dir: &std::path::Path,
     dns_names: &[&str],
@@ -142,9 +146,16 @@ pub fn write_dev_pki(
     use anyhow::Context;
     let pki = generate_dev_pki(dns_names).context("cannot generate the certificates")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let previous = std::fs::read(dir.join("ca.crt"))
+        .ok()
+        .and_then(|pem| still_valid_ca(&pem));
+    let ca_bundle = match previous {
+        Some(previous) => format!("{}{previous}", pki.ca_pem),
+        None => pki.ca_pem.clone(),
+    };
     let mut written = Vec::new();
     for (name, text, private) in [
-        ("ca.crt", &pki.ca_pem, false),
+        ("ca.crt", &ca_bundle, false),
         ("tls.crt", &pki.cert_pem, false),
         ("tls.key", &pki.key_pem, true),
     ] {
@@ -166,10 +177,67 @@ pub fn write_dev_pki(
     Ok(written)
 }
 
+/// The first certificate of a PEM bundle, re-encoded, if it is a CA valid now.
+fn still_valid_ca(pem: &[u8]) -> Option<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let (_, certificate) = X509Certificate::from_der(&block.contents).ok()?;
+    if !certificate.is_ca() || !certificate.validity().is_valid() {
+        return None;
+    }
+    let body = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &block.contents);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .filter_map(|chunk| std::str::from_utf8(chunk).ok())
+        .collect();
+    Some(format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use x509_parser::prelude::{FromDer, X509Certificate};
+
+    fn certificates_in(pem: &str) -> Vec<Vec<u8>> {
+        x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+            .map(|block| block.unwrap().contents)
+            .collect()
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_previous_ca_next_to_the_new_one_and_no_older() {
+        let dir = std::env::temp_dir().join(format!("nodeguard-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+
+        write_dev_pki(&dir, &DEV_DNS_NAMES).unwrap();
+        let first = certificates_in(&read("ca.crt"));
+        assert_eq!(first.len(), 1);
+
+        write_dev_pki(&dir, &DEV_DNS_NAMES).unwrap();
+        let second = certificates_in(&read("ca.crt"));
+        assert_eq!(second.len(), 2);
+        assert_eq!(
+            second[1], first[0],
+            "the previous CA is kept after the new one"
+        );
+        // The new serving certificate is signed by the new CA, the first in the bundle.
+        let (_, new_ca) = X509Certificate::from_der(&second[0]).unwrap();
+        let leaf = certificates_in(&read("tls.crt"));
+        let (_, leaf) = X509Certificate::from_der(&leaf[0]).unwrap();
+        assert_eq!(leaf.issuer(), new_ca.subject());
+        assert!(leaf.verify_signature(Some(new_ca.public_key())).is_ok());
+
+        write_dev_pki(&dir, &DEV_DNS_NAMES).unwrap();
+        let third = certificates_in(&read("ca.crt"));
+        assert_eq!(third.len(), 2, "only one previous CA is kept");
+        assert_eq!(third[1], second[0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn der_of(pem: &str) -> Vec<u8> {
         let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();

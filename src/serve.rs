@@ -1,10 +1,15 @@
 //! `nodeguard serve`: the watchers keep the inventory current, the webhook answers
 //! reviews from it, the admin server reports on both, and the replica holding the
-//! lease records identities in the ledger. The first SIGTERM or SIGINT drains the
-//! servers and hands the lease over; a second one stops at once.
+//! lease records identities in the ledger.
+//!
+//! The first SIGTERM or SIGINT hands the lease over and turns `/readyz` unready at once;
+//! the webhook answers for `--shutdown-delay` more while moving its kept-alive clients
+//! to new connections, then stops accepting and drains; the admin server stops last. A
+//! second signal stops at once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -30,6 +35,24 @@ pub struct ServeArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub ledger: LedgerArgs,
+    /// After SIGTERM, how long the webhook keeps accepting and answering (closing each
+    /// kept-alive connection after its next answer) before it stops accepting and
+    /// drains: long enough for the API server to learn that this replica's endpoint is
+    /// gone. E.g. `5s`, `1500ms`, `0` (none).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+}
+
+/// A duration in jiff's friendly format (`5s`, `1m30s`, `1500ms`) or ISO 8601, or a
+/// plain number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let duration: jiff::SignedDuration = text
+        .parse()
+        .map_err(|error| format!("not a duration such as 5s or 1500ms: {error}"))?;
+    Duration::try_from(duration).map_err(|_| "a duration cannot be negative".to_string())
 }
 
 /// Who records the ledger: the replica holding a Lease in nodeguard's namespace.
@@ -119,7 +142,7 @@ impl PolicyArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(args.policy.load()?);
     tracing::info!(checks = %config.describe(), "check modes");
-    let (tls, _serving_certificate) =
+    let (tls, serving_certificate) =
         webhook::tls::server_config_from_files(&args.webhook.tls_cert, &args.webhook.tls_key)?;
     let client = args.kube.client().await?;
 
@@ -134,7 +157,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let inventory = SharedInventory::default();
     let readiness = Readiness::new();
     let metrics = Arc::new(Metrics::new());
-    let drain = Drain::new();
+    // Puts each valid rotated pair in place for new handshakes; sets the expiry gauge.
+    let reloading = tokio::spawn(
+        webhook::reload::CertificateReloader::new(
+            args.webhook.tls_cert.clone(),
+            args.webhook.tls_key.clone(),
+            serving_certificate,
+            Arc::clone(&metrics),
+        )
+        .run(),
+    );
+    // The first signal; then the webhook server's end, after which the admin server,
+    // which kubelet probes until the end, stops too.
+    let drain = Trigger::new();
+    let webhook_stopped = Trigger::new();
     let mut signals = Signals::new()?;
 
     let identity = args.ledger.identity();
@@ -158,7 +194,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.ledger.lease_name.clone(),
         identity,
     );
-    let election = tokio::spawn(lease::run_election(
+    let mut election = tokio::spawn(lease::run_election(
         client,
         lease_config,
         leading,
@@ -169,45 +205,64 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config,
         metrics: Arc::clone(&metrics),
     });
-    let mut webhook_server = tokio::spawn(webhook::serve_tls(
+    let mut webhook_server = tokio::spawn(webhook::server::serve_tls_draining(
         webhook_listener,
         tls,
         webhook_router,
         drain.signaled(),
+        args.shutdown_delay,
     ));
     let admin_router = admin::router(AdminState {
         inventory,
-        readiness,
+        readiness: readiness.clone(),
         metrics,
     });
-    let mut admin_server =
-        tokio::spawn(admin::serve(admin_listener, admin_router, drain.signaled()));
+    let mut admin_server = tokio::spawn(admin::serve(
+        admin_listener,
+        admin_router,
+        webhook_stopped.signaled(),
+    ));
 
     let failure = tokio::select! {
         () = signals.next() => {
-            tracing::info!("signal received: draining (a second signal stops at once)");
+            tracing::info!("signal received: shutting down (a second signal stops at once)");
             None
         }
         outcome = &mut watcher => Some(stopped("the cluster watchers", outcome)),
         outcome = &mut webhook_server => Some(stopped("the webhook server", outcome)),
         outcome = &mut admin_server => Some(stopped("the admin server", outcome)),
     };
+    readiness.shut_down();
+    tracing::info!("/readyz now answers 503, so that the Service stops routing here");
+    // The webhook starts its drain delay; the election releases the lease at once, so
+    // another replica records while this one still answers.
     drain.start();
-    watcher.abort();
     recording.abort();
-    let servers = async {
-        // A server that already stopped reports a finished (or failed) task here;
-        // its failure is the one already being returned. The election releases the
-        // lease, so another replica records at once.
-        let _ = tokio::join!(webhook_server, admin_server, election);
+    let stopping = async {
+        // A task that already stopped has nothing more to report: its failure, if it
+        // mattered, is the one being returned.
+        finish(&mut webhook_server).await;
+        // The watchers keep the inventory current for as long as the webhook answers.
+        watcher.abort();
+        reloading.abort();
+        webhook_stopped.start();
+        finish(&mut admin_server).await;
+        finish(&mut election).await;
     };
     tokio::select! {
-        () = servers => tracing::info!("stopped"),
+        () = stopping => tracing::info!("stopped"),
         () = signals.next() => tracing::warn!("second signal: stopping without finishing the drain"),
     }
     match failure {
         Some(error) => Err(error),
         None => Ok(()),
+    }
+}
+
+/// Waits for `task` to end, unless it already has.
+async fn finish<T>(task: &mut tokio::task::JoinHandle<T>) {
+    if !task.is_finished() {
+        let _ = task.await;
     }
 }
 
@@ -231,10 +286,10 @@ fn stopped(
     error
 }
 
-/// The drain signal every server watches.
-struct Drain(tokio::sync::watch::Sender<bool>);
+/// A one-way signal: started once, awaited by any number of tasks.
+struct Trigger(tokio::sync::watch::Sender<bool>);
 
-impl Drain {
+impl Trigger {
     fn new() -> Self {
         Self(tokio::sync::watch::channel(false).0)
     }
@@ -243,7 +298,7 @@ impl Drain {
         self.0.send_replace(true);
     }
 
-    /// Resolves once the drain starts.
+    /// Resolves once started.
     fn signaled(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut receiver = self.0.subscribe();
         async move {
@@ -313,6 +368,21 @@ mod tests {
         assert_eq!(config.mode(CheckId::ProviderId), Mode::Enforce);
         assert_eq!(config.mode(CheckId::InternalIp), Mode::Warn);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_shutdown_delay_reads_as_a_duration_or_seconds() {
+        for (text, expected) in [
+            ("5s", Duration::from_secs(5)),
+            ("1500ms", Duration::from_millis(1500)),
+            ("1m30s", Duration::from_secs(90)),
+            ("7", Duration::from_secs(7)),
+            ("0", Duration::ZERO),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("soon").is_err());
     }
 
     #[test]

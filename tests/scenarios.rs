@@ -216,3 +216,54 @@ fn the_demo_replays_every_scenario_as_expected() {
         "{stdout}"
     );
 }
+
+#[test]
+fn json_logs_give_one_line_per_denial_and_warning_with_uid_node_and_checks() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nodeguard"))
+        .args(["--log-format", "json", "--log-level", "info", "demo"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let decisions: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "nodeguard::webhook")
+        .collect();
+    let denied: Vec<&Value> = decisions
+        .iter()
+        .copied()
+        .filter(|l| l["fields"]["message"] == "denied")
+        .collect();
+    let warned: Vec<&Value> = decisions
+        .iter()
+        .copied()
+        .filter(|l| l["fields"]["message"] == "warned")
+        .collect();
+    assert_eq!(denied.len(), 6, "{stderr}");
+    assert_eq!(warned.len(), 1, "{stderr}");
+    for line in denied.iter().chain(&warned) {
+        assert_eq!(line["level"], "INFO");
+        let fields = &line["fields"];
+        assert!(fields["uid"].as_str().unwrap().starts_with("b0d3a1c2-"));
+        assert!(!fields["node"].as_str().unwrap().is_empty(), "{line}");
+    }
+    // A CSR's line names the node it asks credentials for, beside the CSR's own name.
+    let csr = denied
+        .iter()
+        .find(|l| l["fields"]["webhook"] == "csrs" && l["fields"]["name"] == "csr-q7w4n")
+        .unwrap();
+    assert_eq!(csr["fields"]["node"], "worker-4");
+    assert_eq!(csr["fields"]["checks"], "key-fingerprint");
+    let incident = denied
+        .iter()
+        .find(|l| l["fields"]["checks"] == "two-kubelets")
+        .unwrap();
+    assert_eq!(incident["fields"]["node"], "worker-1");
+    assert_eq!(incident["fields"]["operation"], "UPDATE");
+    assert_eq!(warned[0]["fields"]["check"], "machine-id");
+}

@@ -59,7 +59,20 @@ pub struct Metrics {
     conflicts_recorded: Family<FindingCheck, Counter>,
     ledger_writes: Family<WriteLabels, Counter>,
     recorder_leading: Gauge,
+    serving_certificate_expiry: Gauge,
+    serving_certificate_reloads: Family<ReloadLabels, Counter>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+/// The `result` of a serving certificate reload: the new pair is served.
+pub const RELOAD_LOADED: &str = "loaded";
+/// The `result` of a serving certificate reload: the new files were refused and the
+/// previous pair is still served.
+pub const RELOAD_REJECTED: &str = "rejected";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct FindingCheck {
@@ -91,6 +104,12 @@ impl Metrics {
         let conflicts_recorded = Family::<FindingCheck, Counter>::default();
         let ledger_writes = Family::<WriteLabels, Counter>::default();
         let recorder_leading = Gauge::default();
+        let serving_certificate_expiry = Gauge::default();
+        let serving_certificate_reloads = Family::<ReloadLabels, Counter>::default();
+        // Both results exist from the start, so that `rate()` and alerts see a 0.
+        for result in [RELOAD_LOADED, RELOAD_REJECTED] {
+            let _ = serving_certificate_reloads.get_or_create(&ReloadLabels { result });
+        }
 
         let mut registry = Registry::default();
         registry.register(
@@ -148,6 +167,16 @@ impl Metrics {
             "1 while this replica holds the recorder lease, else 0",
             recorder_leading.clone(),
         );
+        registry.register(
+            "nodeguard_serving_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate presented to new connections, in Unix seconds",
+            serving_certificate_expiry.clone(),
+        );
+        registry.register(
+            "nodeguard_serving_certificate_reloads",
+            "Changed serving certificate files seen, by result (loaded, rejected: the previous pair stays)",
+            serving_certificate_reloads.clone(),
+        );
 
         Self {
             registry,
@@ -162,7 +191,23 @@ impl Metrics {
             conflicts_recorded,
             ledger_writes,
             recorder_leading,
+            serving_certificate_expiry,
+            serving_certificate_reloads,
         }
+    }
+
+    /// The notAfter (Unix seconds) of the serving certificate new connections get: set
+    /// at startup and after each reload.
+    pub fn set_serving_certificate_expiry(&self, not_after_unix_seconds: i64) {
+        self.serving_certificate_expiry.set(not_after_unix_seconds);
+    }
+
+    /// One changed pair of serving certificate files: [`RELOAD_LOADED`] or
+    /// [`RELOAD_REJECTED`].
+    pub fn observe_serving_certificate_reload(&self, result: &'static str) {
+        self.serving_certificate_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
     }
 
     /// A conflict the recorder wrote to the ledger.
@@ -300,6 +345,9 @@ mod tests {
             "nodeguard_inventory_ready 1",
             "nodeguard_ledger_records 4",
             "nodeguard_ledger_conflicts 1",
+            "nodeguard_serving_certificate_expiry_timestamp_seconds 0",
+            "nodeguard_serving_certificate_reloads_total{result=\"loaded\"} 0",
+            "nodeguard_serving_certificate_reloads_total{result=\"rejected\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

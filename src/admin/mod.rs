@@ -44,7 +44,7 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves the admin endpoints until `shutdown` resolves.
+/// Serves the admin endpoints until `shutdown` resolves, then lets open requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -62,9 +62,12 @@ async fn healthz() -> &'static str {
 }
 
 /// Ready once the inventory has completed its first full sync: a replica that has not
-/// synced would allow clones it cannot see.
+/// synced would allow clones it cannot see. Unready for good once shutdown starts, so
+/// that the Service stops routing here while the webhook still answers.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    if state.readiness.is_ready() {
+    if state.readiness.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down").into_response()
+    } else if state.readiness.is_ready() {
         (StatusCode::OK, "ok").into_response()
     } else {
         (

@@ -549,7 +549,7 @@ pub fn crd()
     crd
 }
 
-/// The CRD as YAML, the way `deploy/crd.yaml` holds it.
+/// The CRD as YAML, the way `deploy/base/crd.yaml` holds it.
 pub fn crd_yaml() -> anyhow::Result<String> {
     Ok(serde_saphyr::to_string(&crd())?)
 }
@@ -815,11 +815,11 @@ mod tests {
 
     #[test]
     fn the_shipped_crd_is_the_one_the_code_defines() {
-        let shipped = include_str!("../../deploy/crd.yaml");
+        let shipped = include_str!("../../deploy/base/crd.yaml");
         assert_eq!(
             shipped,
             crd_yaml().unwrap(),
-            "deploy/crd.yaml is stale: run `cargo run -- crd > deploy/crd.yaml`"
+            "deploy/base/crd.yaml is stale: run `cargo run -- crd > deploy/base/crd.yaml`"
         );
     }
 }

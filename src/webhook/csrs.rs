@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use tracing::Span;
 
 use super::review::Request;
-use super::{AppState, Webhook, accept, answer};
+use super::{AppState, Subject, Webhook, accept, answer};
 use crate::identity::csr::{CsrDoc, is_bootstrap_requester};
 use crate::identity::{CsrClaim, KubeletSigner};
 use crate::policy::{self, CsrReview, KubeletCsr};
@@ -44,11 +44,19 @@ pub(super) async fn validate(
     let verdict = state
         .inventory
         .read(|inventory| policy::decide_csr(&review, inventory, &state.config, Timestamp::now()));
+    let node = review
+        .kubelet
+        .as_ref()
+        .and_then(|k| k.claim.as_ref().ok())
+        .map_or("", |claim| &*claim.node);
     Ok(answer(
         &state,
         Webhook::Csrs,
         &request.uid,
-        csr_name(&request),
+        Subject {
+            name: csr_name(&request),
+            node,
+        },
         request.operation,
         &verdict,
         started,

@@ -5,6 +5,7 @@
 pub mod client;
 mod csrs;
 mod nodes;
+pub mod reload;
 pub mod review;
 pub mod server;
 pub mod tls;
@@ -111,17 +112,25 @@ fn accept<'b, O: serde::Deserialize<'b>>(
     Ok(request)
 }
 
+/// What a review is about, for its log line: the object's name and the node it concerns
+/// (the Node itself, or the node a kubelet CSR asks credentials for; empty if unknown).
+#[derive(Debug, Clone, Copy)]
+struct Subject<'a> {
+    name: &'a str,
+    node: &'a str,
+}
+
 /// Sends the verdict on review `uid`, logs it and counts it.
 fn answer(
     state: &AppState,
     webhook: Webhook,
     uid: &str,
-    name: &str,
+    subject: Subject<'_>,
     operation: Operation,
     verdict: &Verdict,
     started: Instant,
 ) -> Response {
-    log_verdict(webhook, uid, name, operation, verdict);
+    log_verdict(webhook, uid, subject, operation, verdict);
     state
         .metrics
         .observe_verdict(webhook, operation, verdict, started.elapsed());
@@ -129,9 +138,15 @@ fn answer(
 }
 
 /// One line per denial and per warning, at info: each is something a person may have
-/// to act on, so each line carries the uid, webhook, operation and object name itself
-/// (the per-request span is debug-level: it costs nothing unless asked for).
-fn log_verdict(webhook: Webhook, uid: &str, name: &str, operation: Operation, verdict: &Verdict) {
+/// to act on, so each line carries the uid, webhook, operation, object name and node
+/// itself (the per-request span is debug-level: it costs nothing unless asked for).
+fn log_verdict(
+    webhook: Webhook,
+    uid: &str,
+    Subject { name, node }: Subject<'_>,
+    operation: Operation,
+    verdict: &Verdict,
+) {
     if let Some(message) = verdict.denial_message() {
         let checks: Vec<&str> = verdict
             .findings
@@ -144,6 +159,7 @@ fn log_verdict(webhook: Webhook, uid: &str, name: &str, operation: Operation, ve
             uid,
             operation = operation.as_str(),
             name,
+            node,
             checks = %checks.join(","),
             reason = %message,
             "denied"
@@ -164,6 +180,7 @@ fn log_verdict(webhook: Webhook, uid: &str, name: &str, operation: Operation, ve
             uid,
             operation = operation.as_str(),
             name,
+            node,
             check = %finding.check,
             warning = %finding.warning,
             "warned"

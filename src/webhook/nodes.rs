@@ -9,7 +9,7 @@ use axum::response::Response;
 use jiff::Timestamp;
 use tracing::Span;
 
-use super::{AppState, Webhook, accept, answer};
+use super::{AppState, Subject, Webhook, accept, answer};
 use crate::identity::NodeClaim;
 use crate::identity::node::NodeDoc;
 use crate::policy::{self, NodeReview};
@@ -44,7 +44,10 @@ pub(super) async fn validate(
         &state,
         Webhook::Nodes,
         &request.uid,
-        &request.name,
+        Subject {
+            name: &request.name,
+            node: &request.name,
+        },
         request.operation,
         &verdict,
         started,

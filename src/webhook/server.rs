@@ -1,6 +1,7 @@
 //! The HTTPS server: an accept loop handing each connection to its own task (TLS
 //! handshake, then HTTP/1.1 keep-alive or HTTP/2), bounded at every step so that a slow
-//! or broken client holds nothing but its own connection, and a graceful drain.
+//! or broken client holds nothing but its own connection, and a graceful shutdown that
+//! moves kept-alive clients elsewhere before it stops accepting.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,15 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::extract::{Request as AxumRequest, State};
+use axum::http::{HeaderValue, StatusCode, Version, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower_http::timeout::TimeoutLayer;
@@ -38,12 +41,22 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest from request head to response, body read included: the API server gives up
 /// after its `timeoutSeconds` (at most 30) anyway.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest the in-flight requests may take to finish once shutdown starts.
+/// Longest the in-flight requests may take to finish once the server stops accepting.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an idle HTTP/2 connection is pinged, so that a vanished client is noticed.
 const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Where the server is in its shutdown, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    /// Still accepting and answering, but moving every client off its connection.
+    Closing,
+    /// No longer accepting; the open requests finish.
+    Stopping,
+}
 
 /// Serves `router` over TLS on `listener` until `shutdown` resolves, then stops
 /// accepting and lets open requests finish for at most [`DRAIN_TIMEOUT`].
@@ -53,19 +66,51 @@ pub async fn serve_tls(
     router: Router,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve_tls_draining(listener, tls, router, shutdown, Duration::ZERO).await
+}
+
+/// Like [`serve_tls`], with a drain delay before it stops accepting: for `delay` after
+/// `shutdown` resolves, it accepts and answers as before, but every HTTP/1.1 answer
+/// carries `Connection: close` and every HTTP/2 connection gets a GOAWAY, so that
+/// kept-alive clients finish their exchange and reconnect, to another replica once
+/// they have learned that this one is leaving. A connection that sees no request in
+/// that time is closed when the server stops accepting.
+pub async fn serve_tls_draining(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+    delay: Duration,
+) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let service = TowerToHyperService::new(router.layer(TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        REQUEST_TIMEOUT,
-    )));
+    let (phase, phases) = watch::channel(Phase::Serving);
+    let service = TowerToHyperService::new(
+        router
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                REQUEST_TIMEOUT,
+            ))
+            .layer(middleware::from_fn_with_state(
+                phases.clone(),
+                close_when_shutting_down,
+            )),
+    );
     let builder = connection_builder();
-    let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
-    let mut shutdown = pin!(shutdown);
+    let mut stop_accepting = pin!(async {
+        shutdown.await;
+        phase.send_replace(Phase::Closing);
+        tracing::info!(
+            delay = ?delay,
+            "webhook shutdown: still accepting and answering, but closing each HTTP/1.1 \
+             connection after its next answer and sending HTTP/2 connections a GOAWAY"
+        );
+        tokio::time::sleep(delay).await;
+    });
 
     loop {
         let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut stop_accepting => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -83,26 +128,44 @@ pub async fn serve_tls(
             acceptor.clone(),
             builder.clone(),
             service.clone(),
-            graceful.watcher(),
+            phases.clone(),
         ));
     }
 
     drop(listener);
+    phase.send_replace(Phase::Stopping);
     tracing::info!(
         connections = connections.len(),
-        "draining the webhook server"
+        "webhook shutdown: stopped accepting; letting the open requests finish"
     );
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
         tracing::warn!(
             connections = connections.len(),
             "requests still open after the drain timeout; closing their connections"
         );
     }
     connections.shutdown().await;
+    tracing::info!("webhook shutdown: the webhook server has stopped");
     Ok(())
+}
+
+/// Once shutdown starts, tells each HTTP/1 client to close its connection after this
+/// answer, the only way HTTP/1 has to move a kept-alive client without racing its next
+/// request. HTTP/2 has no `Connection` header: its connections get a GOAWAY instead.
+async fn close_when_shutting_down(
+    State(phase): State<watch::Receiver<Phase>>,
+    request: AxumRequest,
+    next: Next,
+) -> Response {
+    let http1 = matches!(request.version(), Version::HTTP_10 | Version::HTTP_11);
+    let mut response = next.run(request).await;
+    if http1 && *phase.borrow() != Phase::Serving {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// HTTP/1.1 with keep-alive (what the API server speaks) and HTTP/2, both with timers
@@ -129,7 +192,7 @@ async fn serve_connection(
     acceptor: TlsAcceptor,
     builder: Builder<TokioExecutor>,
     service: TowerToHyperService<Router>,
-    watcher: Watcher,
+    mut phase: watch::Receiver<Phase>,
 ) {
     if let Err(error) = tcp.set_nodelay(true) {
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
@@ -145,27 +208,47 @@ async fn serve_connection(
             return;
         }
     };
+    // HTTP/2 can tell its client to move on at any time, without racing its requests
+    // (GOAWAY), so it does as soon as shutdown starts. HTTP/1 cannot: its answers carry
+    // `Connection: close` from then on, and a connection still open when the server
+    // stops accepting is closed at once if idle, else after its answer.
+    let close_from = match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Phase::Closing,
+        _ => Phase::Stopping,
+    };
     let arrived = Arc::new(Notify::new());
     let service = NoticeFirstRequest {
         inner: service,
         arrived: Arc::clone(&arrived),
     };
-    let connection = watcher.watch(builder.serve_connection(TokioIo::new(tls), service));
-    let silent_too_long = async {
+    let mut connection = pin!(builder.serve_connection(TokioIo::new(tls), service));
+    // Resolves to whether the client spoke, once it is time to close: never before the
+    // first request, which a client connects to send, even while shutting down.
+    let spoke_and_closing = async {
         tokio::select! {
-            () = arrived.notified() => std::future::pending::<()>().await,
-            () = tokio::time::sleep(FIRST_REQUEST_TIMEOUT) => {}
+            () = arrived.notified() => {}
+            () = tokio::time::sleep(FIRST_REQUEST_TIMEOUT) => return false,
         }
+        // An error means the server is gone: closing is right then too.
+        let _ = phase.wait_for(|phase| *phase >= close_from).await;
+        true
     };
-    tokio::select! {
-        served = connection => {
+    let spoke = tokio::select! {
+        served = connection.as_mut() => {
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            return;
         }
-        () = silent_too_long => {
-            tracing::debug!(%peer, "no request after the TLS handshake; closing the connection");
-        }
+        spoke = spoke_and_closing => spoke,
+    };
+    if !spoke {
+        tracing::debug!(%peer, "no request after the TLS handshake; closing the connection");
+        return;
+    }
+    connection.as_mut().graceful_shutdown();
+    if let Err(error) = connection.await {
+        tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }
 
