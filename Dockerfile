@@ -1,0 +1,34 @@
+# nodeguard's image: one static binary on an empty base, run as an unprivileged user.
+# Its name and tag live in one place, the `images` entry of deploy/base/kustomization.yaml
+# (the tag is the crate's version; tests/deploy.rs checks both agree):
+#
+#   docker build -t "$(.ci/image)" .
+#
+# Multi-arch builds (docker buildx --platform linux/amd64,linux/arm64) compile natively
+# for each platform.
+
+FROM rust:1-bookworm AS build
+ARG TARGETARCH
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends musl-tools \
+    && rm -rf /var/lib/apt/lists/*
+RUN case "${TARGETARCH:-amd64}" in \
+        amd64) echo x86_64-unknown-linux-musl ;; \
+        arm64) echo aarch64-unknown-linux-musl ;; \
+        *) echo "unsupported architecture ${TARGETARCH}" >&2; exit 1 ;; \
+    esac >/target && rustup target add "$(cat /target)"
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY benches benches
+# The demo builds its Nodes from a real kubelet's Node.
+COPY tests/fixtures/real/node-kind-control-plane.json tests/fixtures/real/
+RUN cargo build --release --locked --target "$(cat /target)" --bin nodeguard \
+    && cp "target/$(cat /target)/release/nodeguard" /nodeguard
+
+FROM scratch
+COPY --from=build /nodeguard /nodeguard
+# The numeric user the Deployment's securityContext expects (runAsNonRoot).
+USER 65532:65532
+ENTRYPOINT ["/nodeguard"]
+CMD ["serve"]

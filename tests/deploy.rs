@@ -1,0 +1,406 @@
+//! The manifests in deploy/ against what the code needs and the install promises: the
+//! least privilege nodeguard runs with, the failure posture of the webhooks, the
+//! certificate chain of each overlay, and a Deployment that drains before it stops.
+//! (`.ci/run` also renders every kustomization and validates it against the
+//! Kubernetes schemas.)
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_json::Value;
+
+fn documents(relative: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn base() -> Vec<Value> {
+    [
+        "namespace.yaml",
+        "crd.yaml",
+        "rbac.yaml",
+        "deployment.yaml",
+        "webhook.yaml",
+    ]
+    .iter()
+    .flat_map(|f| documents(&format!("deploy/base/{f}")))
+    .collect()
+}
+
+fn one<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let found: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "expected one {kind} {name}");
+    found[0]
+}
+
+/// Every (apiGroup, resource, resourceName or "", verb) a set of rules grants.
+fn grants(rules: &Value) -> BTreeSet<(String, String, String, String)> {
+    let mut all = BTreeSet::new();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    for rule in rules.as_array().unwrap() {
+        let names = strings(&rule["resourceNames"]);
+        let names = if names.is_empty() {
+            vec![String::new()]
+        } else {
+            names
+        };
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for name in &names {
+                    for verb in strings(&rule["verbs"]) {
+                        all.insert((group.clone(), resource.clone(), name.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    all
+}
+
+fn set(items: &[(&str, &str, &str, &str)]) -> BTreeSet<(String, String, String, String)> {
+    items
+        .iter()
+        .map(|(g, r, n, v)| (g.to_string(), r.to_string(), n.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_cluster_role_grants_only_what_nodeguard_uses() {
+    let objects = base();
+    let cluster_role = one(&objects, "ClusterRole", "nodeguard");
+    assert_eq!(
+        grants(&cluster_role["rules"]),
+        set(&[
+            ("", "nodes", "", "get"),
+            ("", "nodes", "", "list"),
+            ("", "nodes", "", "watch"),
+            (
+                "certificates.k8s.io",
+                "certificatesigningrequests",
+                "",
+                "get"
+            ),
+            (
+                "certificates.k8s.io",
+                "certificatesigningrequests",
+                "",
+                "list"
+            ),
+            (
+                "certificates.k8s.io",
+                "certificatesigningrequests",
+                "",
+                "watch"
+            ),
+            ("nodeguard.io", "nodeidentities", "", "create"),
+            ("nodeguard.io", "nodeidentities", "", "get"),
+            ("nodeguard.io", "nodeidentities", "", "list"),
+            ("nodeguard.io", "nodeidentities", "", "update"),
+            ("nodeguard.io", "nodeidentities", "", "watch"),
+        ])
+    );
+    // The Lease, only in nodeguard's namespace and only the recorder's by name once it
+    // exists; Events only where Node events live.
+    let lease = one(&objects, "Role", "nodeguard-recorder-lease");
+    assert_eq!(lease["metadata"]["namespace"], "nodeguard");
+    assert_eq!(
+        grants(&lease["rules"]),
+        set(&[
+            ("coordination.k8s.io", "leases", "", "create"),
+            ("coordination.k8s.io", "leases", "nodeguard-recorder", "get"),
+            (
+                "coordination.k8s.io",
+                "leases",
+                "nodeguard-recorder",
+                "update"
+            ),
+        ])
+    );
+    let events = one(&objects, "Role", "nodeguard-node-events");
+    assert_eq!(events["metadata"]["namespace"], "default");
+    assert_eq!(
+        grants(&events["rules"]),
+        set(&[
+            ("events.k8s.io", "events", "", "create"),
+            ("events.k8s.io", "events", "", "patch"),
+        ])
+    );
+    // Bound to nodeguard's ServiceAccount, which the Deployment runs as, and to nothing
+    // else.
+    for (kind, name) in [
+        ("ClusterRoleBinding", "nodeguard"),
+        ("RoleBinding", "nodeguard-recorder-lease"),
+        ("RoleBinding", "nodeguard-node-events"),
+    ] {
+        let binding = one(&objects, kind, name);
+        assert_eq!(
+            binding["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "nodeguard", "namespace": "nodeguard"}])
+        );
+    }
+    let roles: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+        .collect();
+    assert_eq!(roles.len(), 3, "an unexpected role was added");
+}
+
+#[test]
+fn the_webhooks_fail_open_have_no_side_effects_and_answer_fast() {
+    let objects = base();
+    let configuration = one(&objects, "ValidatingWebhookConfiguration", "nodeguard");
+    let webhooks = configuration["webhooks"].as_array().unwrap();
+    let names: Vec<&str> = webhooks
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "nodes.nodeguard.io",
+            "node-updates.nodeguard.io",
+            "csrs.nodeguard.io"
+        ]
+    );
+    let service = one(&objects, "Service", "nodeguard");
+    for webhook in webhooks {
+        assert_eq!(webhook["sideEffects"], "None");
+        assert_eq!(webhook["failurePolicy"], "Ignore");
+        assert_eq!(webhook["matchPolicy"], "Equivalent");
+        assert_eq!(
+            webhook["admissionReviewVersions"],
+            serde_json::json!(["v1"])
+        );
+        assert!(webhook["timeoutSeconds"].as_u64().unwrap() <= 5);
+        let target = &webhook["clientConfig"]["service"];
+        assert_eq!(target["name"], service["metadata"]["name"]);
+        assert_eq!(target["namespace"], service["metadata"]["namespace"]);
+        assert_eq!(target["port"], service["spec"]["ports"][0]["port"]);
+    }
+    // Status updates are filtered by CEL before they leave the API server.
+    let conditions: Vec<&str> = webhooks[1]["matchConditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(conditions.len(), 2, "{conditions:?}");
+}
+
+#[test]
+fn the_fail_closed_component_changes_registrations_and_csrs_only() {
+    let objects = base();
+    let configuration = one(&objects, "ValidatingWebhookConfiguration", "nodeguard");
+    let component = &documents("deploy/components/fail-closed/kustomization.yaml")[0];
+    let patch_text = component["patches"][0]["patch"].as_str().unwrap();
+    let operations: Vec<Value> = serde_saphyr::from_str(patch_text).unwrap();
+    let mut closed = Vec::new();
+    for pair in operations.chunks(2) {
+        // Each replace is guarded by a test of the webhook's name at that index.
+        assert_eq!(pair[0]["op"], "test");
+        assert_eq!(pair[1]["op"], "replace");
+        assert_eq!(pair[1]["value"], "Fail");
+        let index: usize = pair[0]["path"].as_str().unwrap()["/webhooks/".len()..]
+            .trim_end_matches("/name")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            configuration["webhooks"][index]["name"], pair[0]["value"],
+            "the component's index no longer points at that webhook"
+        );
+        assert_eq!(
+            pair[1]["path"].as_str().unwrap(),
+            format!("/webhooks/{index}/failurePolicy")
+        );
+        closed.push(pair[0]["value"].as_str().unwrap().to_string());
+    }
+    assert_eq!(closed, ["nodes.nodeguard.io", "csrs.nodeguard.io"]);
+}
+
+#[test]
+fn the_deployment_stays_available_and_drains_before_it_stops() {
+    let objects = base();
+    let deployment = one(&objects, "Deployment", "nodeguard");
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"], 2);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    assert_eq!(pod["serviceAccountName"], "nodeguard");
+    assert_eq!(
+        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+            ["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert!(
+        pod["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key"] == "node-role.kubernetes.io/control-plane")
+    );
+    let pdb = one(&objects, "PodDisruptionBudget", "nodeguard");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        spec["selector"]["matchLabels"]
+    );
+
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert!(container["resources"]["requests"]["cpu"].is_string());
+    assert!(container["resources"]["requests"]["memory"].is_string());
+
+    // Probes on the admin port the process listens on.
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("no --{name} in {args:?}"))
+    };
+    let port_of = |name: &str| {
+        container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(flag("admin-listen").ends_with(&format!(":{}", port_of("admin"))));
+    assert!(flag("listen").ends_with(&format!(":{}", port_of("webhook"))));
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "admin");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], "admin");
+
+    // The pod may take the preStop pause, the process's own delay and its drain before
+    // it is killed.
+    let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .unwrap();
+    let delay: u64 = flag("shutdown-delay")
+        .trim_end_matches('s')
+        .parse()
+        .unwrap();
+    let drain = nodeguard::webhook::server::DRAIN_TIMEOUT.as_secs();
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace > pre_stop + delay + drain,
+        "terminationGracePeriodSeconds {grace} ≤ preStop {pre_stop} + delay {delay} + drain {drain}"
+    );
+
+    // The TLS files come from the Secret the overlays make.
+    let volume = &pod["volumes"][0];
+    assert_eq!(volume["secret"]["secretName"], "nodeguard-tls");
+    assert!(
+        flag("tls-cert").starts_with(container["volumeMounts"][0]["mountPath"].as_str().unwrap())
+    );
+}
+
+#[test]
+fn the_image_is_named_once_and_tagged_with_the_crate_version() {
+    let kustomization = &documents("deploy/base/kustomization.yaml")[0];
+    let images = kustomization["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["name"], "nodeguard");
+    assert_eq!(images[0]["newTag"], env!("CARGO_PKG_VERSION"));
+    let deployment = one(&base(), "Deployment", "nodeguard").clone();
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nodeguard"
+    );
+}
+
+#[test]
+fn the_cert_manager_overlay_issues_an_ecdsa_certificate_for_the_service_from_its_own_ca() {
+    let objects = documents("deploy/overlays/cert-manager/certificates.yaml");
+    let serving = one(&objects, "Certificate", "nodeguard-serving");
+    let spec = &serving["spec"];
+    assert_eq!(spec["secretName"], "nodeguard-tls");
+    assert_eq!(
+        spec["dnsNames"],
+        serde_json::json!(nodeguard::certs::DEV_DNS_NAMES)
+    );
+    assert_eq!(spec["privateKey"]["algorithm"], "ECDSA");
+    assert_eq!(spec["privateKey"]["size"], 256);
+    // Signed by the CA Issuer, whose Secret a self-signed CA Certificate fills.
+    let ca_issuer = one(
+        &objects,
+        "Issuer",
+        spec["issuerRef"]["name"].as_str().unwrap(),
+    );
+    let ca_secret = ca_issuer["spec"]["ca"]["secretName"].as_str().unwrap();
+    let ca = objects
+        .iter()
+        .find(|o| o["kind"] == "Certificate" && o["spec"]["secretName"] == ca_secret)
+        .unwrap();
+    assert_eq!(ca["spec"]["isCA"], true);
+    let root = one(
+        &objects,
+        "Issuer",
+        ca["spec"]["issuerRef"]["name"].as_str().unwrap(),
+    );
+    assert!(root["spec"]["selfSigned"].is_object());
+    for object in &objects {
+        assert_eq!(object["metadata"]["namespace"], "nodeguard");
+    }
+
+    // The CA injector fills every caBundle from that Certificate.
+    let kustomization = &documents("deploy/overlays/cert-manager/kustomization.yaml")[0];
+    let patch: Value =
+        serde_saphyr::from_str(kustomization["patches"][0]["patch"].as_str().unwrap()).unwrap();
+    assert_eq!(patch["kind"], "ValidatingWebhookConfiguration");
+    assert_eq!(
+        patch["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "nodeguard/nodeguard-serving"
+    );
+}
+
+#[test]
+fn the_static_overlay_makes_the_secret_and_every_ca_bundle_from_the_files_of_nodeguard_certs() {
+    let kustomization = &documents("deploy/overlays/static/kustomization.yaml")[0];
+    let secret = &kustomization["secretGenerator"][0];
+    assert_eq!(secret["name"], "nodeguard-tls");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(
+        secret["files"],
+        serde_json::json!(["tls.crt", "tls.key", "ca.crt"])
+    );
+    // A fixed name: re-applying updates the Secret in place, which running pods reload.
+    assert_eq!(
+        kustomization["generatorOptions"]["disableNameSuffixHash"],
+        true
+    );
+    let replacement = &kustomization["replacements"][0];
+    assert_eq!(replacement["source"]["fieldPath"], "data.ca\\.crt");
+    assert_eq!(
+        replacement["targets"][0]["fieldPaths"],
+        serde_json::json!(["webhooks.*.clientConfig.caBundle"])
+    );
+}
