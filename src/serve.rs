@@ -187,7 +187,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         inventory.clone(),
         Arc::clone(&metrics),
         &identity,
-    );
+    )
+    .after_sync(readiness.clone());
     let recording = tokio::spawn(recorder.run(observed, leadership));
     let lease_config = LeaseConfig::new(
         args.ledger.namespace.clone(),

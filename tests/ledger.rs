@@ -62,7 +62,8 @@ impl Replica {
             inventory,
             Arc::clone(&webhook.metrics),
             "nodeguard-0",
-        );
+        )
+        .after_sync(readiness.clone());
         let recording = tokio::spawn(recorder.run(observed, leadership));
         let replica = Self {
             webhook,

@@ -17,6 +17,7 @@ use super::lease::Leadership;
 use super::record::{Change, Conflict, KeyObservation, NodeIdentity, NodeObservation};
 use crate::admin::metrics::Metrics;
 use crate::inventory::SharedInventory;
+use crate::watch::Readiness;
 
 /// Attempts of one read-modify-write before giving up until the next resync.
 const MAX_ATTEMPTS: usize = 5;
@@ -88,6 +89,7 @@ pub struct Recorder {
     inventory: SharedInventory,
     metrics: Arc<Metrics>,
     next_write: tokio::time::Instant,
+    synced: Option<Readiness>,
 }
 
 impl Recorder {
@@ -107,7 +109,15 @@ impl Recorder {
             inventory,
             metrics,
             next_write: tokio::time::Instant::now(),
+            synced: None,
         }
+    }
+
+    /// Records nothing until `synced` is ready: compared with a ledger not yet listed,
+    /// every node would look unrecorded and be written again for nothing.
+    pub fn after_sync(mut self, synced: Readiness) -> Self {
+        self.synced = Some(synced);
+        self
     }
 
     /// Records observations while this replica leads, until the channel closes.
@@ -118,6 +128,14 @@ impl Recorder {
         mut observations: mpsc::UnboundedReceiver<Observation>,
         mut leadership: Leadership,
     ) {
+        if let Some(synced) = self.synced.take() {
+            loop {
+                tokio::select! {
+                    () = synced.wait() => break,
+                    received = observations.recv() => if received.is_none() { return },
+                }
+            }
+        }
         loop {
             if !leadership.is_leader() {
                 self.metrics.set_leading(false);
