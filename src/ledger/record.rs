@@ -276,12 +276,13 @@ impl NodeIdentity {
             .map(|o| o.uid.as_str())
     }
 
-    /// Position of a boot in first-seen order.
+    /// Position of a boot in first-seen order. Recorded boot ids are already normalised
+    /// (they come from `BootId`), so this compares text without parsing again.
     pub fn boot_index(&self, boot: &BootId) -> Option<usize> {
         self.spec
             .boots
             .iter()
-            .position(|b| BootId::parse(&b.boot_id).as_ref() == Some(boot))
+            .position(|b| b.boot_id == boot.as_str())
     }
 
     /// The keys bound to this node, parsed.

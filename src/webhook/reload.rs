@@ -474,20 +474,6 @@ impl CertificateReloader {
     }
 }
 
-/// Starts a [`CertificateReloader`] with the default debounce; runs until dropped.
-pub async fn watch_certificate_files(
-    cert_path: PathBuf,
-    key_path: PathBuf,
-    certificate: Arc<ServingCertificate>,
-    metrics: Arc<Metrics>,
-    recheck_every: Duration,
-) {
-    CertificateReloader::new(cert_path, key_path, certificate, metrics)
-        .recheck_every(recheck_every)
-        .run()
-        .await;
-}
-
 fn log_current(current: &CertifiedKey, cert_path: &Path) {
     let Some(Ok(summary)) = current
         .cert

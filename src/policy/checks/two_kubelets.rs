@@ -66,8 +66,7 @@ fn refused_in_favour_of(
     before: Option<&BootId>,
 ) -> Option<String> {
     if let Some(conflict) = record.conflict() {
-        return (BootId::parse(&conflict.refused_boot).as_ref() == Some(boot))
-            .then(|| conflict.kept_boot.clone());
+        return (conflict.refused_boot == boot.as_str()).then(|| conflict.kept_boot.clone());
     }
     let before = before.filter(|b| *b != boot)?;
     let returning = record.boot_index(boot)?;
