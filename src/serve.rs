@@ -117,6 +117,11 @@ pub struct PolicyArgs {
     /// repeatable. Modes: enforce, warn, off.
     #[arg(long = "check", value_name = "CHECK=MODE")]
     pub checks: Vec<String>,
+    /// How long a Ready node may go without a status write from its kubelet and still
+    /// count as running (default 10m, or the file's heartbeatTimeout): a machine refused
+    /// in favour of a node that stops writing is let through after at most this long.
+    #[arg(long, value_name = "DURATION")]
+    pub heartbeat_timeout: Option<String>,
 }
 
 impl PolicyArgs {
@@ -134,6 +139,12 @@ impl PolicyArgs {
                 .apply_setting(setting)
                 .with_context(|| format!("--check {setting}"))?;
         }
+        if let Some(timeout) = &self.heartbeat_timeout {
+            config.set_heartbeat_timeout(
+                crate::policy::config::parse_heartbeat_timeout(timeout)
+                    .context("--heartbeat-timeout")?,
+            );
+        }
         Ok(config)
     }
 }
@@ -141,7 +152,11 @@ impl PolicyArgs {
 /// Runs until a signal, or until a part fails.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(args.policy.load()?);
-    tracing::info!(checks = %config.describe(), "check modes");
+    tracing::info!(
+        checks = %config.describe(),
+        heartbeat_timeout = %config.describe_heartbeat_timeout(),
+        "check modes"
+    );
     let (tls, serving_certificate) =
         webhook::tls::server_config_from_files(&args.webhook.tls_cert, &args.webhook.tls_key)?;
     let client = args.kube.client().await?;
@@ -363,8 +378,13 @@ mod tests {
         let args = PolicyArgs {
             config_file: Some(file),
             checks: vec!["provider-id=enforce".into(), "internal-ip=warn".into()],
+            heartbeat_timeout: Some("15m".into()),
         };
         let config = args.load().unwrap();
+        assert_eq!(
+            config.heartbeat_timeout(),
+            jiff::SignedDuration::from_mins(15)
+        );
         assert_eq!(config.mode(CheckId::Hostname), Mode::Warn);
         assert_eq!(config.mode(CheckId::ProviderId), Mode::Enforce);
         assert_eq!(config.mode(CheckId::InternalIp), Mode::Warn);
@@ -391,6 +411,7 @@ mod tests {
         let args = PolicyArgs {
             config_file: None,
             checks: vec!["hostname=loud".into()],
+            heartbeat_timeout: None,
         };
         let error = format!("{:#}", args.load().unwrap_err());
         assert_eq!(

@@ -268,7 +268,7 @@ async fn the_incident_a_perfect_copy_is_refused_at_its_second_alternation() {
          /etc/machine-id && systemd-machine-id-setup, remove \
          /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join \
          with a bootstrap token), then run nodeguard forget worker-1",
-        worker1.boot_id
+        format_args!("{}…", &worker1.boot_id[..8])
     );
     for _ in 0..3 {
         let response = kubelet_writes(&api, &replica, Write::StatusPatch, &copy).await;

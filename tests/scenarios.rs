@@ -37,6 +37,14 @@ fn denial(message: String) -> Value {
     })
 }
 
+/// When a machine refused in favour of `node` is let through: its last status write
+/// plus the default heartbeat timeout.
+fn let_through_at(node: &nodeguard::demo::kubelet::Machine) -> String {
+    (node.heartbeat + nodeguard::policy::config::DEFAULT_HEARTBEAT_TIMEOUT)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
 fn scenario(cluster: &HealthyCluster, key: char) -> Scenario {
     scenarios::with_cluster(cluster)
         .unwrap()
@@ -75,13 +83,14 @@ async fn a_clone_under_the_same_name_from_another_machine_is_denied_while_the_or
     assert_eq!(
         response["status"],
         denial(format!(
-            "nodeguard [name-takeover]: node \"worker-1\" is registered and Ready on another machine \
-             (machine-id {}, system UUID {}; this machine: {}, {}); give this machine its own \
-             hostname, or if it replaces worker-1, drain and delete node worker-1 first",
-            original.machine_id,
-            original.system_uuid,
-            clone_info["machineID"].as_str().unwrap(),
-            clone_info["systemUUID"].as_str().unwrap(),
+            "nodeguard [name-takeover]: node \"worker-1\" is registered to another machine that \
+             is running (system UUID {}…, this machine {}…); give this machine its own hostname, \
+             or if it replaces worker-1, drain and delete node worker-1 first. If this machine is \
+             worker-1 itself, it is let through once worker-1 has had no status written for 10m \
+             (at {})",
+            &original.system_uuid[..8],
+            &clone_info["systemUUID"].as_str().unwrap()[..8],
+            let_through_at(&original),
         ))
     );
 }
@@ -116,12 +125,14 @@ async fn a_bootstrap_csr_for_the_name_of_a_live_node_is_denied() {
     assert_eq!(response["allowed"], false);
     assert_eq!(
         response["status"],
-        denial(
+        denial(format!(
             "nodeguard [name-takeover]: a bootstrap token asks for the credentials of node \
-             \"worker-2\", which is registered and Ready on another machine; give this machine its \
-             own hostname, or if it replaces worker-2, drain and delete node worker-2 first"
-                .into()
-        )
+             \"worker-2\", which a kubelet on another machine is running; give this machine its \
+             own hostname, or if it replaces worker-2, drain and delete node worker-2 first. If \
+             this machine is worker-2 itself, it is let through once worker-2 has had no status \
+             written for 10m (at {})",
+            let_through_at(&cluster.machine("worker-2"))
+        ))
     );
 }
 
@@ -157,11 +168,14 @@ async fn the_clone_holding_the_originals_name_and_credentials_cannot_write_its_s
     assert_eq!(
         response["status"],
         denial(format!(
-            "nodeguard [identity-drift]: node \"worker-1\" is Ready with system UUID {}, but this \
-             write reports 564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61: a second machine is writing as \
-             worker-1 with its credentials; shut that machine down and give it a new identity, or \
-             if worker-1 really moved to new hardware, delete node worker-1 and let it re-register",
-            original.system_uuid
+            "nodeguard [identity-drift]: node \"worker-1\" runs with system UUID {}…, but this \
+             write reports 564d2a7e…: a second machine is writing as worker-1 with its \
+             credentials; shut that machine down and give it a new identity, or if worker-1 \
+             really moved to new hardware, delete node worker-1 and let it re-register. This \
+             machine's writes are let through once worker-1 has had no status written for 10m \
+             (at {})",
+            &original.system_uuid[..8],
+            let_through_at(&original),
         ))
     );
 }
@@ -176,12 +190,12 @@ async fn a_perfect_copy_taking_turns_with_the_original_is_denied_naming_both_boo
         response["status"],
         denial(format!(
             "nodeguard [two-kubelets]: two machines are writing node \"worker-1\" with its \
-             credentials: boot d8f2c1a0-1b2c-4d3e-8f4a-5b6c7d8e9f00 (this machine) and boot {}, \
+             credentials: boot d8f2c1a0-1b2c-4d3e-8f4a-5b6c7d8e9f00 (this machine) and boot {}…, \
              which registered first and is kept; stop this machine's kubelet and give it its own \
              identity (hostname, rm /etc/machine-id && systemd-machine-id-setup, remove \
              /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join \
              with a bootstrap token), then run nodeguard forget worker-1",
-            original.boot_id
+            &original.boot_id[..8]
         ))
     );
     // The original's own next write, against the same ledger, is allowed.

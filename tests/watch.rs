@@ -405,21 +405,16 @@ fn pending_csr(name: &str, resource_version: &str, pem_file: &str, signer: &str)
     })
 }
 
+/// Approves and issues the CSR as the cluster's approver and signer do: a certificate
+/// for the request's own key and subject.
 fn approve(csr: &mut Value, resource_version: &str) {
-    let node = "system:node:kubelet";
-    let cert = rcgen::generate_simple_self_signed(vec![node.to_string()]).unwrap();
+    let issued = nodeguard::demo::kubelet::issued(csr.clone());
     set_resource_version(csr, resource_version);
-    csr["status"] = json!({
-        "conditions": [{
-            "type": "Approved",
-            "status": "True",
-            "reason": "AutoApproved",
-            "message": "Auto approving kubelet client certificate after SubjectAccessReview.",
-            "lastUpdateTime": "2024-03-04T09:40:01Z",
-            "lastTransitionTime": "2024-03-04T09:40:01Z",
-        }],
-        "certificate": b64(cert.cert.pem().as_bytes()),
-    });
+    csr["status"] = issued["status"].clone();
+    assert!(
+        csr["status"]["certificate"].is_string(),
+        "the fixture's request could not be signed"
+    );
 }
 
 fn deny(csr: &mut Value, resource_version: &str) {

@@ -21,6 +21,8 @@ pub struct Machine {
     pub internal_ip: String,
     pub provider_id: Option<String>,
     pub ready: bool,
+    /// When its kubelet last wrote its status: the Ready condition's `lastHeartbeatTime`.
+    pub heartbeat: jiff::Timestamp,
 }
 
 impl Machine {
@@ -34,6 +36,8 @@ impl Machine {
             internal_ip: internal_ip.to_string(),
             provider_id: None,
             ready: true,
+            heartbeat: jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+                .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
         }
     }
 
@@ -79,6 +83,7 @@ pub fn node_object(machine: &Machine) -> Value {
         for condition in conditions {
             if condition["type"] == "Ready" {
                 condition["status"] = json!(ready);
+                condition["lastHeartbeatTime"] = json!(machine.heartbeat.to_string());
             }
         }
     }

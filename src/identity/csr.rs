@@ -8,7 +8,9 @@ use std::sync::Arc;
 use base64::Engine;
 use serde::Deserialize;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::prelude::{FromDer, X509CertificationRequest};
+use x509_parser::prelude::{
+    AttributeTypeAndValue, FromDer, X509Certificate, X509CertificationRequest, X509Name,
+};
 
 use super::values::{Hostname, KeyFingerprint, NodeName};
 
@@ -17,6 +19,7 @@ pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 const NODE_CN_PREFIX: &str = "system:node:";
 const BOOTSTRAP_USER_PREFIX: &str = "system:bootstrap:";
 const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers";
+const NODES_GROUP: &str = "system:nodes";
 
 /// The two signers whose certificates make a machine a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,10 +113,105 @@ pub enum CsrError {
     PemLabel(String),
     #[error("the certificate request does not parse: {0}")]
     Der(String),
+    #[error("the request is not signed by its own key: {0}")]
+    Signature(String),
     #[error("the subject has no CN; a kubelet asks for CN=system:node:<name>")]
     NoCommonName,
+    #[error(
+        "the subject has {count} CNs ({names}); Kubernetes reads only the last, so the request \
+         is ambiguous; a kubelet sends exactly one"
+    )]
+    SeveralCommonNames { count: usize, names: String },
     #[error("subject CN {0:?} is not system:node:<name>")]
     NotANode(String),
+    #[error("subject O is {0}; a kubelet sends exactly O=system:nodes")]
+    Organization(String),
+}
+
+/// The subject of a certificate or request as Kubernetes reads it (Go's crypto/x509):
+/// every CN and every O attribute, in order. Go keeps the last CN and all O values.
+struct Subject {
+    common_names: Vec<String>,
+    organizations: Vec<String>,
+}
+
+impl Subject {
+    fn of(name: &X509Name<'_>) -> Result<Self, CsrError> {
+        let text = |attributes: &mut dyn Iterator<Item = &AttributeTypeAndValue<'_>>| {
+            attributes
+                .map(|a| {
+                    a.as_str()
+                        .map(str::to_string)
+                        .map_err(|e| CsrError::Der(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Self {
+            common_names: text(&mut name.iter_common_name())?,
+            organizations: text(&mut name.iter_organization())?,
+        })
+    }
+
+    /// The node a kubelet subject names: exactly one CN, `system:node:<name>`, and
+    /// exactly `O=system:nodes`, which is all a kubelet signer accepts. Anything else
+    /// could be read one way here and another way by the API server.
+    fn kubelet_node(&self) -> Result<NodeName, CsrError> {
+        let cn = match self.common_names.as_slice() {
+            [] => return Err(CsrError::NoCommonName),
+            [cn] => cn,
+            several => {
+                return Err(CsrError::SeveralCommonNames {
+                    count: several.len(),
+                    names: clip_list(several),
+                });
+            }
+        };
+        let node = cn
+            .strip_prefix(NODE_CN_PREFIX)
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| CsrError::NotANode(clip_text(cn, 80)))?;
+        if self.organizations.len() != 1 || self.organizations[0] != NODES_GROUP {
+            let shown = if self.organizations.is_empty() {
+                "missing".to_string()
+            } else {
+                clip_list(&self.organizations)
+            };
+            return Err(CsrError::Organization(shown));
+        }
+        Ok(NodeName::from(node))
+    }
+
+    /// The node a certificate authenticates as, read as the API server reads it: the
+    /// last CN.
+    fn authenticated_node(&self) -> Option<NodeName> {
+        let cn = self.common_names.last()?;
+        cn.strip_prefix(NODE_CN_PREFIX)
+            .filter(|name| !name.is_empty())
+            .map(NodeName::from)
+    }
+}
+
+fn clip_text(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        let mut cut: String = text.chars().take(max - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// Values quoted for a message, each clipped, at most three.
+fn clip_list(values: &[String]) -> String {
+    let mut shown: Vec<String> = values
+        .iter()
+        .take(3)
+        .map(|v| format!("{:?}", clip_text(v, 60)))
+        .collect();
+    if values.len() > 3 {
+        shown.push("…".to_string());
+    }
+    shown.join(", ")
 }
 
 /// What a kubelet certificate request claims.
@@ -129,39 +227,21 @@ pub struct CsrClaim {
 impl CsrClaim {
     /// Parses `spec.request` as it travels in JSON: base64 of a PEM block.
     pub fn from_request_field(request_b64: &str) -> Result<Self, CsrError> {
-        let trimmed = request_b64.trim();
-        if trimmed.is_empty() {
-            return Err(CsrError::Empty);
-        }
-        let pem = base64::engine::general_purpose::STANDARD
-            .decode(trimmed)
-            .map_err(|_| CsrError::Base64)?;
+        let pem = decode_request_field(request_b64)?;
         Self::from_pem(&pem)
     }
 
     pub fn from_pem(pem: &[u8]) -> Result<Self, CsrError> {
-        let (_, block) = x509_parser::pem::parse_x509_pem(pem).map_err(|_| CsrError::NotPem)?;
-        if block.label != "CERTIFICATE REQUEST" && block.label != "NEW CERTIFICATE REQUEST" {
-            return Err(CsrError::PemLabel(block.label));
-        }
-        Self::from_der(&block.contents)
+        let der = request_der(pem)?;
+        Self::from_der(&der)
     }
 
     pub fn from_der(der: &[u8]) -> Result<Self, CsrError> {
-        let (_, csr) =
-            X509CertificationRequest::from_der(der).map_err(|e| CsrError::Der(e.to_string()))?;
+        let csr = parse_request(der)?;
+        csr.verify_signature()
+            .map_err(|e| CsrError::Signature(e.to_string()))?;
         let info = &csr.certification_request_info;
-        let cn = info
-            .subject
-            .iter_common_name()
-            .next()
-            .ok_or(CsrError::NoCommonName)?
-            .as_str()
-            .map_err(|e| CsrError::Der(e.to_string()))?;
-        let node = cn
-            .strip_prefix(NODE_CN_PREFIX)
-            .filter(|name| !name.is_empty())
-            .ok_or_else(|| CsrError::NotANode(cn.to_string()))?;
+        let node = Subject::of(&info.subject)?.kubelet_node()?;
 
         let mut ip_sans = Vec::new();
         let mut dns_sans = Vec::new();
@@ -178,12 +258,36 @@ impl CsrClaim {
         }
 
         Ok(CsrClaim {
-            node: NodeName::from(node),
+            node,
             fingerprint: KeyFingerprint::of_spki_der(info.subject_pki.raw),
             ip_sans,
             dns_sans,
         })
     }
+}
+
+fn decode_request_field(request_b64: &str) -> Result<Vec<u8>, CsrError> {
+    let trimmed = request_b64.trim();
+    if trimmed.is_empty() {
+        return Err(CsrError::Empty);
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(trimmed)
+        .map_err(|_| CsrError::Base64)
+}
+
+fn request_der(pem: &[u8]) -> Result<Vec<u8>, CsrError> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem).map_err(|_| CsrError::NotPem)?;
+    if block.label != "CERTIFICATE REQUEST" && block.label != "NEW CERTIFICATE REQUEST" {
+        return Err(CsrError::PemLabel(block.label));
+    }
+    Ok(block.contents)
+}
+
+fn parse_request(der: &[u8]) -> Result<X509CertificationRequest<'_>, CsrError> {
+    X509CertificationRequest::from_der(der)
+        .map(|(_, csr)| csr)
+        .map_err(|e| CsrError::Der(e.to_string()))
 }
 
 fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
@@ -206,38 +310,73 @@ pub struct KeyBinding {
 }
 
 impl KeyBinding {
-    /// The binding a stored CSR establishes: only a kubelet CSR that was approved or
-    /// issued, and neither denied nor failed, binds its key.
+    /// The binding a stored CSR establishes: only a kubelet CSR whose certificate was
+    /// issued, for the very key of the request, and that was neither denied nor failed.
+    /// Approval alone binds nothing: anyone who may create kubelet CSRs can copy a
+    /// pending request's public key into one of their own, and a key is only ever used
+    /// by the machine that holds a certificate for it. The node is the one the
+    /// certificate authenticates as.
     pub fn from_doc(doc: &CsrDoc<'_>) -> Option<Self> {
         let spec = doc.spec.as_ref()?;
         let signer = KubeletSigner::from_name(spec.signer_name.as_deref()?)?;
-        let status = doc.status.as_ref();
-        let conditions = status
-            .and_then(|s| s.conditions.as_deref())
-            .unwrap_or_default();
+        let status = doc.status.as_ref()?;
+        let conditions = status.conditions.as_deref().unwrap_or_default();
         let has = |kind: &str| {
             conditions
                 .iter()
                 .any(|c| c.kind.as_deref() == Some(kind) && c.status.as_deref() != Some("False"))
         };
-        let issued = status
-            .and_then(|s| s.certificate.as_deref())
-            .is_some_and(|c| !c.is_empty());
-        if has("Denied") || has("Failed") || !(has("Approved") || issued) {
+        if has("Denied") || has("Failed") {
             return None;
         }
-        let claim = CsrClaim::from_request_field(spec.request.as_deref()?).ok()?;
-        let credential_id = match signer {
-            KubeletSigner::Client => status
-                .and_then(|s| s.certificate.as_deref())
-                .and_then(credential_id_of_certificate),
-            KubeletSigner::Serving => None,
-        };
+        let certificate = IssuedCertificate::parse(status.certificate.as_deref()?)?;
+        let request = decode_request_field(spec.request.as_deref()?).ok()?;
+        let request = request_der(&request).ok()?;
+        let request = parse_request(&request).ok()?;
+        let requested =
+            KeyFingerprint::of_spki_der(request.certification_request_info.subject_pki.raw);
+        if certificate.fingerprint != requested {
+            return None;
+        }
         Some(KeyBinding {
-            node: claim.node,
-            fingerprint: claim.fingerprint,
+            node: certificate.node,
+            fingerprint: certificate.fingerprint,
             signer,
-            credential_id,
+            credential_id: match signer {
+                KubeletSigner::Client => Some(certificate.credential_id),
+                KubeletSigner::Serving => None,
+            },
+        })
+    }
+}
+
+/// The leaf of an issued kubelet certificate, as the API server will authenticate it.
+struct IssuedCertificate {
+    node: NodeName,
+    fingerprint: KeyFingerprint,
+    credential_id: Arc<str>,
+}
+
+impl IssuedCertificate {
+    /// `status.certificate`: base64 of the PEM chain, leaf first.
+    fn parse(certificate_b64: &str) -> Option<Self> {
+        use sha2::{Digest, Sha256};
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(certificate_b64.trim())
+            .ok()?;
+        let (_, leaf) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+        if leaf.label != "CERTIFICATE" {
+            return None;
+        }
+        let (_, certificate) = X509Certificate::from_der(&leaf.contents).ok()?;
+        let node = Subject::of(certificate.subject())
+            .ok()?
+            .authenticated_node()?;
+        let digest = Sha256::digest(&leaf.contents);
+        Some(Self {
+            node,
+            fingerprint: KeyFingerprint::of_spki_der(certificate.public_key().raw),
+            credential_id: Arc::from(format!("X509SHA256={}", hex::encode(digest))),
         })
     }
 }
@@ -247,24 +386,111 @@ impl KeyBinding {
 /// the hex SHA-256 of the certificate's DER. `status.certificate` is base64 of the PEM
 /// chain; the leaf comes first.
 pub fn credential_id_of_certificate(certificate_b64: &str) -> Option<Arc<str>> {
-    use sha2::{Digest, Sha256};
-    let pem = base64::engine::general_purpose::STANDARD
-        .decode(certificate_b64.trim())
-        .ok()?;
-    let (_, leaf) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
-    if leaf.label != "CERTIFICATE" {
-        return None;
-    }
-    let digest = Sha256::digest(&leaf.contents);
-    Some(Arc::from(format!("X509SHA256={}", hex::encode(digest))))
+    IssuedCertificate::parse(certificate_b64).map(|c| c.credential_id)
 }
 
-/// Who asked for a certificate: a bootstrap token (a machine joining) or a node
-/// rotating its own certificate.
-pub fn is_bootstrap_requester<'a>(
-    username: &str,
-    groups: impl IntoIterator<Item = &'a str>,
-) -> bool {
-    username.starts_with(BOOTSTRAP_USER_PREFIX)
-        || groups.into_iter().any(|g| g == BOOTSTRAPPERS_GROUP)
+/// Who asks for a kubelet certificate, relative to the node the request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requester {
+    /// `system:node:<that node>`: the node renewing its own certificate, whatever
+    /// groups it is in (EKS puts nodes in `system:bootstrappers` too).
+    NodeItself,
+    /// A bootstrap token (`system:bootstrap:*`, group `system:bootstrappers`): a
+    /// machine joining, which may or may not be that node.
+    Bootstrap,
+    /// Another node asking for this one's credentials.
+    AnotherNode,
+    /// Anyone else (an admin, a provisioner's service account).
+    Other,
+}
+
+impl Requester {
+    pub fn classify<'a>(
+        username: &str,
+        groups: impl IntoIterator<Item = &'a str>,
+        node: &str,
+    ) -> Self {
+        if let Some(requester) = username.strip_prefix(NODE_CN_PREFIX) {
+            return if requester == node {
+                Requester::NodeItself
+            } else {
+                Requester::AnotherNode
+            };
+        }
+        if username.starts_with(BOOTSTRAP_USER_PREFIX)
+            || groups.into_iter().any(|g| g == BOOTSTRAPPERS_GROUP)
+        {
+            return Requester::Bootstrap;
+        }
+        Requester::Other
+    }
+
+    /// A machine other than the named node itself may be asking for its credentials.
+    pub fn may_be_another_machine(self) -> bool {
+        matches!(self, Requester::Bootstrap | Requester::AnotherNode)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Requester::NodeItself => "the node itself",
+            Requester::Bootstrap => "a bootstrap token",
+            Requester::AnotherNode => "another node",
+            Requester::Other => "another user",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::kubelet::{self, Requester};
+
+    fn binding_of(csr: &serde_json::Value) -> Option<KeyBinding> {
+        let text = csr.to_string();
+        let doc: CsrDoc<'_> = serde_json::from_str(&text).unwrap();
+        KeyBinding::from_doc(&doc)
+    }
+
+    fn client_csr(key: &rcgen::KeyPair, node: &str) -> serde_json::Value {
+        let pem = kubelet::csr_pem(key, node, &[], &[]).unwrap();
+        kubelet::csr_object(
+            "csr-k3y00",
+            kubelet::CLIENT_SIGNER,
+            &pem,
+            &Requester::Bootstrap {
+                token_id: "07401b".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_key_is_bound_by_an_issued_certificate_not_by_an_approval() {
+        let key = kubelet::kubelet_key().unwrap();
+        let issued = kubelet::issued(client_csr(&key, "worker-1"));
+        let binding = binding_of(&issued).expect("an issued certificate binds its key");
+        assert_eq!(&*binding.node, "worker-1");
+        assert_eq!(
+            binding.fingerprint,
+            KeyFingerprint::of_spki_der(&rcgen::PublicKeyData::subject_public_key_info(&key))
+        );
+        assert!(binding.credential_id.is_some());
+
+        // Approved, not (yet) issued: anyone may have copied a pending request's public
+        // key into their own; nothing is bound until a certificate exists for it.
+        let mut approved = issued.clone();
+        approved["status"]
+            .as_object_mut()
+            .unwrap()
+            .remove("certificate");
+        assert_eq!(binding_of(&approved), None);
+    }
+
+    #[test]
+    fn a_certificate_for_another_key_than_the_requests_binds_nothing() {
+        let key = kubelet::kubelet_key().unwrap();
+        let other = kubelet::issued(client_csr(&kubelet::kubelet_key().unwrap(), "worker-1"));
+        let mut csr = kubelet::issued(client_csr(&key, "worker-1"));
+        csr["status"]["certificate"] = other["status"]["certificate"].clone();
+        assert_eq!(binding_of(&csr), None);
+    }
 }

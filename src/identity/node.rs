@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 
 use super::values::{BootId, Hostname, MachineId, NodeName, ProviderId, SystemUuid};
@@ -102,14 +102,44 @@ pub struct ConditionDoc<'a> {
     pub status: Option<Cow<'a, str>>,
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub last_transition_time: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "super::text::option")]
+    pub last_heartbeat_time: Option<Cow<'a, str>>,
 }
 
-/// Whether the node's kubelet is posting Ready, and since when.
+/// Whether the node's kubelet is posting Ready, since when, and when it last said so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Readiness {
     pub ready: bool,
+    /// The Ready condition's `lastTransitionTime`.
     pub since: Option<Timestamp>,
+    /// The Ready condition's `lastHeartbeatTime`: moved only by the kubelet's status
+    /// writes (at least every 5 minutes from a live kubelet), never by its Lease.
+    pub heartbeat: Option<Timestamp>,
 }
+
+impl Readiness {
+    /// Whether a kubelet is running this node now: Ready, and its status written within
+    /// `heartbeat_timeout`. Ready alone is no proof: the node lifecycle controller keeps
+    /// a node Ready while its Lease is renewed, and a kubelet renews the Lease even
+    /// while its own registration is refused. A heartbeat from the future (clock skew)
+    /// counts as fresh.
+    pub fn is_live(&self, now: Timestamp, heartbeat_timeout: SignedDuration) -> bool {
+        self.ready
+            && self
+                .heartbeat
+                .is_some_and(|beat| now.duration_since(beat) <= heartbeat_timeout)
+    }
+
+    /// When the node stops counting as live if its kubelet writes no status meanwhile.
+    pub fn live_until(&self, heartbeat_timeout: SignedDuration) -> Option<Timestamp> {
+        self.heartbeat
+            .and_then(|beat| beat.checked_add(heartbeat_timeout).ok())
+    }
+}
+
+/// Addresses of one type kept per node: real kubelets report a handful; a node writing
+/// hundreds of addresses into its own status cannot make them all its own.
+pub const MAX_ADDRESSES_PER_TYPE: usize = 16;
 
 /// Everything a Node says about which machine it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +147,8 @@ pub struct NodeClaim {
     pub name: NodeName,
     /// `metadata.uid`: tells one registration of a name from the next. Absent on CREATE.
     pub uid: Option<Arc<str>>,
+    /// `metadata.resourceVersion`: orders two observations of this Node.
+    pub resource_version: Option<Arc<str>>,
     pub machine_id: Option<MachineId>,
     pub system_uuid: Option<SystemUuid>,
     pub boot_id: Option<BootId>,
@@ -128,8 +160,9 @@ pub struct NodeClaim {
     pub readiness: Readiness,
 }
 
+/// Adds a value once, up to [`MAX_ADDRESSES_PER_TYPE`] values.
 fn push_unique<T: PartialEq>(values: &mut Vec<T>, value: T) {
-    if !values.contains(&value) {
+    if values.len() < MAX_ADDRESSES_PER_TYPE && !values.contains(&value) {
         values.push(value);
     }
 }
@@ -153,6 +186,7 @@ impl NodeClaim {
         if let Some(label) = meta.labels.as_ref().and_then(|l| l.hostname.as_deref()) {
             hostnames.extend(Hostname::parse(label));
         }
+        let non_empty = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(Arc::from);
         for address in status
             .and_then(|s| s.addresses.as_deref())
             .unwrap_or_default()
@@ -183,11 +217,8 @@ impl NodeClaim {
 
         Some(NodeClaim {
             name: NodeName::from(name),
-            uid: meta
-                .uid
-                .as_deref()
-                .filter(|uid| !uid.is_empty())
-                .map(Arc::from),
+            uid: non_empty(meta.uid.as_deref()),
+            resource_version: non_empty(meta.resource_version.as_deref()),
             machine_id: info
                 .and_then(|i| i.machine_id.as_deref())
                 .and_then(MachineId::parse),
@@ -224,6 +255,10 @@ fn readiness(status: Option<&NodeStatusDoc<'_>>) -> Readiness {
                 .last_transition_time
                 .as_deref()
                 .and_then(|t| t.parse().ok()),
+            heartbeat: c
+                .last_heartbeat_time
+                .as_deref()
+                .and_then(|t| t.parse().ok()),
         },
     }
 }
@@ -251,6 +286,28 @@ mod tests {
         assert_eq!(
             claim.internal_ips,
             vec!["10.0.0.11".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_node_holds_a_bounded_number_of_addresses_of_each_type() {
+        let addresses: Vec<serde_json::Value> = (0..200)
+            .map(|i| serde_json::json!({"type": "InternalIP", "address": format!("10.1.{}.{}", i / 250, i % 250)}))
+            .chain((0..50).map(|i| serde_json::json!({"type": "Hostname", "address": format!("h{i}")})))
+            .collect();
+        let body = serde_json::json!({
+            "metadata": {"name": "worker-1", "labels": {"kubernetes.io/hostname": "worker-1"}},
+            "status": {"addresses": addresses},
+        })
+        .to_string();
+        let doc: NodeDoc<'_> = serde_json::from_str(&body).unwrap();
+        let claim = NodeClaim::from_doc(&doc).unwrap();
+        assert_eq!(claim.internal_ips.len(), MAX_ADDRESSES_PER_TYPE);
+        assert_eq!(claim.hostnames.len(), MAX_ADDRESSES_PER_TYPE);
+        assert_eq!(
+            claim.hostnames[0].as_str(),
+            "worker-1",
+            "the label comes first"
         );
     }
 }

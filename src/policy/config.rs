@@ -3,11 +3,20 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
+use ipnet::IpNet;
+use jiff::SignedDuration;
 use serde::Deserialize;
 
-use crate::identity::{MachineId, SystemUuid};
+use crate::identity::{Hostname, MachineId, SystemUuid, is_placeholder_ip};
+
+/// How long a Ready node may go without a status write before it no longer counts as
+/// running: the kubelet writes its status at least every `nodeStatusReportFrequency`
+/// (5 minutes), up to half of it later after a change (7.5 minutes), so 10 minutes also
+/// absorbs a few minutes of clock skew between the node and nodeguard.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: SignedDuration = SignedDuration::from_mins(10);
 
 /// The stable id of every check: used in messages, metric labels, configuration and docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,6 +131,10 @@ pub enum ConfigError {
     BadSetting(String),
     #[error("config file: {0}")]
     File(String),
+    #[error("sharedValues.addresses: {0:?} is neither an IP address nor a CIDR (10.0.0.0/8)")]
+    BadAddress(String),
+    #[error("heartbeatTimeout: {0:?} is not a duration of at least 1m, such as 10m")]
+    BadHeartbeatTimeout(String),
 }
 
 fn known_checks() -> String {
@@ -136,6 +149,9 @@ pub struct Config {
     /// added to the built-in placeholders.
     shared_machine_ids: HashSet<MachineId>,
     shared_system_uuids: HashSet<SystemUuid>,
+    shared_addresses: Vec<IpNet>,
+    shared_hostnames: HashSet<Hostname>,
+    heartbeat_timeout: SignedDuration,
 }
 
 impl Default for Config {
@@ -144,6 +160,9 @@ impl Default for Config {
             modes: CheckId::ALL.map(|id| (id, id.default_mode())).into(),
             shared_machine_ids: HashSet::new(),
             shared_system_uuids: HashSet::new(),
+            shared_addresses: Vec::new(),
+            shared_hostnames: HashSet::new(),
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
         }
     }
 }
@@ -157,12 +176,16 @@ impl Default for Config {
 /// sharedValues:
 ///   machineIDs: ["de1dd9ede40041b7bceb409b0a3b12cb"]
 ///   systemUUIDs: []
+///   addresses: ["100.64.0.0/10", "10.0.0.1"]
+///   hostnames: ["node"]
+/// heartbeatTimeout: 10m
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct ConfigFile {
     checks: BTreeMap<String, String>,
     shared_values: SharedValuesFile,
+    heartbeat_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +195,30 @@ struct SharedValuesFile {
     machine_ids: Vec<String>,
     #[serde(rename = "systemUUIDs")]
     system_uuids: Vec<String>,
+    addresses: Vec<String>,
+    hostnames: Vec<String>,
+}
+
+/// An IP address (a /32 or /128) or a CIDR.
+fn parse_address_or_cidr(text: &str) -> Result<IpNet, ConfigError> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    text.parse::<IpNet>()
+        .map(|net| net.trunc())
+        .map_err(|_| ConfigError::BadAddress(text.to_string()))
+}
+
+/// A duration such as `10m`, `90s` or `1h`, at least a minute: shorter than the
+/// kubelet's own status period, every node would look stopped between two writes.
+pub fn parse_heartbeat_timeout(text: &str) -> Result<SignedDuration, ConfigError> {
+    let bad = || ConfigError::BadHeartbeatTimeout(text.to_string());
+    let duration: SignedDuration = text.trim().parse().map_err(|_| bad())?;
+    if duration < SignedDuration::from_mins(1) {
+        return Err(bad());
+    }
+    Ok(duration)
 }
 
 impl Config {
@@ -215,7 +262,41 @@ impl Config {
             .iter()
             .filter_map(|v| SystemUuid::parse(v))
             .collect();
+        config.shared_addresses = file
+            .shared_values
+            .addresses
+            .iter()
+            .map(|v| parse_address_or_cidr(v))
+            .collect::<Result<_, _>>()?;
+        config.shared_hostnames = file
+            .shared_values
+            .hostnames
+            .iter()
+            .filter_map(|v| Hostname::parse(v))
+            .collect();
+        if let Some(timeout) = &file.heartbeat_timeout {
+            config.heartbeat_timeout = parse_heartbeat_timeout(timeout)?;
+        }
         Ok(config)
+    }
+
+    /// How long a Ready node may go without a status write and still count as running.
+    pub fn heartbeat_timeout(&self) -> SignedDuration {
+        self.heartbeat_timeout
+    }
+
+    pub fn set_heartbeat_timeout(&mut self, timeout: SignedDuration) {
+        self.heartbeat_timeout = timeout;
+    }
+
+    /// An address that proves nothing: loopback, link-local and the like, or inside a
+    /// range declared shared (behind one NAT, an anycast range).
+    pub fn address_is_shared(&self, ip: &IpAddr) -> bool {
+        is_placeholder_ip(ip) || self.shared_addresses.iter().any(|net| net.contains(ip))
+    }
+
+    pub fn hostname_is_shared(&self, value: &Hostname) -> bool {
+        value.is_placeholder() || self.shared_hostnames.contains(value)
     }
 
     /// A machine-id that proves nothing: built-in placeholder or declared shared.
@@ -233,6 +314,28 @@ impl Config {
             .map(|id| format!("{}={}", id, self.mode(id).as_str()))
             .join(" ")
     }
+
+    /// The heartbeat timeout as a person reads it: `10m`, `90s`.
+    pub fn describe_heartbeat_timeout(&self) -> String {
+        describe_duration(self.heartbeat_timeout)
+    }
+}
+
+/// `10m`, `1h30m`, `90s`: the shortest exact form.
+pub fn describe_duration(duration: SignedDuration) -> String {
+    let seconds = duration.as_secs();
+    let (hours, minutes, rest) = (seconds / 3600, seconds % 3600 / 60, seconds % 60);
+    let mut text = String::new();
+    if hours > 0 {
+        text.push_str(&format!("{hours}h"));
+    }
+    if minutes > 0 {
+        text.push_str(&format!("{minutes}m"));
+    }
+    if rest > 0 || text.is_empty() {
+        text.push_str(&format!("{rest}s"));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -299,5 +402,20 @@ mod tests {
             Err(ConfigError::UnknownCheck(_))
         ));
         assert_eq!(Config::from_yaml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_heartbeat_timeout_defaults_to_ten_minutes_and_refuses_less_than_one() {
+        assert_eq!(
+            Config::default().heartbeat_timeout(),
+            SignedDuration::from_mins(10)
+        );
+        let config = Config::from_yaml("heartbeatTimeout: 1h30m\n").unwrap();
+        assert_eq!(config.heartbeat_timeout(), SignedDuration::from_mins(90));
+        assert_eq!(config.describe_heartbeat_timeout(), "1h30m");
+        assert_eq!(
+            Config::from_yaml("heartbeatTimeout: 30s\n").unwrap_err(),
+            ConfigError::BadHeartbeatTimeout("30s".into())
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod checks;
 pub mod config;
+pub mod machine;
 pub mod verdict;
 
 use jiff::Timestamp;
@@ -10,8 +11,10 @@ use jiff::Timestamp;
 pub use config::{CheckId, Config, ConfigError, Mode};
 pub use verdict::{Effect, Finding, Outcome, Verdict};
 
+use crate::identity::csr::Requester;
 use crate::identity::{CsrClaim, CsrError, KubeletSigner, NodeClaim};
 use crate::inventory::Inventory;
+use machine::Sameness;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -63,18 +66,49 @@ pub struct CsrReview {
 #[derive(Debug, Clone)]
 pub struct KubeletCsr {
     pub signer: KubeletSigner,
-    /// Requested with a bootstrap token (`system:bootstrap:*`, `system:bootstrappers`),
-    /// i.e. by a machine joining rather than a node renewing.
-    pub bootstrap: bool,
+    /// Who asks, relative to the node the request names.
+    pub requester: Requester,
     pub claim: Result<CsrClaim, CsrError>,
 }
 
+impl KubeletCsr {
+    /// A kubelet CSR as admission sees it: `spec.request`, and who asks
+    /// (`spec.username`, `spec.groups`).
+    pub fn new<'a>(
+        signer: KubeletSigner,
+        request: &str,
+        username: &str,
+        groups: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let claim = CsrClaim::from_request_field(request);
+        let requester = match &claim {
+            Ok(claim) => Requester::classify(username, groups, &claim.node),
+            Err(_) => Requester::Other,
+        };
+        Self {
+            signer,
+            requester,
+            claim,
+        }
+    }
+}
+
 /// What every node check sees.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NodeInput<'a> {
     pub operation: Operation,
     pub object: &'a NodeClaim,
     pub old_object: Option<&'a NodeClaim>,
+    /// The node this write is compared with: the old object on UPDATE, the registered
+    /// Node of that name on CREATE.
+    pub before: Option<&'a NodeClaim>,
+    /// Whether the write comes from the machine `before` describes.
+    pub sameness: Option<Sameness>,
+    /// What the write is compared with to find the values it introduces: the old object
+    /// on UPDATE; on CREATE the registered Node, when the write comes from that same
+    /// machine (a kubelet re-sends its CREATE at every restart: values it already held
+    /// are not new).
+    pub baseline: Option<&'a NodeClaim>,
     pub inventory: &'a Inventory,
     pub config: &'a Config,
     pub now: Timestamp,
@@ -84,7 +118,7 @@ pub struct NodeInput<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct CsrInput<'a> {
     pub signer: KubeletSigner,
-    pub bootstrap: bool,
+    pub requester: Requester,
     pub claim: &'a CsrClaim,
     pub inventory: &'a Inventory,
     pub config: &'a Config,
@@ -104,10 +138,23 @@ pub fn decide_node(
     if !matches!(review.operation, Operation::Create | Operation::Update) {
         return Verdict::default();
     }
+    let old_object = review.old_object.as_ref();
+    let before = match review.operation {
+        Operation::Update => old_object,
+        _ => inventory.node(&object.name),
+    };
+    let sameness = before.map(|before| machine::compare(before, object, inventory, config));
+    let baseline = match review.operation {
+        Operation::Update => old_object,
+        _ => before.filter(|_| sameness.as_ref().is_some_and(Sameness::is_same_machine)),
+    };
     let input = NodeInput {
         operation: review.operation,
         object,
-        old_object: review.old_object.as_ref(),
+        old_object,
+        before,
+        sameness,
+        baseline,
         inventory,
         config,
         now,
@@ -143,7 +190,7 @@ pub fn decide_csr(
     };
     let input = CsrInput {
         signer: kubelet.signer,
-        bootstrap: kubelet.bootstrap,
+        requester: kubelet.requester,
         claim,
         inventory,
         config,

@@ -12,8 +12,8 @@ use tracing::Span;
 
 use super::review::Request;
 use super::{AppState, Subject, Webhook, accept, answer};
-use crate::identity::csr::{CsrDoc, is_bootstrap_requester};
-use crate::identity::{CsrClaim, KubeletSigner};
+use crate::identity::KubeletSigner;
+use crate::identity::csr::CsrDoc;
 use crate::policy::{self, CsrReview, KubeletCsr};
 
 #[tracing::instrument(
@@ -77,20 +77,21 @@ fn csr_name<'r>(request: &'r Request<'_, CsrDoc<'_>>) -> &'r str {
 fn kubelet_csr(request: &Request<'_, CsrDoc<'_>>) -> Option<KubeletCsr> {
     let spec = request.object.as_ref()?.spec.as_ref()?;
     let signer = KubeletSigner::from_name(spec.signer_name.as_deref()?)?;
+    let request_field = spec.request.as_deref().unwrap_or("");
     // The API server fills spec.username and spec.groups from the requester before
     // admission; the review's userInfo is the same requester, used if they are absent.
-    let bootstrap = match spec.username.as_deref() {
-        Some(username) => {
-            is_bootstrap_requester(username, spec.groups.iter().flatten().map(|g| g.as_ref()))
-        }
-        None => is_bootstrap_requester(
+    Some(match spec.username.as_deref() {
+        Some(username) => KubeletCsr::new(
+            signer,
+            request_field,
+            username,
+            spec.groups.iter().flatten().map(|g| g.as_ref()),
+        ),
+        None => KubeletCsr::new(
+            signer,
+            request_field,
             &request.user_info.username,
             request.user_info.groups.iter().map(|g| g.as_ref()),
         ),
-    };
-    Some(KubeletCsr {
-        signer,
-        bootstrap,
-        claim: CsrClaim::from_request_field(spec.request.as_deref().unwrap_or("")),
     })
 }

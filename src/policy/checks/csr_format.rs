@@ -91,4 +91,130 @@ mod tests {
             Outcome::Allowed
         );
     }
+
+    /// A CSR whose subject has exactly these attributes, in order. rcgen keeps one
+    /// value per attribute type, so a second CN or O goes in under its OID.
+    fn csr_with_subject(attributes: &[(rcgen::DnType, &str)]) -> serde_json::Value {
+        let mut params = rcgen::CertificateParams::default();
+        let mut subject = rcgen::DistinguishedName::new();
+        for (kind, value) in attributes {
+            subject.push(kind.clone(), *value);
+        }
+        params.distinguished_name = subject;
+        let pem = params
+            .serialize_request(&kubelet::kubelet_key().unwrap())
+            .unwrap()
+            .pem()
+            .unwrap();
+        kubelet::csr_object(
+            "csr-tw0cn",
+            kubelet::CLIENT_SIGNER,
+            &pem,
+            &Requester::Bootstrap {
+                token_id: "07401b".into(),
+            },
+        )
+    }
+
+    use rcgen::DnType::{CommonName as CN, OrganizationName as O};
+
+    fn second_cn() -> rcgen::DnType {
+        rcgen::DnType::CustomDnType(vec![2, 5, 4, 3])
+    }
+
+    fn second_o() -> rcgen::DnType {
+        rcgen::DnType::CustomDnType(vec![2, 5, 4, 10])
+    }
+
+    #[test]
+    fn a_subject_with_two_common_names_is_refused_as_ambiguous() {
+        // Kubernetes reads the last CN: judged by the first, this would get worker-1's
+        // credentials past every other check.
+        let inventory = cluster(&[&worker(1)]);
+        let csr = csr_with_subject(&[
+            (O, "system:nodes"),
+            (CN, "system:node:worker-9"),
+            (second_cn(), "system:node:worker-1"),
+        ]);
+        let verdict = decide_csr_default(&csr_review(&csr), &inventory);
+        assert_eq!(verdict.deciding_check(), Some(CheckId::CsrFormat));
+        assert_eq!(
+            verdict.denial_message().unwrap(),
+            "nodeguard [csr-format]: this CSR for signer kubernetes.io/kube-apiserver-client-kubelet \
+             is not a kubelet request: the subject has 2 CNs (\"system:node:worker-9\", \
+             \"system:node:worker-1\"); Kubernetes reads only the last, so the request is \
+             ambiguous; a kubelet sends exactly one; a kubelet asks for CN=system:node:<node \
+             name> with a PEM CERTIFICATE REQUEST"
+        );
+    }
+
+    #[test]
+    fn organizations_other_than_exactly_system_nodes_are_refused() {
+        let inventory = cluster(&[&worker(1)]);
+        for subject in [
+            vec![
+                (O, "system:nodes"),
+                (second_o(), "system:masters"),
+                (CN, "system:node:worker-9"),
+            ],
+            vec![(O, "system:masters"), (CN, "system:node:worker-9")],
+            vec![(CN, "system:node:worker-9")],
+        ] {
+            let verdict = decide_csr_default(&csr_review(&csr_with_subject(&subject)), &inventory);
+            assert_eq!(
+                verdict.deciding_check(),
+                Some(CheckId::CsrFormat),
+                "{subject:?}"
+            );
+            assert!(
+                verdict
+                    .denial_message()
+                    .unwrap()
+                    .contains("a kubelet sends exactly O=system:nodes"),
+                "{subject:?}"
+            );
+        }
+        // The kubelet's own subject, built the same way, passes.
+        let verdict = decide_csr_default(
+            &csr_review(&csr_with_subject(&[
+                (O, "system:nodes"),
+                (CN, "system:node:worker-9"),
+            ])),
+            &inventory,
+        );
+        assert_eq!(verdict.outcome(), Outcome::Allowed);
+    }
+
+    #[test]
+    fn a_request_not_signed_by_its_own_key_is_refused() {
+        use base64::Engine;
+        let pem = kubelet::csr_pem(&kubelet::kubelet_key().unwrap(), "worker-9", &[], &[]).unwrap();
+        let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let mut der = block.contents;
+        // The last byte belongs to the signature.
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        let tampered = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&der)
+        );
+        let csr = kubelet::csr_object(
+            "csr-t4mp3",
+            kubelet::CLIENT_SIGNER,
+            &tampered,
+            &Requester::Bootstrap {
+                token_id: "07401b".into(),
+            },
+        );
+        let verdict = decide_csr_default(&csr_review(&csr), &cluster(&[&worker(1)]));
+        assert_eq!(verdict.deciding_check(), Some(CheckId::CsrFormat));
+        assert!(
+            verdict
+                .denial_message()
+                .unwrap()
+                .contains("the request is not signed by its own key"),
+            "{:?}",
+            verdict.denial_message()
+        );
+    }
 }

@@ -1,55 +1,67 @@
-//! `identity-drift`: an UPDATE that changes a registered node's machine-id or system
-//! UUID. A reboot changes only the boot id; a different value means a different machine
-//! is writing the node, which is refused while the node is Ready.
+//! `identity-drift`: an UPDATE in which a registered node reports another machine
+//! (another system UUID or provider ID, or another machine-id without its system UUID
+//! to say it is the same hardware). A reboot changes only the boot id; a different
+//! machine writing the node is refused while a kubelet is running it (its heartbeat is
+//! fresh), and let through with a warning once none is. A new machine-id with the same
+//! real system UUID is the same machine (kind, stateless systems, a regenerated id): a
+//! warning.
 
+use super::name_takeover::until;
+use super::{not_running, prefix};
+use crate::policy::machine::{self, Sameness};
 use crate::policy::{CheckId, Finding, NodeInput, Operation};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     if input.operation != Operation::Update {
         return Vec::new();
     }
-    let Some(old) = input.old_object else {
+    let (Some(old), Some(sameness)) = (input.before, input.sameness.as_ref()) else {
         return Vec::new();
     };
-    let new = input.object;
-    let config = input.config;
-    let mut changes: Vec<(&str, String, String)> = Vec::new();
-    if let (Some(before), Some(after)) = (&old.machine_id, &new.machine_id)
-        && before != after
-        && !config.machine_id_is_shared(before)
-        && !config.machine_id_is_shared(after)
-    {
-        changes.push(("machine-id", before.to_string(), after.to_string()));
-    }
-    if let (Some(before), Some(after)) = (&old.system_uuid, &new.system_uuid)
-        && before != after
-        && !config.system_uuid_is_shared(before)
-        && !config.system_uuid_is_shared(after)
-    {
-        changes.push(("system UUID", before.to_string(), after.to_string()));
-    }
-    let Some((field, before, after)) = changes.first() else {
-        return Vec::new();
-    };
-    let name = &new.name;
-    let finding = if old.readiness.ready {
-        Finding::deny(
+    let name = &input.object.name;
+    let finding = match sameness {
+        Sameness::Same => return Vec::new(),
+        Sameness::NewMachineId => Finding::warn(
             CheckId::IdentityDrift,
             format!(
-                "nodeguard [identity-drift]: node \"{name}\" is Ready with {field} {before}, but \
-                 this write reports {after}: a second machine is writing as {name} with its \
-                 credentials; shut that machine down and give it a new identity, or if {name} \
-                 really moved to new hardware, delete node {name} and let it re-register"
+                "nodeguard [identity-drift]: node \"{name}\" reports a new machine-id with its own system UUID: same machine"
             ),
-            format!("nodeguard [identity-drift]: node \"{name}\" is Ready with another {field}"),
-        )
-    } else {
-        Finding::warn(
-            CheckId::IdentityDrift,
-            format!(
-                "nodeguard [identity-drift]: node \"{name}\" changed {field} while not Ready (new machine?)"
-            ),
-        )
+        ),
+        Sameness::Different {
+            field,
+            registered: before,
+            claimed: after,
+        } => {
+            let config = input.config;
+            if machine::is_live(old, config, input.now) {
+                Finding::deny(
+                    CheckId::IdentityDrift,
+                    format!(
+                        "nodeguard [identity-drift]: node \"{name}\" runs with {field} {}, but this \
+                         write reports {}: a second machine is writing as {name} with its \
+                         credentials; shut that machine down and give it a new identity, or if \
+                         {name} really moved to new hardware, delete node {name} and let it \
+                         re-register. This machine's writes are let through once {name} has had \
+                         no status written for {}{}",
+                        prefix(before),
+                        prefix(after),
+                        config.describe_heartbeat_timeout(),
+                        until(old, input),
+                    ),
+                    format!(
+                        "nodeguard [identity-drift]: node \"{name}\" runs with another {field}"
+                    ),
+                )
+            } else {
+                Finding::warn(
+                    CheckId::IdentityDrift,
+                    format!(
+                        "nodeguard [identity-drift]: node \"{name}\" changed {field} ({}; new machine?)",
+                        not_running(old, input.now)
+                    ),
+                )
+            }
+        }
     };
     vec![finding]
 }
@@ -81,14 +93,42 @@ mod tests {
         assert_eq!(verdict.deciding_check(), Some(CheckId::IdentityDrift));
         assert_eq!(
             verdict.denial_message().unwrap(),
-            format!(
-                "nodeguard [identity-drift]: node \"worker-1\" is Ready with system UUID {}, but \
-                 this write reports 564d8f2a-1c3b-4e5d-9f60-718293a4b5c6: a second machine is \
-                 writing as worker-1 with its credentials; shut that machine down and give it a \
-                 new identity, or if worker-1 really moved to new hardware, delete node worker-1 \
-                 and let it re-register",
-                original.system_uuid
-            )
+            "nodeguard [identity-drift]: node \"worker-1\" runs with system UUID 0139a350…, but \
+             this write reports 564d8f2a…: a second machine is writing as worker-1 with its \
+             credentials; shut that machine down and give it a new identity, or if worker-1 \
+             really moved to new hardware, delete node worker-1 and let it re-register. This \
+             machine's writes are let through once worker-1 has had no status written for 10m \
+             (at 2026-11-27T12:09:40Z)"
+        );
+    }
+
+    #[test]
+    fn a_new_machine_id_with_the_same_system_uuid_is_the_same_machine_and_only_warned() {
+        // minikube, Kairos, a regenerated /etc/machine-id: the kubelet's first status
+        // write after its CREATE reports the new machine-id while the node is Ready.
+        let node = worker(1);
+        let inventory = cluster(&[&node]);
+        let mut restarted = node.rebooted("9f0e8d7c-6b5a-4938-2716-a5b4c3d2e1f0");
+        restarted.machine_id = "0123456789abcdef0123456789abcdef".into();
+        let verdict = decide(&update(&node, &restarted), &inventory);
+        assert_eq!(verdict.outcome(), Outcome::Warned);
+        assert_eq!(verdict.deciding_check(), Some(CheckId::IdentityDrift));
+    }
+
+    #[test]
+    fn a_second_machine_is_let_through_once_the_node_has_had_no_status_for_the_timeout() {
+        let mut original = worker(1);
+        original.heartbeat = now() - jiff::SignedDuration::from_mins(12);
+        let inventory = cluster(&[&original]);
+        let mut moved = original.rebooted("9f0e8d7c-6b5a-4938-2716-a5b4c3d2e1f0");
+        moved.system_uuid = "564d8f2a-1c3b-4e5d-9f60-718293a4b5c6".into();
+        let verdict = decide(&update(&original, &moved), &inventory);
+        assert_eq!(verdict.outcome(), Outcome::Warned);
+        assert_eq!(
+            verdict.warnings(),
+            vec![
+                "nodeguard [identity-drift]: node \"worker-1\" changed system UUID (no status for 12m; new machine?)"
+            ]
         );
     }
 

@@ -2,14 +2,13 @@
 //! one NAT legitimately report the same one. An address held only by a node that is not
 //! Ready is a reused lease rather than a clone: a warning.
 
-use super::{Claimed, collision, introduced_all, reused_address};
-use crate::identity::is_placeholder_ip;
+use super::{Claimed, collision, introduced_all, reused_address, running};
 use crate::policy::{CheckId, Finding, NodeInput};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     introduced_all(input, |c| c.internal_ips.as_slice())
         .into_iter()
-        .filter(|ip| !is_placeholder_ip(ip))
+        .filter(|ip| !input.config.address_is_shared(ip))
         .filter_map(|ip| {
             let node = &input.object.name;
             let holders = input.inventory.internal_ip(ip);
@@ -19,7 +18,7 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
                 "InternalIP",
                 ip,
                 holders,
-                input.inventory,
+                running(input.inventory, input.config, input.now),
             ) {
                 return Some(warning);
             }
@@ -105,7 +104,7 @@ mod tests {
         assert_eq!(
             verdict.warnings(),
             vec![
-                "nodeguard [internal-ip]: InternalIP 10.0.0.11 is also node \"worker-1\"'s, which is not Ready (address reused?)"
+                "nodeguard [internal-ip]: InternalIP 10.0.0.11 is also node \"worker-1\"'s, which is not running (address reused?)"
             ]
         );
     }
@@ -119,6 +118,39 @@ mod tests {
         assert_eq!(
             decide(&create(&b), &cluster(&[&a])).outcome(),
             Outcome::Allowed
+        );
+    }
+
+    #[test]
+    fn nodes_sharing_an_internal_ip_behind_nat_keep_registering_after_a_restart() {
+        let a = worker(1);
+        let mut b = worker(2);
+        b.internal_ip = a.internal_ip.clone();
+        let inventory = cluster(&[&a, &b]);
+        assert_eq!(
+            decide(
+                &create(&b.rebooted("5d4c3b2a-1f0e-4d9c-8b7a-695847362514")),
+                &inventory
+            )
+            .outcome(),
+            Outcome::Allowed
+        );
+    }
+
+    #[test]
+    fn addresses_in_a_range_declared_shared_never_collide() {
+        let a = worker(1);
+        let mut b = worker(2);
+        b.internal_ip = a.internal_ip.clone();
+        let config = crate::policy::Config::from_yaml(
+            "sharedValues:\n  addresses: [\"10.0.0.0/24\", \"192.168.7.1\"]\n",
+        )
+        .unwrap();
+        let verdict = crate::policy::decide_node(&create(&b), &cluster(&[&a]), &config, now());
+        assert_eq!(verdict.outcome(), Outcome::Allowed);
+        assert!(
+            crate::policy::Config::from_yaml("sharedValues:\n  addresses: [\"10.0.0.0/33\"]\n")
+                .is_err()
         );
     }
 }

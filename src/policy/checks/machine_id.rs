@@ -148,4 +148,25 @@ mod tests {
             Outcome::Allowed
         );
     }
+
+    #[test]
+    fn two_nodes_that_shared_a_machine_id_before_nodeguard_restart_their_kubelets() {
+        // A kubelet re-sends its CREATE at every restart: the values it already held are
+        // compared with its own registered Node, not counted as new.
+        let a = worker(1);
+        let mut b = worker(2);
+        b.machine_id = a.machine_id.clone();
+        let inventory = cluster(&[&a, &b]);
+        for node in [&a, &b] {
+            let restarted = node.rebooted("5d4c3b2a-1f0e-4d9c-8b7a-695847362514");
+            let verdict = decide(&create(&restarted), &inventory);
+            assert_eq!(verdict.outcome(), Outcome::Allowed, "{verdict:?}");
+        }
+        // A new machine with that value is still refused.
+        let mut clone = worker(3);
+        clone.machine_id = a.machine_id.clone();
+        clone.system_uuid = a.system_uuid.clone();
+        let verdict = decide(&create(&clone), &cluster(&[&a]));
+        assert_eq!(verdict.deciding_check(), Some(CheckId::MachineId));
+    }
 }

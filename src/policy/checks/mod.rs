@@ -18,11 +18,11 @@ pub mod two_kubelets;
 
 use jiff::Timestamp;
 
-use super::config::CheckId;
+use super::config::{CheckId, Config};
 use super::verdict::Finding;
-use super::{CsrInput, NodeInput, Operation};
+use super::{CsrInput, NodeInput};
 use crate::identity::NodeClaim;
-use crate::inventory::Holders;
+use crate::inventory::{Holders, Inventory};
 
 pub type NodeCheck = fn(&NodeInput<'_>) -> Vec<Finding>;
 pub type CsrCheck = fn(&CsrInput<'_>) -> Vec<Finding>;
@@ -44,15 +44,17 @@ pub const CSR_CHECKS: &[(CheckId, CsrCheck)] = &[
     (CheckId::ServingSan, serving_san::check),
 ];
 
-/// The single-valued field a write brings: on CREATE its value, on UPDATE its value
-/// only if the old object did not already have it (nothing new, nothing to check).
+/// The single-valued field a write brings: its value, unless the node already held it
+/// (the old object of an UPDATE, the registered Node of a CREATE from the same
+/// machine): nothing new, nothing to check. So two nodes that shared a value before
+/// nodeguard came keep working, restarts included.
 fn introduced<'a, T: PartialEq + 'a>(
     input: &NodeInput<'a>,
     field: impl Fn(&'a NodeClaim) -> Option<&'a T>,
 ) -> Option<&'a T> {
     let value = field(input.object)?;
-    match (input.operation, input.old_object) {
-        (Operation::Update, Some(old)) if field(old) == Some(value) => None,
+    match input.baseline {
+        Some(before) if field(before) == Some(value) => None,
         _ => Some(value),
     }
 }
@@ -62,13 +64,10 @@ fn introduced_all<'a, T: PartialEq + 'a>(
     input: &NodeInput<'a>,
     field: impl Fn(&'a NodeClaim) -> &'a [T],
 ) -> Vec<&'a T> {
-    let old: &'a [T] = match (input.operation, input.old_object) {
-        (Operation::Update, Some(old)) => field(old),
-        _ => &[],
-    };
+    let before: &'a [T] = input.baseline.map_or(&[], |before| field(before));
     field(input.object)
         .iter()
-        .filter(|v| !old.contains(v))
+        .filter(|v| !before.contains(v))
         .collect()
 }
 
@@ -114,30 +113,78 @@ pub(crate) fn collision(
     }
 }
 
-/// An address whose only other holder is a node that is not Ready: most likely a dead
-/// machine's address handed out again (DHCP), not a clone, whose original is alive. Such
-/// a collision is worth a warning, not a refusal.
+/// An address whose only other holder is a node no kubelet is running: most likely a
+/// dead machine's address handed out again (DHCP), not a clone, whose original is
+/// alive. Such a collision is worth a warning, not a refusal.
 pub(crate) fn reused_address(
     check: CheckId,
     node: &str,
     field: &str,
     ip: &std::net::IpAddr,
     holders: Holders<'_>,
-    inventory: &crate::inventory::Inventory,
+    running: impl Fn(&str) -> bool,
 ) -> Option<Finding> {
     let others = holders.other_than(node);
     let [holder] = others.names.as_slice() else {
         return None;
     };
-    if inventory.node(holder).is_none_or(|h| h.readiness.ready) {
+    if running(holder) {
         return None;
     }
     Some(Finding::warn(
         check,
         format!(
-            "nodeguard [{check}]: {field} {ip} is also node \"{holder}\"'s, which is not Ready (address reused?)"
+            "nodeguard [{check}]: {field} {ip} is also node \"{holder}\"'s, which is not running (address reused?)"
         ),
     ))
+}
+
+/// Whether a kubelet is running the node of that name (see [`super::machine::is_live`]);
+/// a name the inventory does not hold is taken as running, so that it never weakens a
+/// check.
+pub(crate) fn running<'a>(
+    inventory: &'a Inventory,
+    config: &'a Config,
+    now: Timestamp,
+) -> impl Fn(&str) -> bool + 'a {
+    move |name| {
+        inventory
+            .node(name)
+            .is_none_or(|node| super::machine::is_live(node, config, now))
+    }
+}
+
+/// Another node's identifier in a message: a prefix, enough for a person to compare
+/// with what a machine reports, not enough to impersonate it.
+pub(crate) fn prefix(value: &str) -> String {
+    const KEEP: usize = 8;
+    if value.chars().count() <= KEEP {
+        value.to_string()
+    } else {
+        let head: String = value.chars().take(KEEP).collect();
+        format!("{head}…")
+    }
+}
+
+/// Why no kubelet counts as running a node: "not Ready", or "no status for 12m".
+pub(crate) fn not_running(node: &NodeClaim, now: Timestamp) -> String {
+    if node.readiness.ready {
+        format!("no status for {}", ago(node.readiness.heartbeat, now))
+    } else {
+        "not Ready".to_string()
+    }
+}
+
+/// "12s", "4m10s": how long ago `then` was.
+pub(crate) fn ago(then: Option<Timestamp>, now: Timestamp) -> String {
+    match then {
+        Some(then) if then <= now => {
+            let seconds = now.as_second() - then.as_second();
+            super::config::describe_duration(jiff::SignedDuration::from_secs(seconds))
+        }
+        Some(_) => "0s".to_string(),
+        None => "an unknown time".to_string(),
+    }
 }
 
 /// Long identifiers cut to their first characters for 120-character warnings.
@@ -149,34 +196,4 @@ pub(crate) fn abbreviate(value: &str) -> String {
         let head: String = value.chars().take(KEEP).collect();
         format!("{head}…")
     }
-}
-
-/// "for 3h12m" since a time, or nothing when the time is unknown or in the future.
-pub(crate) fn for_how_long(since: Option<Timestamp>, now: Timestamp) -> String {
-    let Some(since) = since else {
-        return String::new();
-    };
-    let seconds = now.as_second() - since.as_second();
-    if seconds < 0 {
-        return String::new();
-    }
-    let (days, hours, minutes) = (
-        seconds / 86_400,
-        seconds % 86_400 / 3_600,
-        seconds % 3_600 / 60,
-    );
-    if days > 0 {
-        format!(" for {days}d{hours}h")
-    } else if hours > 0 {
-        format!(" for {hours}h{minutes}m")
-    } else if minutes > 0 {
-        format!(" for {minutes}m")
-    } else {
-        format!(" for {seconds}s")
-    }
-}
-
-/// An optional value for a message: the value, or "unknown".
-pub(crate) fn or_unknown(value: Option<&impl std::fmt::Display>) -> String {
-    value.map_or_else(|| "unknown".to_string(), ToString::to_string)
 }

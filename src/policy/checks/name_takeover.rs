@@ -1,71 +1,90 @@
 //! `name-takeover` for Nodes: a CREATE for a name that is already registered.
 //!
 //! The kubelet re-sends its CREATE on every restart, so a CREATE from the machine that
-//! registered the name (same machine-id and system UUID) is the normal case. From a
-//! different machine it is a clone or a replacement: refused while the registered node
-//! is Ready, allowed with a warning once it is not (the old machine is gone).
+//! registered the name is the normal case (see [`crate::policy::machine`] for what
+//! "the same machine" means, a new machine-id on the same hardware included). From a
+//! different machine it is a clone or a replacement: refused while a kubelet is running
+//! the registered node, allowed with a warning once none is (the old machine is gone).
+//! "Running" is judged from the Ready condition's heartbeat, which only status writes
+//! move: a refused kubelet keeps renewing its Lease, so its old Node stays Ready, but
+//! its heartbeat ages, and after the heartbeat timeout it is let through.
 
-use super::{for_how_long, or_unknown};
+use super::{not_running, prefix};
 use crate::identity::NodeClaim;
-use crate::policy::{CheckId, Finding, NodeInput, Operation};
-
-/// No identity field that both claims report differs. Unknown values are no evidence.
-pub fn same_machine(a: &NodeClaim, b: &NodeClaim) -> bool {
-    fn agree<T: PartialEq>(x: Option<&T>, y: Option<&T>) -> bool {
-        match (x, y) {
-            (Some(x), Some(y)) => x == y,
-            _ => true,
-        }
-    }
-    agree(a.machine_id.as_ref(), b.machine_id.as_ref())
-        && agree(a.system_uuid.as_ref(), b.system_uuid.as_ref())
-}
+use crate::policy::machine::{self, Sameness};
+use crate::policy::{CheckId, Config, Finding, NodeInput, Operation};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     if input.operation != Operation::Create {
         return Vec::new();
     }
-    let claim = input.object;
-    let Some(registered) = input.inventory.node(&claim.name) else {
+    let (Some(registered), Some(sameness)) = (input.before, input.sameness.as_ref()) else {
         return Vec::new();
     };
-    if same_machine(registered, claim) {
-        return Vec::new();
-    }
-    let name = &claim.name;
-    let finding = if registered.readiness.ready {
-        Finding::deny(
+    let name = &input.object.name;
+    let finding = match sameness {
+        Sameness::Same => return Vec::new(),
+        Sameness::NewMachineId => Finding::warn(
             CheckId::NameTakeover,
             format!(
-                "nodeguard [name-takeover]: node \"{name}\" is registered and Ready on another \
-                 machine (machine-id {}, system UUID {}; this machine: {}, {}); give this \
-                 machine its own hostname, or if it replaces {name}, drain and delete node \
-                 {name} first",
-                or_unknown(registered.machine_id.as_ref()),
-                or_unknown(registered.system_uuid.as_ref()),
-                or_unknown(claim.machine_id.as_ref()),
-                or_unknown(claim.system_uuid.as_ref()),
+                "nodeguard [name-takeover]: node \"{name}\" registers with a new machine-id and its own system UUID: same machine"
             ),
-            format!(
-                "nodeguard [name-takeover]: node \"{name}\" is registered and Ready on another machine"
-            ),
-        )
-    } else {
-        Finding::warn(
-            CheckId::NameTakeover,
-            format!(
-                "nodeguard [name-takeover]: taking over node \"{name}\", not Ready{} on its previous machine",
-                for_how_long(registered.readiness.since, input.now)
-            ),
-        )
+        ),
+        Sameness::Different {
+            field,
+            registered: theirs,
+            claimed: ours,
+        } => {
+            let config = input.config;
+            if machine::is_live(registered, config, input.now) {
+                Finding::deny(
+                    CheckId::NameTakeover,
+                    format!(
+                        "nodeguard [name-takeover]: node \"{name}\" is registered to another machine \
+                         that is running ({field} {}, this machine {}); give this machine its own \
+                         hostname, or if it replaces {name}, drain and delete node {name} first. \
+                         If this machine is {name} itself, it is let through once {name} has had \
+                         no status written for {}{}",
+                        prefix(theirs),
+                        prefix(ours),
+                        config.describe_heartbeat_timeout(),
+                        until(registered, input),
+                    ),
+                    format!(
+                        "nodeguard [name-takeover]: node \"{name}\" is registered to another, running machine"
+                    ),
+                )
+            } else {
+                Finding::warn(
+                    CheckId::NameTakeover,
+                    format!(
+                        "nodeguard [name-takeover]: taking over node \"{name}\" from another machine ({})",
+                        not_running(registered, input.now)
+                    ),
+                )
+            }
+        }
     };
     vec![finding]
+}
+
+/// " (at 2026-11-27T12:07:05Z)": when the registered node stops counting as running.
+pub(super) fn until(registered: &NodeClaim, input: &NodeInput<'_>) -> String {
+    until_of(registered, input.config)
+}
+
+pub(super) fn until_of(registered: &NodeClaim, config: &Config) -> String {
+    machine::live_until(registered, config)
+        .map(|at| format!(" (at {})", at.strftime("%Y-%m-%dT%H:%M:%SZ")))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
+    use crate::demo::kubelet::Machine;
     use crate::policy::{CheckId, Outcome};
+    use jiff::SignedDuration;
 
     #[test]
     fn the_same_machine_re_registering_after_a_kubelet_restart_is_allowed() {
@@ -83,25 +102,32 @@ mod tests {
         );
     }
 
-    #[test]
-    fn another_machine_registering_a_ready_nodes_name_is_denied() {
-        let original = worker(1);
+    fn impostor_of(original: &Machine) -> Machine {
         let mut impostor = worker(7);
         impostor.name = original.name.clone();
         impostor.internal_ip = original.internal_ip.clone();
-        let verdict = decide(&create(&impostor), &cluster(&[&original]));
+        impostor
+    }
+
+    #[test]
+    fn another_machine_registering_a_running_nodes_name_is_denied_with_the_longest_wait() {
+        let original = worker(1);
+        let verdict = decide(&create(&impostor_of(&original)), &cluster(&[&original]));
         assert_eq!(verdict.deciding_check(), Some(CheckId::NameTakeover));
+        // Other machines' values appear as prefixes only.
         assert_eq!(
             verdict.denial_message().unwrap(),
-            format!(
-                "nodeguard [name-takeover]: node \"worker-1\" is registered and Ready on another \
-                 machine (machine-id {}, system UUID {}; this machine: {}, {}); give this machine \
-                 its own hostname, or if it replaces worker-1, drain and delete node worker-1 first",
-                original.machine_id,
-                original.system_uuid,
-                impostor.machine_id,
-                impostor.system_uuid
-            )
+            "nodeguard [name-takeover]: node \"worker-1\" is registered to another machine that \
+             is running (system UUID 0139a350…, this machine 0739a350…); give this machine its \
+             own hostname, or if it replaces worker-1, drain and delete node worker-1 first. If \
+             this machine is worker-1 itself, it is let through once worker-1 has had no status \
+             written for 10m (at 2026-11-27T12:09:40Z)"
+        );
+        assert!(
+            !verdict
+                .denial_message()
+                .unwrap()
+                .contains(&original.machine_id)
         );
     }
 
@@ -109,16 +135,103 @@ mod tests {
     fn a_replacement_for_a_node_that_is_not_ready_is_allowed_with_a_warning() {
         let mut original = worker(1);
         original.ready = false;
-        let mut replacement = worker(7);
-        replacement.name = original.name.clone();
-        let verdict = decide(&create(&replacement), &cluster(&[&original]));
+        let verdict = decide(&create(&impostor_of(&original)), &cluster(&[&original]));
         assert_eq!(verdict.outcome(), Outcome::Warned);
-        // The kind fixture's Ready condition changed at 2024-02-20T11:18:12Z.
         assert_eq!(
             verdict.warnings(),
             vec![
-                "nodeguard [name-takeover]: taking over node \"worker-1\", not Ready for 1011d0h on its previous machine"
+                "nodeguard [name-takeover]: taking over node \"worker-1\" from another machine (not Ready)"
             ]
+        );
+    }
+
+    #[test]
+    fn a_node_kept_ready_only_by_its_lease_is_let_through_once_its_heartbeat_is_old() {
+        // The refused kubelet renews the Lease, so the node lifecycle controller keeps
+        // the old Node Ready; only its status writes, all refused, would move the heartbeat.
+        let mut original = worker(1);
+        original.heartbeat = now() - SignedDuration::from_mins(9);
+        let impostor = impostor_of(&original);
+        assert_eq!(
+            decide(&create(&impostor), &cluster(&[&original])).outcome(),
+            Outcome::Denied,
+            "9 minutes without status is within a live kubelet's jittered report period"
+        );
+        original.heartbeat = now() - SignedDuration::from_mins(11);
+        let verdict = decide(&create(&impostor), &cluster(&[&original]));
+        assert_eq!(verdict.outcome(), Outcome::Warned);
+        assert_eq!(
+            verdict.warnings(),
+            vec![
+                "nodeguard [name-takeover]: taking over node \"worker-1\" from another machine (no status for 11m)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_kind_node_restarted_with_a_new_machine_id_and_its_uuid_is_the_same_machine() {
+        // kind gives a node a new machine-id at every container start and every node
+        // the host's product UUID.
+        let host_uuid = "1ad82a4c-2a18-11b2-a85c-82c3099c6263";
+        let mut nodes: Vec<Machine> = (1..=3).map(worker).collect();
+        for node in &mut nodes {
+            node.system_uuid = host_uuid.into();
+        }
+        let inventory = cluster(&nodes.iter().collect::<Vec<_>>());
+        let mut restarted = nodes[0].rebooted("4b6f1c2e-8d3a-4e5f-9a7b-0c1d2e3f4a5b");
+        restarted.machine_id = "7d2e4f6a8b0c1d3e5f7a9b1c3d5e7f90".into();
+        let verdict = decide(&create(&restarted), &inventory);
+        assert_eq!(verdict.outcome(), Outcome::Warned, "{verdict:?}");
+        assert_eq!(
+            verdict.warnings(),
+            vec![
+                "nodeguard [name-takeover]: node \"worker-1\" registers with a new machine-id and its own system UUID: same machine"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_machine_id_that_proves_nothing_before_or_after_is_no_evidence_of_another_machine() {
+        // Talos moving from a baked placeholder machine-id to a derived one.
+        let mut before = worker(1);
+        before.machine_id = "ad432f2cb0c28bbcd1f87a20199237f9".into();
+        before.system_uuid = "03000200-0400-0500-0006-000700080009".into();
+        let mut after = before.clone();
+        after.machine_id = "5e1f0c9d8b7a69584736251403f2e1d0".into();
+        assert_eq!(
+            decide(&create(&after), &cluster(&[&before])).outcome(),
+            Outcome::Allowed
+        );
+        // The remedy followed in a pool whose nodes share one machine-id, on boards
+        // without a real UUID.
+        let pool_id = "a38f8eb989a4463c8c194d086528363d";
+        let mut pool: Vec<Machine> = (1..=3).map(worker).collect();
+        for node in &mut pool {
+            node.machine_id = pool_id.into();
+            node.system_uuid = "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF".into();
+        }
+        let inventory = cluster(&pool.iter().collect::<Vec<_>>());
+        let mut regenerated = pool[0].clone();
+        regenerated.machine_id = "0f9e8d7c6b5a49382716a5b4c3d2e1f0".into();
+        assert_eq!(
+            decide(&create(&regenerated), &inventory).outcome(),
+            Outcome::Allowed
+        );
+    }
+
+    #[test]
+    fn another_provider_id_is_another_machine() {
+        let mut original = worker(1);
+        original.provider_id = Some("aws:///eu-west-1a/i-0a1b2c3d4e5f60718".into());
+        let mut other = original.rebooted("4b6f1c2e-8d3a-4e5f-9a7b-0c1d2e3f4a5b");
+        other.provider_id = Some("aws:///eu-west-1a/i-0fffffffffffffff0".into());
+        let verdict = decide(&create(&other), &cluster(&[&original]));
+        assert_eq!(verdict.deciding_check(), Some(CheckId::NameTakeover));
+        assert!(
+            verdict
+                .denial_message()
+                .unwrap()
+                .contains("(provider ID aws:///e…, this machine aws:///e…)")
         );
     }
 

@@ -1,12 +1,20 @@
-//! `name-takeover` for CSRs: a bootstrap token asking for the credentials of a node that
-//! is registered and Ready. A node renewing its own certificate is not a bootstrap, and
-//! a bootstrap with a key already bound to that node (by a CSR still stored or by the
-//! ledger) is the node itself joining again, e.g. after its certificate expired.
+//! `name-takeover` for CSRs: another machine asking for the client credentials of a
+//! node a kubelet is running: a bootstrap token (or another node) requesting a client
+//! certificate for that node's name. The node renewing its own certificate is
+//! `system:node:<that node>`, whatever its groups (EKS nodes are also in
+//! `system:bootstrappers`); a serving certificate is never a bootstrap's (it is asked
+//! for by a registered kubelet, for its addresses); and a bootstrap with a key already
+//! bound to that node (by a CSR still stored or by the ledger) is the node itself
+//! joining again, e.g. after its certificate expired. Once no kubelet is running the
+//! node (its heartbeat is older than the timeout), a machine may take its name.
 
+use super::name_takeover::until_of;
+use crate::identity::KubeletSigner;
+use crate::policy::machine;
 use crate::policy::{CheckId, CsrInput, Finding};
 
 pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
-    if !input.bootstrap {
+    if input.signer != KubeletSigner::Client || !input.requester.may_be_another_machine() {
         return Vec::new();
     }
     let name = &input.claim.node;
@@ -15,15 +23,24 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
         return Vec::new();
     }
     match input.inventory.node(name) {
-        Some(registered) if registered.readiness.ready => vec![Finding::deny(
-            CheckId::NameTakeover,
-            format!(
-                "nodeguard [name-takeover]: a bootstrap token asks for the credentials of node \
-                 \"{name}\", which is registered and Ready on another machine; give this machine \
-                 its own hostname, or if it replaces {name}, drain and delete node {name} first"
-            ),
-            format!("nodeguard [name-takeover]: bootstrap CSR for node \"{name}\", which is Ready"),
-        )],
+        Some(registered) if machine::is_live(registered, input.config, input.now) => {
+            vec![Finding::deny(
+                CheckId::NameTakeover,
+                format!(
+                    "nodeguard [name-takeover]: {} asks for the credentials of node \"{name}\", \
+                     which a kubelet on another machine is running; give this machine its own \
+                     hostname, or if it replaces {name}, drain and delete node {name} first. If \
+                     this machine is {name} itself, it is let through once {name} has had no \
+                     status written for {}{}",
+                    input.requester.as_str(),
+                    input.config.describe_heartbeat_timeout(),
+                    until_of(registered, input.config),
+                ),
+                format!(
+                    "nodeguard [name-takeover]: client CSR for node \"{name}\", which another machine runs"
+                ),
+            )]
+        }
         _ => Vec::new(),
     }
 }
@@ -53,8 +70,105 @@ mod tests {
         assert_eq!(
             verdict.denial_message().unwrap(),
             "nodeguard [name-takeover]: a bootstrap token asks for the credentials of node \
-             \"worker-1\", which is registered and Ready on another machine; give this machine \
-             its own hostname, or if it replaces worker-1, drain and delete node worker-1 first"
+             \"worker-1\", which a kubelet on another machine is running; give this machine its \
+             own hostname, or if it replaces worker-1, drain and delete node worker-1 first. If \
+             this machine is worker-1 itself, it is let through once worker-1 has had no status \
+             written for 10m (at 2026-11-27T12:09:40Z)"
+        );
+        // Another node asking for worker-1's client credentials is refused the same way.
+        let csr = client_csr(
+            "worker-1",
+            Requester::Node {
+                name: "worker-2".into(),
+            },
+        );
+        let verdict = decide_csr_default(&csr_review(&csr), &cluster(&[&worker(1), &worker(2)]));
+        assert_eq!(verdict.deciding_check(), Some(CheckId::NameTakeover));
+    }
+
+    /// How EKS names a node: `system:node:<name>` in `system:bootstrappers` too.
+    fn as_eks_node(mut csr: serde_json::Value, node: &str) -> serde_json::Value {
+        csr["spec"]["username"] = format!("system:node:{node}").into();
+        csr["spec"]["groups"] = serde_json::json!([
+            "system:bootstrappers",
+            "system:nodes",
+            "system:authenticated"
+        ]);
+        csr
+    }
+
+    #[test]
+    fn an_eks_node_rotating_its_serving_and_client_certificates_is_the_node_itself() {
+        let inventory = cluster(&[&worker(1), &worker(2)]);
+        let key = kubelet::kubelet_key().unwrap();
+        let serving = kubelet::csr_pem(&key, "worker-1", &["10.0.0.11"], &["worker-1"]).unwrap();
+        let serving = as_eks_node(
+            kubelet::csr_object(
+                "csr-6plsz",
+                kubelet::SERVING_SIGNER,
+                &serving,
+                &Requester::Bootstrap {
+                    token_id: "unused".into(),
+                },
+            ),
+            "worker-1",
+        );
+        let verdict = decide_csr_default(&csr_review(&serving), &inventory);
+        assert_eq!(verdict.outcome(), Outcome::Allowed, "{verdict:?}");
+        let client = as_eks_node(
+            client_csr(
+                "worker-1",
+                Requester::Bootstrap {
+                    token_id: "unused".into(),
+                },
+            ),
+            "worker-1",
+        );
+        assert_eq!(
+            decide_csr_default(&csr_review(&client), &inventory).outcome(),
+            Outcome::Allowed
+        );
+    }
+
+    #[test]
+    fn name_takeover_concerns_client_certificates_only() {
+        // A bootstrap never asks for a serving certificate; whoever does is judged by
+        // serving-san on its addresses.
+        let inventory = cluster(&[&worker(1)]);
+        let pem = kubelet::csr_pem(
+            &kubelet::kubelet_key().unwrap(),
+            "worker-1",
+            &["10.0.0.11"],
+            &[],
+        )
+        .unwrap();
+        let csr = kubelet::csr_object(
+            "csr-s3rv3",
+            kubelet::SERVING_SIGNER,
+            &pem,
+            &Requester::Bootstrap {
+                token_id: "07401b".into(),
+            },
+        );
+        assert_eq!(
+            decide_csr_default(&csr_review(&csr), &inventory).outcome(),
+            Outcome::Allowed
+        );
+    }
+
+    #[test]
+    fn a_bootstrap_for_a_node_whose_kubelet_stopped_writing_status_is_allowed() {
+        let mut stale = worker(1);
+        stale.heartbeat = now() - jiff::SignedDuration::from_mins(15);
+        let csr = client_csr(
+            "worker-1",
+            Requester::Bootstrap {
+                token_id: "07401b".into(),
+            },
+        );
+        assert_eq!(
+            decide_csr_default(&csr_review(&csr), &cluster(&[&stale])).outcome(),
+            Outcome::Allowed
         );
     }
 

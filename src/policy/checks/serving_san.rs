@@ -1,8 +1,10 @@
 //! `serving-san`: a kubelet serving certificate names the node's own addresses; an IP
-//! SAN that another node reports would let this machine answer for that node.
+//! SAN that another node reports as its InternalIP would let this machine answer for
+//! that node. ExternalIPs are not compared: nodes behind one NAT share them, and the
+//! kubelet puts them in its serving certificate too.
 
-use super::{Claimed, collision, reused_address};
-use crate::identity::{KubeletSigner, is_placeholder_ip};
+use super::{Claimed, collision, reused_address, running};
+use crate::identity::KubeletSigner;
 use crate::policy::{CheckId, CsrInput, Finding};
 
 pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
@@ -14,21 +16,16 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
         .claim
         .ip_sans
         .iter()
-        .filter(|ip| !is_placeholder_ip(ip))
+        .filter(|ip| !input.config.address_is_shared(ip))
         .filter_map(|ip| {
-            let internal = input.inventory.internal_ip(ip);
-            let holders = if internal.other_than(node).count > 0 {
-                internal
-            } else {
-                input.inventory.external_ip(ip)
-            };
+            let holders = input.inventory.internal_ip(ip);
             if let Some(warning) = reused_address(
                 CheckId::ServingSan,
                 node,
                 "serving certificate IP",
                 ip,
                 holders,
-                input.inventory,
+                running(input.inventory, input.config, input.now),
             ) {
                 return Some(warning);
             }
@@ -89,6 +86,22 @@ mod tests {
     fn a_serving_csr_for_its_own_addresses_is_allowed() {
         let inventory = cluster(&[&worker(1), &worker(2)]);
         let csr = serving_csr("worker-2", &["10.0.0.12", "127.0.0.1"]);
+        assert_eq!(
+            decide_csr_default(&csr_review(&csr), &inventory).outcome(),
+            Outcome::Allowed
+        );
+    }
+
+    #[test]
+    fn an_external_ip_shared_behind_nat_is_not_another_nodes_address() {
+        let mut object = crate::demo::kubelet::node_object(&worker(1));
+        object["status"]["addresses"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "ExternalIP", "address": "203.0.113.7"}));
+        let mut inventory = cluster(&[&worker(2)]);
+        inventory.apply_node(claim_of(&object));
+        let csr = serving_csr("worker-2", &["10.0.0.12", "203.0.113.7"]);
         assert_eq!(
             decide_csr_default(&csr_review(&csr), &inventory).outcome(),
             Outcome::Allowed

@@ -135,4 +135,21 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn nodes_sharing_a_host_uuid_without_machine_ids_keep_registering_after_a_restart() {
+        let uuid = "6b1e2f3a-4c5d-4e6f-8a9b-0c1d2e3f4a5b";
+        let mut a = worker(1);
+        a.machine_id = String::new();
+        a.system_uuid = uuid.into();
+        let mut b = worker(2);
+        b.machine_id = String::new();
+        b.system_uuid = uuid.into();
+        let inventory = cluster(&[&a, &b]);
+        let restarted = b.rebooted("5d4c3b2a-1f0e-4d9c-8b7a-695847362514");
+        assert_eq!(
+            decide(&create(&restarted), &inventory).outcome(),
+            Outcome::Allowed
+        );
+    }
 }

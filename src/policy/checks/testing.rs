@@ -4,8 +4,7 @@
 use jiff::Timestamp;
 
 use crate::demo::kubelet::{self, Machine, Requester};
-use crate::identity::csr::is_bootstrap_requester;
-use crate::identity::{CsrClaim, CsrDoc, KeyBinding, KubeletSigner, NodeClaim, NodeDoc};
+use crate::identity::{CsrDoc, KeyBinding, KubeletSigner, NodeClaim, NodeDoc};
 use crate::inventory::Inventory;
 use crate::policy::{
     Config, CsrReview, KubeletCsr, NodeReview, Operation, Verdict, decide_csr, decide_node,
@@ -60,13 +59,13 @@ pub fn csr_review(csr: &serde_json::Value) -> CsrReview {
     let signer = KubeletSigner::from_name(spec.signer_name.as_deref().unwrap());
     CsrReview {
         operation: Operation::Create,
-        kubelet: signer.map(|signer| KubeletCsr {
-            signer,
-            bootstrap: is_bootstrap_requester(
+        kubelet: signer.map(|signer| {
+            KubeletCsr::new(
+                signer,
+                spec.request.as_deref().unwrap_or(""),
                 spec.username.as_deref().unwrap_or(""),
                 spec.groups.iter().flatten().map(|g| &**g),
-            ),
-            claim: CsrClaim::from_request_field(spec.request.as_deref().unwrap_or("")),
+            )
         }),
     }
 }
@@ -93,6 +92,9 @@ pub fn bind_key(inventory: &mut Inventory, csr_name: &str, key: &rcgen::KeyPair,
     inventory.apply_csr(csr_name, binding);
 }
 
+/// A worker whose kubelet wrote its status 20 s before [`now`].
 pub fn worker(n: u8) -> Machine {
-    Machine::new(&format!("worker-{n}"), n, &format!("10.0.0.{}", 10 + n))
+    let mut machine = Machine::new(&format!("worker-{n}"), n, &format!("10.0.0.{}", 10 + n));
+    machine.heartbeat = now() - jiff::SignedDuration::from_secs(20);
+    machine
 }

@@ -9,7 +9,7 @@
 //! boots the ledger has already seen, while the node reports the earlier one, is the
 //! second alternation and is refused at once.
 
-use super::abbreviate;
+use super::{abbreviate, prefix};
 use crate::identity::{BootId, NodeClaim};
 use crate::ledger::NodeIdentity;
 use crate::ledger::record::conflict_message;
@@ -41,7 +41,7 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     let name = &claim.name;
     vec![Finding::deny(
         CheckId::TwoKubelets,
-        conflict_message(name, boot.as_str(), &kept),
+        conflict_message(name, boot.as_str(), &prefix(&kept)),
         format!(
             "nodeguard [two-kubelets]: boot {} is a second machine writing node \"{name}\"",
             abbreviate(boot.as_str())
@@ -114,12 +114,12 @@ mod tests {
             verdict.denial_message().unwrap(),
             format!(
                 "nodeguard [two-kubelets]: two machines are writing node \"worker-1\" with its \
-                 credentials: boot {BOOT_B} (this machine) and boot {}, which registered first \
+                 credentials: boot {BOOT_B} (this machine) and boot {}…, which registered first \
                  and is kept; stop this machine's kubelet and give it its own identity \
                  (hostname, rm /etc/machine-id && systemd-machine-id-setup, remove \
                  /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, \
                  re-join with a bootstrap token), then run nodeguard forget worker-1",
-                original.boot_id
+                &original.boot_id[..8]
             )
         );
         // The clone's kubelet restarting: its CREATE is refused too.
