@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nodeguard::demo::kubelet::{self, Machine, Write};
 use nodeguard::identity::{KeyBinding, KeyFingerprint, KubeletSigner, NodeClaim, NodeDoc};
 use nodeguard::inventory::Inventory;
-use nodeguard::ledger::{KeyObservation, NodeIdentity, NodeObservation};
+use nodeguard::ledger::{Evidence, KeyObservation, NodeIdentity, NodeObservation};
 use nodeguard::policy::{self, Config, NodeReview, Operation};
 
 fn machine(i: u32) -> Machine {
@@ -68,7 +68,7 @@ fn ledger_record(m: &Machine, i: u32) -> NodeIdentity {
         }
         let mut observation = NodeObservation::of(&claim(&booted));
         observation.uid = Some(format!("6f0c1b6e-1d2a-4c3b-9e8f-{i:012x}"));
-        record.observe_node(&observation, now);
+        record.observe_node(&observation, now, Evidence::Watch);
     }
     for (n, signer) in [KubeletSigner::Client, KubeletSigner::Serving]
         .into_iter()

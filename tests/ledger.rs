@@ -581,3 +581,124 @@ async fn forget_clears_the_conflict_and_earlier_boots_even_over_a_concurrent_wri
         Forgotten::NoRecord
     );
 }
+
+/// What the watcher hands the recorder for a Node as stored (with its resourceVersion).
+fn observed(stored: &Value) -> nodeguard::ledger::NodeObservation {
+    let text = stored.to_string();
+    let doc: nodeguard::identity::NodeDoc<'_> = serde_json::from_str(&text).unwrap();
+    nodeguard::ledger::NodeObservation::of(&nodeguard::identity::NodeClaim::from_doc(&doc).unwrap())
+}
+
+fn node_reads(api: &FakeApi) -> usize {
+    api.requests()
+        .iter()
+        .filter(|(method, path)| method == http::Method::GET && path == &node_path("worker-1"))
+        .count()
+}
+
+#[tokio::test]
+async fn an_observation_queued_behind_a_reboot_records_no_conflict() {
+    let api = FakeApi::new();
+    let metrics = Arc::new(Metrics::new());
+    let mut recorder = recorder_on(&api, &metrics);
+    let worker1 = Machine::new("worker-1", 0x11, "10.0.0.11");
+    let uid = "6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f";
+    let before = api.insert(NODES, stored_node(&worker1, uid));
+    let after = api.insert(NODES, stored_node(&worker1.rebooted(BOOT_B), uid));
+    // Both events were queued; the recorder applies A, then B, then A again: the last one
+    // is the first event delivered a second time (or a lagging replica's copy).
+    for node in [&before, &after, &before] {
+        recorder.record(&Observation::node(observed(node))).await;
+    }
+    let record = stored_identity(&api, "worker-1").unwrap();
+    assert!(record.conflict().is_none(), "{:?}", record.status);
+    assert_eq!(record.current_boot(), Some(BOOT_B));
+    assert_eq!(node_reads(&api), 0, "an older version needs no second look");
+}
+
+#[tokio::test]
+async fn a_new_leader_resyncing_from_a_lagging_watch_records_no_conflict() {
+    let api = FakeApi::new();
+    let worker1 = Machine::new("worker-1", 0x11, "10.0.0.11");
+    let uid = "6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f";
+    let before = api.insert(NODES, stored_node(&worker1, uid));
+    let after = api.insert(NODES, stored_node(&worker1.rebooted(BOOT_B), uid));
+    // The old leader recorded A, then the reboot to B.
+    let metrics = Arc::new(Metrics::new());
+    let mut old_leader = recorder_on(&api, &metrics);
+    old_leader
+        .record(&Observation::node(observed(&before)))
+        .await;
+    old_leader
+        .record(&Observation::node(observed(&after)))
+        .await;
+    // The new leader's watch has not seen the reboot yet.
+    let inventory = SharedInventory::default();
+    inventory.write(|inv| {
+        let text = before.to_string();
+        let doc: nodeguard::identity::NodeDoc<'_> = serde_json::from_str(&text).unwrap();
+        inv.apply_node(nodeguard::identity::NodeClaim::from_doc(&doc).unwrap());
+        inv.apply_identity(stored_identity(&api, "worker-1").unwrap());
+    });
+    let mut new_leader = Recorder::new(api.client(), inventory, metrics, "nodeguard-1");
+    new_leader.resync().await;
+    let record = stored_identity(&api, "worker-1").unwrap();
+    assert!(record.conflict().is_none(), "{:?}", record.status);
+    assert_eq!(record.current_boot(), Some(BOOT_B));
+
+    // A record of an older release carries no version: the resync still never moves
+    // it back to the earlier boot.
+    api.update(&format!("{LEDGER}/worker-1"), |record| {
+        record["status"]
+            .as_object_mut()
+            .unwrap()
+            .remove("nodeResourceVersion");
+    });
+    let mut unversioned = observed(&before);
+    unversioned.resource_version = None;
+    new_leader
+        .record(&Observation::Node(
+            unversioned,
+            nodeguard::ledger::Evidence::Resync,
+        ))
+        .await;
+    let record = stored_identity(&api, "worker-1").unwrap();
+    assert!(record.conflict().is_none());
+    assert_eq!(record.current_boot(), Some(BOOT_B));
+}
+
+#[tokio::test]
+async fn a_boot_coming_back_is_a_conflict_only_once_a_fresh_read_of_the_node_shows_it() {
+    let api = FakeApi::new();
+    let metrics = Arc::new(Metrics::new());
+    let mut recorder = recorder_on(&api, &metrics);
+    let worker1 = Machine::new("worker-1", 0x11, "10.0.0.11");
+    let copy = worker1.rebooted(BOOT_B);
+    let uid = "6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f";
+    let first = api.insert(NODES, stored_node(&worker1, uid));
+    recorder.record(&Observation::node(observed(&first))).await;
+    let second = api.insert(NODES, stored_node(&copy, uid));
+    recorder.record(&Observation::node(observed(&second))).await;
+    // A comes back in an event, but by the time the recorder reads the Node it shows B
+    // again: not confirmed, nothing recorded from this event.
+    let back = api.insert(NODES, stored_node(&worker1, uid));
+    api.insert(NODES, stored_node(&copy, uid));
+    recorder.record(&Observation::node(observed(&back))).await;
+    assert_eq!(node_reads(&api), 1);
+    let record = stored_identity(&api, "worker-1").unwrap();
+    assert!(record.conflict().is_none());
+    assert_eq!(record.current_boot(), Some(BOOT_B));
+    // The next return, still there when read: the conflict, keeping A.
+    let back = api.insert(NODES, stored_node(&worker1, uid));
+    recorder.record(&Observation::node(observed(&back))).await;
+    assert_eq!(node_reads(&api), 2);
+    let conflict = stored_identity(&api, "worker-1")
+        .unwrap()
+        .conflict()
+        .cloned()
+        .expect("a confirmed return is a conflict");
+    assert_eq!(
+        (conflict.kept_boot.as_str(), conflict.refused_boot.as_str()),
+        (worker1.boot_id.as_str(), BOOT_B)
+    );
+}

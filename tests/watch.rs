@@ -872,7 +872,9 @@ async fn the_ledger_binds_keys_whose_csrs_are_gone_and_the_recorder_hears_of_cha
     set_resource_version(&mut rebooted, "2580");
     nodes.event("MODIFIED", &rebooted);
     match cluster.next_observation().await {
-        Observation::Node(node) => {
+        Observation::Node(node, evidence) => {
+            assert_eq!(evidence, nodeguard::ledger::Evidence::Watch);
+            assert_eq!(node.resource_version.as_deref(), Some("2580"));
             assert_eq!(node.name, EKS_B);
             assert_eq!(
                 node.boot_id.as_deref(),

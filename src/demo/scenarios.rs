@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::kubelet::{self, Machine, Requester, Write};
 use crate::identity::{CsrDoc, KeyBinding, NodeClaim, NodeDoc};
 use crate::inventory::Inventory;
-use crate::ledger::{NodeIdentity, NodeObservation};
+use crate::ledger::{Evidence, NodeIdentity, NodeObservation};
 use crate::policy::Outcome;
 
 /// Where the request goes.
@@ -326,7 +326,7 @@ pub fn ledger_after(states: &[&Machine]) -> NodeIdentity {
         if let Ok(doc) = serde_json::from_str::<NodeDoc<'_>>(&text)
             && let Some(claim) = NodeClaim::from_doc(&doc)
         {
-            record.observe_node(&NodeObservation::of(&claim), at);
+            record.observe_node(&NodeObservation::of(&claim), at, Evidence::Confirmed);
         }
         at += jiff::SignedDuration::from_secs(10);
     }

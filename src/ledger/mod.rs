@@ -11,6 +11,6 @@ pub mod record;
 pub mod recorder;
 
 pub use record::{
-    Boot, BoundKey, Change, Conflict, KeyObservation, NodeIdentity, NodeIdentitySpec,
+    Boot, BoundKey, Change, Conflict, Evidence, KeyObservation, NodeIdentity, NodeIdentitySpec,
     NodeIdentityStatus, NodeObservation,
 };

@@ -141,6 +141,10 @@ pub struct NodeIdentityStatus {
     pub keys: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict: Option<Conflict>,
+    /// The Node's resourceVersion this record reflects: an observation of an older
+    /// version of the Node (queued, or from a replica whose watch lags) is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_resource_version: Option<String>,
 }
 
 /// Two machines writing one node: the boot seen first is kept, the other refused.
@@ -160,6 +164,8 @@ pub struct Conflict {
 pub struct NodeObservation {
     pub name: String,
     pub uid: Option<String>,
+    /// The Node's resourceVersion in this observation.
+    pub resource_version: Option<String>,
     pub machine_id: Option<String>,
     pub system_uuid: Option<String>,
     pub provider_id: Option<String>,
@@ -186,6 +192,7 @@ impl NodeObservation {
         Self {
             name: claim.name.to_string(),
             uid: claim.uid.as_deref().map(str::to_string),
+            resource_version: claim.resource_version.as_deref().map(str::to_string),
             machine_id: claim.machine_id.as_ref().map(|v| v.to_string()),
             system_uuid: claim.system_uuid.as_ref().map(|v| v.to_string()),
             provider_id: claim.provider_id.as_ref().map(|v| v.to_string()),
@@ -193,6 +200,32 @@ impl NodeObservation {
             boot_id: claim.boot_id.as_ref().map(|v| v.to_string()),
         }
     }
+}
+
+impl NodeObservation {
+    /// The same identity as `other`, whatever the versions: a heartbeat changes the
+    /// Node's version, never what the ledger records.
+    pub fn same_identity(&self, other: &NodeObservation) -> bool {
+        let unversioned = |o: &NodeObservation| NodeObservation {
+            resource_version: None,
+            ..o.clone()
+        };
+        unversioned(self) == unversioned(other)
+    }
+}
+
+/// How much an observation of a Node can be trusted to show its current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// A watch event: current when it was sent, but possibly queued since.
+    Watch,
+    /// The inventory's copy compared on a resync: possibly older than what the record
+    /// holds (a new leader's watch can lag what the old leader wrote). It never moves
+    /// the record back to an earlier boot, nor records a conflict.
+    Resync,
+    /// A fresh read of the Node from the API server, made to confirm a boot that came
+    /// back: only this records a conflict.
+    Confirmed,
 }
 
 /// An issued kubelet CSR as the recorder sees it.
@@ -209,11 +242,15 @@ pub struct Change {
     pub changed: bool,
     /// A conflict found by this observation (already stored in the record).
     pub new_conflict: Option<Conflict>,
+    /// An earlier boot came back in a watch event: nothing about the boot was applied;
+    /// the Node must be read again and the read applied as [`Evidence::Confirmed`].
+    pub needs_confirmation: bool,
 }
 
 impl Change {
     fn merge(&mut self, other: Change) {
         self.changed |= other.changed;
+        self.needs_confirmation |= other.needs_confirmation;
         if other.new_conflict.is_some() {
             self.new_conflict = other.new_conflict;
         }
@@ -222,8 +259,20 @@ impl Change {
     fn changed() -> Self {
         Change {
             changed: true,
-            new_conflict: None,
+            ..Change::default()
         }
+    }
+}
+
+/// `a` is an older version of the same object than `b`. resourceVersions are etcd
+/// revisions: integers that only grow. One that is not an integer orders nothing.
+fn older_or_same(a: Option<&str>, b: Option<&str>) -> bool {
+    match (
+        a.and_then(|a| a.parse::<u64>().ok()),
+        b.and_then(|b| b.parse::<u64>().ok()),
+    ) {
+        (Some(a), Some(b)) => a <= b,
+        _ => false,
     }
 }
 
@@ -293,11 +342,47 @@ impl NodeIdentity {
             .filter_map(|k| parse_fingerprint(&k.fingerprint))
     }
 
-    /// Applies what a Node watch event shows.
-    pub fn observe_node(&mut self, node: &NodeObservation, now: Timestamp) -> Change {
+    /// Applies what an observation of the Node shows. An observation of a version of
+    /// the Node older than the one the record reflects changes nothing; an earlier boot
+    /// coming back is recorded as a conflict only on [`Evidence::Confirmed`].
+    pub fn observe_node(
+        &mut self,
+        node: &NodeObservation,
+        now: Timestamp,
+        evidence: Evidence,
+    ) -> Change {
+        let same_node = match (self.owner_uid(), node.uid.as_deref()) {
+            (Some(owner), Some(uid)) => owner == uid,
+            _ => true,
+        };
+        if same_node
+            && older_or_same(
+                node.resource_version.as_deref(),
+                self.status
+                    .as_ref()
+                    .and_then(|s| s.node_resource_version.as_deref()),
+            )
+        {
+            return Change::default();
+        }
         let mut change = Change::default();
         if let Some(uid) = node.uid.as_deref() {
             change.merge(self.own_by(&node.name, uid));
+        }
+        if let Some(boot) = node.boot_id.as_deref()
+            && self.is_return(boot)
+            && self.conflict().is_none()
+        {
+            match evidence {
+                // Nothing of this observation is applied: the fresh read will be.
+                Evidence::Watch => {
+                    change.needs_confirmation = true;
+                    return change;
+                }
+                // Possibly stale: neither an alternation nor a boot to move back to.
+                Evidence::Resync => return change,
+                Evidence::Confirmed => {}
+            }
         }
         let refused = self
             .conflict()
@@ -311,7 +396,23 @@ impl NodeIdentity {
             change.merge(self.observe_boot(&node.name, boot, node.system_uuid.as_deref(), now));
         }
         change.merge(self.refresh_counts());
+        // Stored with the next write: on its own not worth one, since a later
+        // observation carries a higher version anyway.
+        if node.resource_version.is_some() {
+            let status = self.status.get_or_insert_with(Default::default);
+            status
+                .node_resource_version
+                .clone_from(&node.resource_version);
+        }
         change
+    }
+
+    /// `boot` is one this node left earlier: known, and not the current one.
+    fn is_return(&self, boot: &str) -> bool {
+        let current = self.current_boot();
+        current.is_some()
+            && current != Some(boot)
+            && self.spec.boots.iter().any(|b| b.boot_id == boot)
     }
 
     /// Applies an issued kubelet CSR: binds its key and, for a client certificate, its
@@ -357,15 +458,21 @@ impl NodeIdentity {
         change
     }
 
-    /// Clears a conflict and the boot history before the current boot, after the
-    /// copy was given its own identity. Returns the conflict it cleared, if any.
+    /// Clears a conflict and the boot history but one boot, after the copy was given
+    /// its own identity: the kept boot of the conflict (the refused one may be the last
+    /// the Node reported, and must not become the machine taken as the node's), or
+    /// the current boot when there is no conflict. Returns the conflict it cleared.
     pub fn forget(&mut self) -> Option<Conflict> {
         let status = self.status.get_or_insert_with(Default::default);
         let cleared = status.conflict.take();
-        let current = status.current_boot.clone();
+        let kept = match &cleared {
+            Some(conflict) => Some(conflict.kept_boot.clone()),
+            None => status.current_boot.clone(),
+        };
+        status.current_boot.clone_from(&kept);
         self.spec
             .boots
-            .retain(|b| Some(b.boot_id.as_str()) == current.as_deref());
+            .retain(|b| Some(b.boot_id.as_str()) == kept.as_deref());
         self.refresh_counts();
         cleared
     }
@@ -422,7 +529,7 @@ impl NodeIdentity {
         }
         Change {
             changed,
-            new_conflict: None,
+            ..Change::default()
         }
     }
 
@@ -572,6 +679,7 @@ mod tests {
         NodeObservation {
             name: "worker-1".into(),
             uid: Some("6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f".into()),
+            resource_version: None,
             machine_id: Some("11c1f8e2fbf5540cd8ff218ef016ba11".into()),
             system_uuid: Some("1139a350-3cd4-400f-875d-c270379811b0".into()),
             provider_id: None,
@@ -588,7 +696,9 @@ mod tests {
         let changes = boots
             .iter()
             .enumerate()
-            .map(|(i, boot)| record.observe_node(&node(boot), at(10 * i as i64)))
+            .map(|(i, boot)| {
+                record.observe_node(&node(boot), at(10 * i as i64), Evidence::Confirmed)
+            })
             .collect();
         (record, changes)
     }
@@ -646,8 +756,18 @@ mod tests {
         assert_eq!(record.conflict(), Some(&conflict));
         // Found once: the alternation going on (while nodeguard fails open) adds nothing.
         let mut record = record;
-        assert!(record.observe_node(&node(B), at(30)).new_conflict.is_none());
-        assert!(record.observe_node(&node(A), at(40)).new_conflict.is_none());
+        assert!(
+            record
+                .observe_node(&node(B), at(30), Evidence::Confirmed)
+                .new_conflict
+                .is_none()
+        );
+        assert!(
+            record
+                .observe_node(&node(A), at(40), Evidence::Confirmed)
+                .new_conflict
+                .is_none()
+        );
         assert_eq!(record.conflict().unwrap().refused_boot, B);
     }
 
@@ -667,10 +787,18 @@ mod tests {
     #[test]
     fn last_seen_is_refreshed_at_a_bounded_rate() {
         let mut record = NodeIdentity::blank("worker-1");
-        record.observe_node(&node(A), at(0));
-        assert!(!record.observe_node(&node(A), at(600)).changed);
+        record.observe_node(&node(A), at(0), Evidence::Confirmed);
+        assert!(
+            !record
+                .observe_node(&node(A), at(600), Evidence::Confirmed)
+                .changed
+        );
         let later = at(0) + LAST_SEEN_INTERVAL;
-        assert!(record.observe_node(&node(A), later).changed);
+        assert!(
+            record
+                .observe_node(&node(A), later, Evidence::Confirmed)
+                .changed
+        );
         assert_eq!(record.spec.boots[0].last_seen, later);
         assert_eq!(record.spec.boots[0].first_seen, at(0));
     }
@@ -680,7 +808,11 @@ mod tests {
         let (mut record, _) = replay(&[A, B, A]);
         let mut successor = node(C);
         successor.uid = Some("0b7e3c55-0000-4000-8000-000000000002".into());
-        assert!(record.observe_node(&successor, at(100)).changed);
+        assert!(
+            record
+                .observe_node(&successor, at(100), Evidence::Watch)
+                .changed
+        );
         assert!(record.conflict().is_none());
         assert_eq!(record.spec.boots.len(), 1);
         assert_eq!(
@@ -694,7 +826,7 @@ mod tests {
         let (mut record, _) = replay(&[A, B, A]);
         let mut clone = node(B);
         clone.system_uuid = Some("564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61".into());
-        record.observe_node(&clone, at(100));
+        record.observe_node(&clone, at(100), Evidence::Watch);
         assert_eq!(
             record.spec.system_uuid.as_deref(),
             Some("1139a350-3cd4-400f-875d-c270379811b0")
@@ -789,13 +921,13 @@ mod tests {
         // The copy, still running, would be seen as a reboot again, then as a conflict.
         assert!(
             record
-                .observe_node(&node(B), at(100))
+                .observe_node(&node(B), at(100), Evidence::Confirmed)
                 .new_conflict
                 .is_none()
         );
         assert!(
             record
-                .observe_node(&node(A), at(110))
+                .observe_node(&node(A), at(110), Evidence::Confirmed)
                 .new_conflict
                 .is_some()
         );
@@ -822,5 +954,88 @@ mod tests {
             crd_yaml().unwrap(),
             "deploy/base/crd.yaml is stale: run `cargo run -- crd > deploy/base/crd.yaml`"
         );
+    }
+
+    fn at_version(boot: &str, version: u64) -> NodeObservation {
+        NodeObservation {
+            resource_version: Some(version.to_string()),
+            ..node(boot)
+        }
+    }
+
+    #[test]
+    fn a_boot_coming_back_in_a_watch_event_waits_for_a_fresh_read() {
+        let mut record = NodeIdentity::blank("worker-1");
+        record.observe_node(&at_version(A, 100), at(0), Evidence::Watch);
+        record.observe_node(&at_version(B, 110), at(10), Evidence::Watch);
+        let change = record.observe_node(&at_version(A, 120), at(20), Evidence::Watch);
+        assert!(change.needs_confirmation);
+        assert!(change.new_conflict.is_none() && record.conflict().is_none());
+        assert_eq!(record.current_boot(), Some(B), "nothing of it was applied");
+        let confirmed = record.observe_node(&at_version(A, 121), at(21), Evidence::Confirmed);
+        assert_eq!(confirmed.new_conflict.unwrap().refused_boot, B);
+    }
+
+    #[test]
+    fn an_observation_older_than_the_record_changes_nothing() {
+        // A → B applied; then an A from before B, queued or from a lagging watch: the
+        // version orders them, and B is the live boot.
+        let mut record = NodeIdentity::blank("worker-1");
+        record.observe_node(&at_version(A, 100), at(0), Evidence::Watch);
+        record.observe_node(&at_version(B, 110), at(10), Evidence::Watch);
+        for evidence in [Evidence::Watch, Evidence::Resync, Evidence::Confirmed] {
+            assert_eq!(
+                record.observe_node(&at_version(A, 100), at(20), evidence),
+                Change::default()
+            );
+        }
+        assert!(record.conflict().is_none());
+        assert_eq!(record.current_boot(), Some(B));
+        assert_eq!(
+            record
+                .status
+                .as_ref()
+                .unwrap()
+                .node_resource_version
+                .as_deref(),
+            Some("110")
+        );
+    }
+
+    #[test]
+    fn a_resync_never_moves_the_record_back_to_an_earlier_boot_nor_conflicts() {
+        // Without versions to order them (a record from an older release), a resync's
+        // copy of the Node may still be stale.
+        let mut record = NodeIdentity::blank("worker-1");
+        record.observe_node(&node(A), at(0), Evidence::Watch);
+        record.observe_node(&node(B), at(10), Evidence::Watch);
+        let change = record.observe_node(&node(A), at(20), Evidence::Resync);
+        assert!(!change.needs_confirmation && change.new_conflict.is_none());
+        assert_eq!(record.current_boot(), Some(B));
+        // A new boot in a resync is a reboot like any other.
+        record.observe_node(&node(C), at(30), Evidence::Resync);
+        assert_eq!(record.current_boot(), Some(C));
+    }
+
+    #[test]
+    fn forget_keeps_the_kept_boot_even_when_the_refused_one_wrote_last() {
+        let (mut record, _) = replay(&[A, B, A]);
+        // The copy wrote while nodeguard failed open: the Node reports B now.
+        record.observe_node(&node(B), at(100), Evidence::Watch);
+        assert_eq!(record.current_boot(), Some(B));
+        record.forget();
+        assert_eq!(record.current_boot(), Some(A));
+        assert_eq!(
+            record
+                .spec
+                .boots
+                .iter()
+                .map(|b| b.boot_id.as_str())
+                .collect::<Vec<_>>(),
+            [A]
+        );
+        // The original writing again is no conflict.
+        let change = record.observe_node(&node(A), at(110), Evidence::Confirmed);
+        assert!(change.new_conflict.is_none());
     }
 }

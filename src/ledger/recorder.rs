@@ -14,10 +14,10 @@ use kube::runtime::events::{Event, EventType, Recorder as EventRecorder, Reporte
 use tokio::sync::mpsc;
 
 use super::lease::Leadership;
-use super::record::{Change, Conflict, KeyObservation, NodeIdentity, NodeObservation};
+use super::record::{Change, Conflict, Evidence, KeyObservation, NodeIdentity, NodeObservation};
 use crate::admin::metrics::Metrics;
 use crate::inventory::SharedInventory;
-use crate::watch::Readiness;
+use crate::watch::{Readiness, WatchedNode};
 
 /// Attempts of one read-modify-write before giving up until the next resync.
 const MAX_ATTEMPTS: usize = 5;
@@ -35,16 +35,22 @@ pub const CONFLICT_REASON: &str = "NodeIdentityConflict";
 /// What the watchers saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
-    Node(NodeObservation),
+    /// A Node, and how current it is known to be.
+    Node(NodeObservation, Evidence),
     Key(KeyObservation),
     /// A full list completed: compare everything.
     Resync,
 }
 
 impl Observation {
+    /// A Node as a watch event showed it.
+    pub fn node(node: NodeObservation) -> Self {
+        Observation::Node(node, Evidence::Watch)
+    }
+
     fn node_name(&self) -> Option<&str> {
         match self {
-            Observation::Node(node) => Some(&node.name),
+            Observation::Node(node, _) => Some(&node.name),
             Observation::Key(key) => Some(&key.binding.node),
             Observation::Resync => None,
         }
@@ -52,7 +58,7 @@ impl Observation {
 
     fn apply(&self, record: &mut NodeIdentity, now: Timestamp) -> Change {
         match self {
-            Observation::Node(node) => record.observe_node(node, now),
+            Observation::Node(node, evidence) => record.observe_node(node, now, *evidence),
             Observation::Key(key) => record.observe_key(key, now),
             Observation::Resync => Change::default(),
         }
@@ -85,6 +91,7 @@ enum WriteError {
 /// The recorder and what it writes through.
 pub struct Recorder {
     api: Api<NodeIdentity>,
+    nodes: Api<WatchedNode>,
     events: EventRecorder,
     inventory: SharedInventory,
     metrics: Arc<Metrics>,
@@ -105,6 +112,7 @@ impl Recorder {
         };
         Self {
             api: Api::all(client.clone()),
+            nodes: Api::all(client.clone()),
             events: EventRecorder::new(client, reporter),
             inventory,
             metrics,
@@ -172,7 +180,7 @@ impl Recorder {
     pub async fn resync(&mut self) {
         let pending: Vec<Observation> = self.inventory.read(|inv| {
             inv.nodes()
-                .map(|claim| Observation::Node(NodeObservation::of(claim)))
+                .map(|claim| Observation::Node(NodeObservation::of(claim), Evidence::Resync))
                 .chain(inv.key_bindings().map(|(csr, binding)| {
                     Observation::Key(KeyObservation {
                         csr: csr.to_string(),
@@ -196,9 +204,23 @@ impl Recorder {
         let mut known = self
             .inventory
             .read(|inv| inv.identity(&name).map(|record| (**record).clone()));
+        let mut observation = observation.clone();
         for attempt in 1..=MAX_ATTEMPTS {
             let mut record = known.clone().unwrap_or_else(|| NodeIdentity::blank(&name));
-            let change = observation.apply(&mut record, Timestamp::now());
+            let mut change = observation.apply(&mut record, Timestamp::now());
+            if change.needs_confirmation {
+                // An earlier boot came back: a conflict only if the Node, read again
+                // now, still shows it. From here on this observation is that read.
+                observation = match self.confirm(&observation).await {
+                    Ok(confirmed) => confirmed,
+                    Err(error) => {
+                        self.failed(&name, &error);
+                        return;
+                    }
+                };
+                record = known.clone().unwrap_or_else(|| NodeIdentity::blank(&name));
+                change = observation.apply(&mut record, Timestamp::now());
+            }
             if !change.changed {
                 return;
             }
@@ -230,6 +252,28 @@ impl Recorder {
         }
         self.metrics.observe_ledger_write("failed");
         tracing::warn!(node = %name, "NodeIdentity kept changing under each write; left for the next resync");
+    }
+
+    /// Reads the Node of a watch observation again from the API server: the read is
+    /// `Confirmed` evidence if it still shows the observed boot, and otherwise (the Node
+    /// moved on, or is gone) evidence no stronger than a resync's.
+    async fn confirm(&self, observation: &Observation) -> Result<Observation, kube::Error> {
+        let Observation::Node(seen, _) = observation else {
+            return Ok(observation.clone());
+        };
+        let fresh = self
+            .nodes
+            .get_opt(&seen.name)
+            .await?
+            .and_then(|node| node.claim)
+            .map(|claim| NodeObservation::of(&claim));
+        Ok(match fresh {
+            Some(fresh) if fresh.boot_id == seen.boot_id => {
+                Observation::Node(fresh, Evidence::Confirmed)
+            }
+            Some(fresh) => Observation::Node(fresh, Evidence::Resync),
+            None => Observation::Node(seen.clone(), Evidence::Resync),
+        })
     }
 
     /// Creates or replaces the record; both carry the resourceVersion read (none for a

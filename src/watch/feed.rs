@@ -47,9 +47,9 @@ impl Watched for WatchedNode {
         let observation = NodeObservation::of(&claim);
         let unchanged = inventory
             .node(&claim.name)
-            .is_some_and(|old| NodeObservation::of(old) == observation);
+            .is_some_and(|old| NodeObservation::of(old).same_identity(&observation));
         inventory.apply_node(claim);
-        (!unchanged).then_some(Observation::Node(observation))
+        (!unchanged).then_some(Observation::node(observation))
     }
 
     fn delete(&self, inventory: &mut Inventory) {

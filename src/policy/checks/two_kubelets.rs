@@ -79,7 +79,7 @@ mod tests {
     use super::super::testing::*;
     use crate::demo::kubelet::Machine;
     use crate::inventory::Inventory;
-    use crate::ledger::record::{NodeIdentity, NodeObservation};
+    use crate::ledger::record::{Evidence, NodeIdentity, NodeObservation};
     use crate::policy::{CheckId, Outcome};
 
     const BOOT_B: &str = "b2b2b2b2-5b7a-4d8e-a6f1-0b2c3d4e5f60";
@@ -92,7 +92,7 @@ mod tests {
         let mut node = original.clone();
         for boot in history {
             node = original.rebooted(boot);
-            record.observe_node(&NodeObservation::of(&claim(&node)), at);
+            record.observe_node(&NodeObservation::of(&claim(&node)), at, Evidence::Confirmed);
             at += jiff::SignedDuration::from_secs(10);
         }
         let mut inventory = cluster(&[&node, &worker(2)]);
