@@ -519,16 +519,63 @@ async fn unknown_paths_are_404_and_other_methods_405() {
     .await;
 }
 
+/// A Node whose image list makes its JSON about `bytes` long: the largest Node objects
+/// are kubelets reporting hundreds of images.
+fn node_of_size(machine: &Machine, bytes: usize) -> Value {
+    let mut node = kubelet::node_object(machine);
+    let image = |i: usize| {
+        json!({
+            "names": [format!("registry.example.com/team/service-{i:06}@sha256:{}", "0".repeat(64))],
+            "sizeBytes": 183413119,
+        })
+    };
+    let each = image(0).to_string().len() + 1;
+    node["status"]["images"] = (0..bytes / each).map(image).collect();
+    node
+}
+
 #[tokio::test]
-async fn a_body_over_3_mib_is_413() {
+async fn the_largest_review_the_api_server_sends_is_decided_not_refused_for_its_size() {
     with_hang_guard(async {
         let server = TestServer::ecdsa(cluster().inventory).await;
         let client = server.client();
-        let mut huge = create("uid-huge", &worker_2());
-        huge["request"]["object"]["metadata"]["annotations"]["padding"] =
-            json!("x".repeat(4 << 20));
-        let body = serde_json::to_vec(&huge).unwrap();
-        assert!(body.len() > 4 << 20);
+        // A status write of a Node as large as etcd stores, object and old object: over
+        // 3 MiB each as JSON. A 413 would make the API server fail open.
+        let original = worker_1();
+        let clone = Machine {
+            system_uuid: "564d8f2a-1c3b-4e5d-9f60-718293a4b5c6".into(),
+            ..original.rebooted("9f0e8d7c-6b5a-4938-2716-a5b4c3d2e1f0")
+        };
+        let body = kubelet::node_review(
+            "uid-large",
+            Write::StatusPatch,
+            &node_of_size(&clone, 3_500_000),
+            Some(&node_of_size(&original, 3_500_000)),
+            "system:node:worker-1",
+        );
+        let body = serde_json::to_vec(&body).unwrap();
+        assert!(body.len() > 7_000_000, "{}", body.len());
+        let (status, answer) = client.post("/validate/nodes", body).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["response"]["allowed"], json!(false), "{answer}");
+        assert!(
+            answer["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("nodeguard [identity-drift]")
+        );
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_body_larger_than_any_review_is_413_and_the_server_carries_on() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let client = server.client();
+        let body = vec![b' '; webhook::MAX_BODY_BYTES + 1];
         let (status, _) = client.post("/validate/nodes", body).await.unwrap();
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
@@ -542,6 +589,90 @@ async fn a_body_over_3_mib_is_413() {
         .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(answer, allowed("uid-after"));
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn only_json_reviews_of_the_endpoints_own_kind_are_answered() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let client = server.client();
+        let body = serde_json::to_vec(&create("uid-yaml", &worker_2())).unwrap();
+        let (status, message) = client
+            .request_as(Method::POST, "/validate/nodes", "text/plain", body)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            String::from_utf8_lossy(&message),
+            "Content-Type is \"text/plain\"; an AdmissionReview is sent as application/json"
+        );
+
+        // A review that says it is about a Node but carries another object.
+        let mut pod = create("uid-pod", &worker_2());
+        pod["request"]["object"]["kind"] = json!("Pod");
+        let (status, message) = text(
+            &client,
+            "/validate/nodes",
+            serde_json::to_vec(&pod).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            message,
+            "request.object is v1/Pod, but /validate/nodes reviews v1 Node only"
+        );
+        let mut untyped = create("uid-untyped", &worker_2());
+        let object = untyped["request"]["object"].as_object_mut().unwrap();
+        object.remove("kind");
+        object.remove("apiVersion");
+        let (status, message) = text(
+            &client,
+            "/validate/nodes",
+            serde_json::to_vec(&untyped).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            message,
+            "request.object is an object without apiVersion and kind, but /validate/nodes \
+             reviews v1 Node only"
+        );
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_for_a_free_slot_instead_of_failing() {
+    with_hang_guard(async {
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let opener = server.client();
+        let mut idle = Vec::new();
+        for _ in 0..webhook::server::MAX_CONNECTIONS {
+            idle.push(opener.open_idle().await.unwrap());
+        }
+        let client = server.client();
+        let waiting = tokio::spawn(async move {
+            review(
+                &client,
+                "/validate/nodes",
+                &create("uid-waits", &worker_2()),
+            )
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a connection over the limit was served"
+        );
+        drop(idle.pop());
+        let (status, answer) = waiting.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer, allowed("uid-waits"));
+        drop(idle);
         server.shutdown().await;
     })
     .await;

@@ -47,8 +47,13 @@ impl KubeletSigner {
 
 /// The parts of a CertificateSigningRequest that carry identity.
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, rename_all = "camelCase")]
 pub struct CsrDoc<'a> {
+    /// `certificates.k8s.io/v1` in a review; absent from the items of a list.
+    #[serde(borrow, deserialize_with = "super::text::option")]
+    pub api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "super::text::option")]
+    pub kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub metadata: Option<CsrMetaDoc<'a>>,
     #[serde(borrow)]

@@ -13,8 +13,13 @@ use super::values::{BootId, Hostname, MachineId, NodeName, ProviderId, SystemUui
 
 /// The parts of a Node that carry identity, borrowed from the request body.
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, rename_all = "camelCase")]
 pub struct NodeDoc<'a> {
+    /// `v1` in a review; absent from the items of a list.
+    #[serde(borrow, deserialize_with = "super::text::option")]
+    pub api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "super::text::option")]
+    pub kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub metadata: Option<NodeMetaDoc<'a>>,
     #[serde(borrow)]

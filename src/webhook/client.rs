@@ -118,7 +118,21 @@ impl AdmissionClient {
         path: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
-        let sending = self.send_on_connection(&method, path, Bytes::from(body));
+        self.request_as(method, path, "application/json", body)
+            .await
+    }
+
+    /// Like [`AdmissionClient::request`], with another `Content-Type`.
+    pub async fn request_as(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let content_type = HeaderValue::from_str(content_type)
+            .with_context(|| format!("{content_type:?} is not a header value"))?;
+        let sending = self.send_on_connection(&method, path, &content_type, Bytes::from(body));
         tokio::time::timeout(self.timeout, sending)
             .await
             .with_context(|| format!("{method} {path} timed out after {:?}", self.timeout))?
@@ -138,10 +152,23 @@ impl AdmissionClient {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Opens a connection and completes the TLS handshake, sending nothing: it holds one
+    /// of the server's connection slots until dropped, as an idle client does.
+    pub async fn open_idle(&self) -> anyhow::Result<impl Send + 'static> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        Ok(self
+            .connector
+            .connect(self.server_name.clone(), tcp)
+            .await?)
+    }
+
     async fn send_on_connection(
         &self,
         method: &Method,
         path: &str,
+        content_type: &HeaderValue,
         body: Bytes,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
         let mut slot = self.connection.lock().await;
@@ -150,7 +177,10 @@ impl AdmissionClient {
         {
             // A kept-alive connection can be closed by the server at any moment; a
             // review is safe to send again, on a new connection.
-            match self.send(&mut sender, method, path, body.clone()).await {
+            match self
+                .send(&mut sender, method, path, content_type, body.clone())
+                .await
+            {
                 Ok(answer) => {
                     *slot = Some(sender);
                     return Ok(answer);
@@ -161,7 +191,9 @@ impl AdmissionClient {
             }
         }
         let mut sender = self.connect().await?;
-        let answer = self.send(&mut sender, method, path, body).await?;
+        let answer = self
+            .send(&mut sender, method, path, content_type, body)
+            .await?;
         *slot = Some(sender);
         Ok(answer)
     }
@@ -171,13 +203,14 @@ impl AdmissionClient {
         sender: &mut SendRequest<Full<Bytes>>,
         method: &Method,
         path: &str,
+        content_type: &HeaderValue,
         body: Bytes,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
         let request = Request::builder()
             .method(method.clone())
             .uri(path)
             .header(HOST, self.host.clone())
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, content_type.clone())
             .body(Full::new(body))?;
         let response = sender.send_request(request).await?;
         let status = response.status();

@@ -3,15 +3,13 @@
 
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request as HttpRequest, State};
 use axum::response::Response;
 use jiff::Timestamp;
 use tracing::Span;
 
 use super::review::Request;
-use super::{AppState, Subject, Webhook, accept, answer};
+use super::{AppState, Subject, Webhook, accept, answer, read_body};
 use crate::identity::KubeletSigner;
 use crate::identity::csr::CsrDoc;
 use crate::policy::{self, CsrReview, KubeletCsr};
@@ -24,9 +22,10 @@ use crate::policy::{self, CsrReview, KubeletCsr};
 )]
 pub(super) async fn validate(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    request: HttpRequest,
 ) -> Result<Response, Response> {
     let started = Instant::now();
+    let body = read_body(request).await;
     let request = accept::<CsrDoc<'_>>(&state, Webhook::Csrs, &body, started)?;
     let span = Span::current();
     span.record("csr", csr_name(&request));

@@ -2,6 +2,7 @@
 //! reads as socket (`server`) → decode (`review`) → identity claims (`crate::identity`)
 //! → decision (`crate::policy`) → answer.
 
+pub mod body;
 pub mod client;
 mod csrs;
 mod nodes;
@@ -15,14 +16,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::DefaultBodyLimit;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request as HttpRequest};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::{Extension, Router};
 
+pub use body::{BodyBudget, BodyError, MAX_BODY_BYTES, ReviewBody};
 pub use client::{AdmissionClient, ClientOptions};
 pub use server::serve_tls;
 
@@ -30,10 +30,6 @@ use crate::admin::Metrics;
 use crate::inventory::SharedInventory;
 use crate::policy::{Config, Effect, Operation, Verdict};
 use review::{ReviewAnswer, ReviewError};
-
-/// Largest review accepted. The API server's own request limit is 3 MiB, and an object
-/// wrapped in a review (with its old object) stays well below it for Nodes and CSRs.
-pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 /// The webhook server's flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -82,26 +78,45 @@ impl Webhook {
 
 /// The two admission endpoints. Unknown paths answer 404 and other methods 405.
 pub fn router(state: AppState) -> Router {
+    router_with_budget(state, BodyBudget::default())
+}
+
+/// The endpoints, reading bodies within `budget`.
+pub fn router_with_budget(state: AppState, budget: BodyBudget) -> Router {
     Router::new()
         .route(review::NODES.endpoint, post(nodes::validate))
         .route(review::CSRS.endpoint, post(csrs::validate))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // The body is read by `body::read`, within the budget, not by axum's limit.
+        .layer(DefaultBodyLimit::disable())
+        .layer(Extension(budget))
         .with_state(state)
 }
 
+/// Reads the request's body within the router's budget.
+async fn read_body(request: HttpRequest) -> Result<ReviewBody, BodyError> {
+    let (parts, body) = request.into_parts();
+    let budget = parts
+        .extensions
+        .get::<BodyBudget>()
+        .cloned()
+        .unwrap_or_default();
+    body::read(&parts.headers, body, &budget).await
+}
+
 /// The request body as a review for `webhook`, recorded in the request's span; or the
-/// answer refusing it (413 for a body that could not be read, 400 for a malformed review).
+/// answer refusing it (400 for a body that is not JSON or not a review it serves, 413
+/// for one larger than any review).
 // The error is the finished response, built once and returned as is: nothing to shrink.
 #[allow(clippy::result_large_err)]
-fn accept<'b, O: serde::Deserialize<'b>>(
+fn accept<'b, O: serde::Deserialize<'b> + review::Typed>(
     state: &AppState,
     webhook: Webhook,
-    body: &'b Result<Bytes, BytesRejection>,
+    body: &'b Result<ReviewBody, BodyError>,
     started: Instant,
 ) -> Result<review::Request<'b, O>, Response> {
     let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return Err(unreadable_body(state, webhook, rejection, started)),
+        Ok(body) => &body.bytes,
+        Err(error) => return Err(unreadable_body(state, webhook, error, started)),
     };
     let request = review::decode::<O>(body, webhook.reviewed())
         .map_err(|error| bad_request(state, webhook, &error, started))?;
@@ -200,15 +215,15 @@ fn bad_request(
     (StatusCode::BAD_REQUEST, error.to_string()).into_response()
 }
 
-/// A body that could not be read: too large (413), or cut off.
+/// A body that was not read: not JSON, cut off (400), or too large (413).
 fn unreadable_body(
     state: &AppState,
     webhook: Webhook,
-    rejection: &BytesRejection,
+    error: &BodyError,
     started: Instant,
 ) -> Response {
-    let (status, reason) = (rejection.status(), rejection.body_text());
-    tracing::info!(%status, %reason, "unreadable request body");
+    let status = error.status();
+    tracing::info!(%status, reason = %error, "unreadable request body");
     state.metrics.observe_error(webhook, started.elapsed());
-    (status, reason).into_response()
+    (status, error.to_string()).into_response()
 }

@@ -2,14 +2,12 @@
 
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request as HttpRequest, State};
 use axum::response::Response;
 use jiff::Timestamp;
 use tracing::Span;
 
-use super::{AppState, Subject, Webhook, accept, answer};
+use super::{AppState, Subject, Webhook, accept, answer, read_body};
 use crate::identity::NodeClaim;
 use crate::identity::node::NodeDoc;
 use crate::policy::{self, NodeReview};
@@ -22,9 +20,10 @@ use crate::policy::{self, NodeReview};
 )]
 pub(super) async fn validate(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    request: HttpRequest,
 ) -> Result<Response, Response> {
     let started = Instant::now();
+    let body = read_body(request).await;
     let request = accept::<NodeDoc<'_>>(&state, Webhook::Nodes, &body, started)?;
     let span = Span::current();
     span.record("node", &*request.name);

@@ -88,20 +88,51 @@ pub struct UserInfo<'a> {
 pub struct Reviewed {
     pub group: &'static str,
     pub kind: &'static str,
+    /// The object's `apiVersion`, as the API server converts it for the webhook.
+    pub api_version: &'static str,
     pub endpoint: &'static str,
 }
 
 pub const NODES: Reviewed = Reviewed {
     group: "",
     kind: "Node",
+    api_version: "v1",
     endpoint: "/validate/nodes",
 };
 
 pub const CSRS: Reviewed = Reviewed {
     group: "certificates.k8s.io",
     kind: "CertificateSigningRequest",
+    api_version: "certificates.k8s.io/v1",
     endpoint: "/validate/csrs",
 };
+
+/// An object that says what it is: the API server sends each object of a review with
+/// its `apiVersion` and `kind`.
+pub trait Typed {
+    fn api_version(&self) -> Option<&str>;
+    fn kind(&self) -> Option<&str>;
+}
+
+impl Typed for crate::identity::NodeDoc<'_> {
+    fn api_version(&self) -> Option<&str> {
+        self.api_version.as_deref()
+    }
+
+    fn kind(&self) -> Option<&str> {
+        self.kind.as_deref()
+    }
+}
+
+impl Typed for crate::identity::CsrDoc<'_> {
+    fn api_version(&self) -> Option<&str> {
+        self.api_version.as_deref()
+    }
+
+    fn kind(&self) -> Option<&str> {
+        self.kind.as_deref()
+    }
+}
 
 /// A review that passed every check of its envelope: what the handlers work with.
 #[derive(Debug)]
@@ -146,6 +177,13 @@ pub enum ReviewError {
         operation: &'static str,
         kind: &'static str,
     },
+    #[error("request.{field} is {got}, but {endpoint} reviews {expected} only")]
+    ObjectType {
+        field: &'static str,
+        got: String,
+        expected: String,
+        endpoint: &'static str,
+    },
     #[error("request.{field} is not a {kind}: {detail}")]
     BadObject {
         field: &'static str,
@@ -156,7 +194,7 @@ pub enum ReviewError {
 
 /// Decodes and checks a review in one pass over the body. Only when that fails is the
 /// body read again, to say precisely what is wrong with it.
-pub fn decode<'a, O: Deserialize<'a>>(
+pub fn decode<'a, O: Deserialize<'a> + Typed>(
     body: &'a [u8],
     reviewed: &Reviewed,
 ) -> Result<Request<'a, O>, ReviewError> {
@@ -166,7 +204,7 @@ pub fn decode<'a, O: Deserialize<'a>>(
     }
 }
 
-fn accept<'a, O>(
+fn accept<'a, O: Typed>(
     review: AdmissionReview<'a, O>,
     reviewed: &Reviewed,
 ) -> Result<Request<'a, O>, ReviewError> {
@@ -177,6 +215,14 @@ fn accept<'a, O>(
             operation: operation.as_str(),
             kind: reviewed.kind,
         });
+    }
+    for (field, object) in [
+        ("object", &request.object),
+        ("oldObject", &request.old_object),
+    ] {
+        if let Some(object) = object {
+            check_type(field, object, reviewed)?;
+        }
     }
     Ok(Request {
         uid: request.uid,
@@ -216,6 +262,33 @@ fn check_envelope<'a, O>(
         });
     }
     Ok((request, operation))
+}
+
+/// An object of another kind than the endpoint's (or that does not say) is not a
+/// review this endpoint serves.
+fn check_type(
+    field: &'static str,
+    object: &impl Typed,
+    reviewed: &Reviewed,
+) -> Result<(), ReviewError> {
+    let (api_version, kind) = (object.api_version(), object.kind());
+    if api_version == Some(reviewed.api_version) && kind == Some(reviewed.kind) {
+        return Ok(());
+    }
+    let got = match (api_version, kind) {
+        (None, None) => "an object without apiVersion and kind".to_string(),
+        _ => format!(
+            "{}/{}",
+            clip(api_version.unwrap_or("?"), 60),
+            clip(kind.unwrap_or("?"), 60)
+        ),
+    };
+    Err(ReviewError::ObjectType {
+        field,
+        got,
+        expected: format!("{} {}", reviewed.api_version, reviewed.kind),
+        endpoint: reviewed.endpoint,
+    })
 }
 
 /// `Kind.group`, as `kubectl` names kinds outside the core group.

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower_http::timeout::TimeoutLayer;
@@ -47,6 +47,20 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections served at once. The API server keeps a few per replica; beyond this
+/// many, new connections wait in the listen backlog (delayed, not refused), so that
+/// memory stays bounded whoever connects: each connection holds at most its TLS buffers
+/// and the HTTP buffers below, and the bodies being read share one budget
+/// (`body::BODY_BUDGET_BYTES`).
+pub const MAX_CONNECTIONS: usize = 256;
+/// Largest HTTP/1 read buffer of one connection (hyper's default is about 400 KiB);
+/// bodies stream through it.
+const HTTP1_MAX_BUFFER: usize = 64 * 1024;
+/// HTTP/2 flow-control windows and streams per connection: what one connection can
+/// make this server buffer before a handler reads it.
+const HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
+const HTTP2_CONNECTION_WINDOW: u32 = 512 * 1024;
+const HTTP2_MAX_STREAMS: u32 = 32;
 
 /// Where the server is in its shutdown, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,6 +111,7 @@ pub async fn serve_tls_draining(
     );
     let builder = connection_builder();
     let mut connections = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut stop_accepting = pin!(async {
         shutdown.await;
         phase.send_replace(Phase::Closing);
@@ -109,6 +124,14 @@ pub async fn serve_tls_draining(
     });
 
     loop {
+        // A free slot first: at the limit, new connections wait in the backlog.
+        let slot = tokio::select! {
+            () = &mut stop_accepting => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let (tcp, peer) = tokio::select! {
             () = &mut stop_accepting => break,
             accepted = listener.accept() => match accepted {
@@ -122,14 +145,18 @@ pub async fn serve_tls_draining(
         };
         // Reap finished connection tasks so the set only holds open connections.
         while connections.try_join_next().is_some() {}
-        connections.spawn(serve_connection(
+        let connection = serve_connection(
             tcp,
             peer,
             acceptor.clone(),
             builder.clone(),
             service.clone(),
             phases.clone(),
-        ));
+        );
+        connections.spawn(async move {
+            connection.await;
+            drop(slot);
+        });
     }
 
     drop(listener);
@@ -176,11 +203,15 @@ fn connection_builder() -> Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(HTTP1_MAX_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL);
+        .keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .max_concurrent_streams(HTTP2_MAX_STREAMS);
     builder
 }
 
