@@ -105,6 +105,7 @@ fn the_cluster_role_grants_only_what_nodeguard_uses() {
                 "watch"
             ),
             ("nodeguard.io", "nodeidentities", "", "create"),
+            ("nodeguard.io", "nodeidentities", "", "delete"),
             ("nodeguard.io", "nodeidentities", "", "get"),
             ("nodeguard.io", "nodeidentities", "", "list"),
             ("nodeguard.io", "nodeidentities", "", "update"),

@@ -702,3 +702,64 @@ async fn a_boot_coming_back_is_a_conflict_only_once_a_fresh_read_of_the_node_sho
         (worker1.boot_id.as_str(), BOOT_B)
     );
 }
+
+#[tokio::test]
+async fn records_no_node_claimed_within_an_hour_are_removed_and_no_others() {
+    let api = FakeApi::new();
+    let worker1 = cluster(&api);
+    let record = |name: &str, age_minutes: i64| {
+        let mut record = NodeIdentity::blank(name);
+        record.metadata.uid = Some(format!("uid-record-{name}"));
+        record.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::now() - jiff::SignedDuration::from_mins(age_minutes),
+            ));
+        api.insert(LEDGER, serde_json::to_value(record).unwrap())
+    };
+    // A CSR for a name that never registered, two hours ago; another one just now; one
+    // changed by another writer right before the delete; and worker-1's own record,
+    // made from its CSR before its Node registered.
+    let stored = [
+        record("never-joined", 120),
+        record("joining", 5),
+        record("changed-meanwhile", 120),
+        record("worker-1", 120),
+    ];
+    let inventory = SharedInventory::default();
+    inventory.write(|inv| {
+        for record in &stored {
+            inv.apply_identity(serde_json::from_value(record.clone()).unwrap());
+        }
+        let node = stored_node(&worker1, "6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f");
+        let text = node.to_string();
+        let doc: nodeguard::identity::NodeDoc<'_> = serde_json::from_str(&text).unwrap();
+        inv.apply_node(nodeguard::identity::NodeClaim::from_doc(&doc).unwrap());
+    });
+    api.before_next_write(&format!("{LEDGER}/changed-meanwhile"), |record| {
+        record["spec"]["machineID"] = json!("0123456789abcdef0123456789abcdef");
+    });
+    let metrics = Arc::new(Metrics::new());
+    let mut recorder = Recorder::new(api.client(), inventory.clone(), Arc::clone(&metrics), "n-0");
+    recorder.resync().await;
+
+    assert!(stored_identity(&api, "never-joined").is_none());
+    assert!(inventory.read(|inv| inv.identity("never-joined").is_none()));
+    assert!(stored_identity(&api, "joining").is_some());
+    assert!(
+        stored_identity(&api, "changed-meanwhile").is_some(),
+        "a record changed since it was read is kept"
+    );
+    let worker1_record = stored_identity(&api, "worker-1").unwrap();
+    assert_eq!(
+        worker1_record.owner_uid(),
+        Some("6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f"),
+        "its Node registered: the record is now owned, not removed"
+    );
+    assert!(
+        metrics
+            .encode()
+            .unwrap()
+            .lines()
+            .any(|l| l == "nodeguard_ledger_writes_total{result=\"removed\"} 1")
+    );
+}

@@ -217,8 +217,8 @@ impl Metrics {
             .inc();
     }
 
-    /// One NodeIdentity write: `written`, `conflict` (stale resourceVersion, retried)
-    /// or `failed`.
+    /// One NodeIdentity write: `written`, `conflict` (stale resourceVersion, retried),
+    /// `removed` (a record no Node claimed) or `failed`.
     pub fn observe_ledger_write(&self, result: &'static str) {
         self.ledger_writes
             .get_or_create(&WriteLabels { result })

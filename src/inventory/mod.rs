@@ -295,6 +295,11 @@ impl Inventory {
         self.ledger.get(name)
     }
 
+    /// Every ledger record, in no particular order.
+    pub fn identities(&self) -> impl Iterator<Item = &Arc<NodeIdentity>> {
+        self.ledger.values()
+    }
+
     pub fn machine_id(&self, value: &MachineId) -> Holders<'_> {
         self.by.machine_ids.get(value)
     }

@@ -30,6 +30,12 @@ pub const MAX_CREDENTIAL_IDS: usize = 16;
 /// (at most one write per node per interval), not one per heartbeat.
 pub const LAST_SEEN_INTERVAL: SignedDuration = SignedDuration::from_hours(1);
 
+/// How long a record made from a CSR may wait for its Node to register: a kubelet
+/// registers seconds after its certificate is issued, and the API server deletes
+/// issued CSRs after an hour. A record with no Node after this long is removed, so that
+/// CSRs for names that never register cannot fill the ledger.
+pub const UNCLAIMED_RECORD_TTL: SignedDuration = SignedDuration::from_hours(1);
+
 /// What the ledger knows about one node name: the machine that holds it, the keys and
 /// certificates issued to it, its boots, and a conflict once two machines were seen
 /// writing it.
@@ -313,6 +319,19 @@ impl NodeIdentity {
 
     pub fn current_boot(&self) -> Option<&str> {
         self.status.as_ref().and_then(|s| s.current_boot.as_deref())
+    }
+
+    /// A record that no Node ever claimed (made from a CSR, no owner reference) and
+    /// that is older than `ttl`, while no Node of its name exists: to be removed.
+    /// Records with an owner go with their Node, through the garbage collector.
+    pub fn is_unclaimed(&self, node_exists: bool, now: Timestamp, ttl: SignedDuration) -> bool {
+        if node_exists || self.owner_uid().is_some() {
+            return false;
+        }
+        self.metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|created| now.duration_since(created.0) >= ttl)
     }
 
     /// The uid of the Node this record belongs to, once known.
@@ -1037,5 +1056,24 @@ mod tests {
         // The original writing again is no conflict.
         let change = record.observe_node(&node(A), at(110), Evidence::Confirmed);
         assert!(change.new_conflict.is_none());
+    }
+
+    #[test]
+    fn a_record_no_node_claimed_is_removed_after_an_hour_and_no_other_is() {
+        let mut record = NodeIdentity::blank("worker-9");
+        record.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(0)));
+        let ttl = UNCLAIMED_RECORD_TTL;
+        assert!(!record.is_unclaimed(false, at(3599), ttl));
+        assert!(record.is_unclaimed(false, at(3600), ttl));
+        assert!(
+            !record.is_unclaimed(true, at(7200), ttl),
+            "its Node registered; the recorder owns it next"
+        );
+        record.observe_node(&node(A), at(10), Evidence::Watch);
+        assert!(
+            !record.is_unclaimed(false, at(7200), ttl),
+            "owned by its Node"
+        );
     }
 }

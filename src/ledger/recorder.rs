@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder as EventRecorder, Reporter};
 use tokio::sync::mpsc;
 
@@ -191,6 +191,57 @@ impl Recorder {
         });
         for observation in &pending {
             self.record(observation).await;
+        }
+        self.remove_unclaimed().await;
+    }
+
+    /// Deletes the records that no Node has claimed within
+    /// [`UNCLAIMED_RECORD_TTL`](super::record::UNCLAIMED_RECORD_TTL) (made from CSRs for
+    /// names that never registered). Each delete is conditional on the record being the
+    /// version read, so a record claimed or changed meanwhile is kept.
+    async fn remove_unclaimed(&mut self) {
+        let now = Timestamp::now();
+        let unclaimed: Vec<(String, Preconditions)> = self.inventory.read(|inv| {
+            inv.identities()
+                .filter_map(|record| {
+                    let name = record.metadata.name.as_deref()?;
+                    let unclaimed = record.is_unclaimed(
+                        inv.node(name).is_some(),
+                        now,
+                        super::record::UNCLAIMED_RECORD_TTL,
+                    );
+                    unclaimed.then(|| {
+                        (
+                            name.to_string(),
+                            Preconditions {
+                                uid: record.metadata.uid.clone(),
+                                resource_version: record.metadata.resource_version.clone(),
+                            },
+                        )
+                    })
+                })
+                .collect()
+        });
+        for (name, preconditions) in unclaimed {
+            tokio::time::sleep_until(self.next_write).await;
+            self.next_write = tokio::time::Instant::now() + MIN_WRITE_GAP;
+            let params = DeleteParams {
+                preconditions: Some(preconditions),
+                ..DeleteParams::default()
+            };
+            match self.api.delete(&name, &params).await {
+                Ok(_) => {
+                    self.metrics.observe_ledger_write("removed");
+                    self.inventory.write(|inv| inv.delete_identity(&name));
+                    tracing::info!(
+                        node = %name,
+                        "removed a NodeIdentity no Node claimed within an hour"
+                    );
+                }
+                // Changed or already gone: the next resync looks again.
+                Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {}
+                Err(error) => self.failed(&name, &error),
+            }
         }
     }
 

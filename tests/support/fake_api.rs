@@ -707,15 +707,38 @@ impl Shared {
                     .and_then(|patch| self.patch(&collection, &name, &patch))
             }
             (&Method::DELETE, Target::Object(collection, name)) => {
+                // DeleteOptions' preconditions: the object must still be that uid and
+                // that resourceVersion, as the API server checks them.
+                let preconditions = parsed_body()
+                    .ok()
+                    .map(|options| options["preconditions"].clone())
+                    .unwrap_or(Value::Null);
                 let removed = {
                     let mut state = self.lock();
                     state.run_hook(&collection, &name);
-                    state.remove(&collection, &name)
+                    let current = state.object(&collection, &name).cloned();
+                    let unmet = current.as_ref().and_then(|object| {
+                        ["uid", "resourceVersion"].into_iter().find(|field| {
+                            preconditions[*field].is_string()
+                                && preconditions[*field] != object["metadata"][*field]
+                        })
+                    });
+                    match unmet {
+                        Some(field) => Err(failure(
+                            StatusCode::CONFLICT,
+                            "Conflict",
+                            &format!("Precondition failed: {field} does not match"),
+                            None,
+                        )),
+                        None => Ok(state.remove(&collection, &name)),
+                    }
                 };
                 self.notify();
-                removed
-                    .map(|object| json_response(StatusCode::OK, &object))
-                    .ok_or_else(|| not_found(&collection, &name))
+                removed.and_then(|removed| {
+                    removed
+                        .map(|object| json_response(StatusCode::OK, &object))
+                        .ok_or_else(|| not_found(&collection, &name))
+                })
             }
             (_, Target::Subresource(collection, name, sub)) => Err(failure(
                 StatusCode::NOT_FOUND,
