@@ -158,8 +158,8 @@ mod tests {
         let Command::Serve(args) = cli.command else {
             panic!("expected serve");
         };
-        assert_eq!(args.webhook.listen.to_string(), "0.0.0.0:8443");
-        assert_eq!(args.admin.admin_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(args.webhook.listen.to_string(), "[::]:8443");
+        assert_eq!(args.admin.admin_listen.to_string(), "[::]:8080");
         assert_eq!(args.webhook.tls_cert, PathBuf::from("/tls/tls.crt"));
         assert_eq!(args.kube.kubeconfig, None);
         assert_eq!(args.policy.checks, vec!["hostname=warn", "provider-id=off"]);

@@ -283,9 +283,33 @@ async fn finish<T>(task: &mut tokio::task::JoinHandle<T>) {
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for the {what} server"))
+    let listener = listen(addr).or_else(|error| {
+        // `[::]` where the kernel has no IPv6 (ipv6.disable=1): IPv4 is what there is.
+        if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED {
+            let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::warn!(%addr, %error, fallback = %v4, "no IPv6 here; listening on IPv4 only");
+            listen(v4)
+        } else {
+            Err(error)
+        }
+    });
+    listener.with_context(|| format!("cannot listen on {addr} for the {what} server"))
+}
+
+/// A listening socket on `addr`; on the IPv6 wildcard, dual-stack whatever the system
+/// default (`net.ipv6.bindv6only`), so IPv4-only, IPv6-only and dual-stack clusters all
+/// reach it.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// The error to exit with when a part that should run forever stops.
@@ -418,5 +442,29 @@ mod tests {
             error,
             "--check hostname=loud: unknown mode \"loud\"; use enforce, warn or off"
         );
+    }
+
+    #[tokio::test]
+    async fn the_wildcard_listens_on_ipv6_and_ipv4_both() {
+        let listener = bind("[::]:0".parse().unwrap(), "test").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepting = tokio::spawn(async move {
+            for _ in 0..2 {
+                let _ = listener.accept().await.unwrap();
+            }
+        });
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("IPv4 loopback");
+        if std::net::TcpListener::bind("[::1]:0").is_ok() {
+            tokio::net::TcpStream::connect(("::1", port))
+                .await
+                .expect("IPv6 loopback");
+        } else {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+        }
+        accepting.await.unwrap();
     }
 }

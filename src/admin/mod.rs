@@ -22,7 +22,7 @@ use crate::watch::Readiness;
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminArgs {
     /// Address of the plain-HTTP admin server (/healthz, /readyz, /metrics).
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    #[arg(long, default_value = "[::]:8080")]
     pub admin_listen: SocketAddr,
 }
 

@@ -34,8 +34,9 @@ use review::{ReviewAnswer, ReviewError};
 /// The webhook server's flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhookArgs {
-    /// Address of the HTTPS admission endpoint.
-    #[arg(long, default_value = "0.0.0.0:8443")]
+    /// Address of the HTTPS admission endpoint. `[::]` listens on IPv6 and IPv4 both
+    /// (IPv4 only where the kernel has no IPv6).
+    #[arg(long, default_value = "[::]:8443")]
     pub listen: SocketAddr,
     /// PEM file holding the serving certificate chain, leaf first.
     #[arg(long, value_name = "FILE")]
