@@ -134,12 +134,6 @@ impl Readiness {
                 .heartbeat
                 .is_some_and(|beat| now.duration_since(beat) <= heartbeat_timeout)
     }
-
-    /// When the node stops counting as live if its kubelet writes no status meanwhile.
-    pub fn live_until(&self, heartbeat_timeout: SignedDuration) -> Option<Timestamp> {
-        self.heartbeat
-            .and_then(|beat| beat.checked_add(heartbeat_timeout).ok())
-    }
 }
 
 /// Addresses of one type kept per node: real kubelets report a handful; a node writing

@@ -99,9 +99,3 @@ fn different(field: &'static str, registered: &str, claimed: &str) -> Sameness {
 pub fn is_live(node: &NodeClaim, config: &Config, now: Timestamp) -> bool {
     node.readiness.is_live(now, config.heartbeat_timeout())
 }
-
-/// When `node` stops counting as running unless its kubelet writes its status again:
-/// the longest a machine refused in its favour waits.
-pub fn live_until(node: &NodeClaim, config: &Config) -> Option<Timestamp> {
-    node.readiness.live_until(config.heartbeat_timeout())
-}

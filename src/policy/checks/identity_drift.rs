@@ -6,7 +6,6 @@
 //! real system UUID is the same machine (kind, stateless systems, a regenerated id): a
 //! warning.
 
-use super::name_takeover::until;
 use super::{not_running, prefix};
 use crate::policy::machine::{self, Sameness};
 use crate::policy::{CheckId, Finding, NodeInput, Operation};
@@ -42,11 +41,10 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
                          credentials; shut that machine down and give it a new identity, or if \
                          {name} really moved to new hardware, delete node {name} and let it \
                          re-register. This machine's writes are let through once {name} has had \
-                         no status written for {}{}",
+                         no status written for {}",
                         prefix(before),
                         prefix(after),
                         config.describe_heartbeat_timeout(),
-                        until(old, input),
                     ),
                     format!(
                         "nodeguard [identity-drift]: node \"{name}\" runs with another {field}"
@@ -97,8 +95,7 @@ mod tests {
              this write reports 564d8f2a…: a second machine is writing as worker-1 with its \
              credentials; shut that machine down and give it a new identity, or if worker-1 \
              really moved to new hardware, delete node worker-1 and let it re-register. This \
-             machine's writes are let through once worker-1 has had no status written for 10m \
-             (at 2026-11-27T12:09:40Z)"
+             machine's writes are let through once worker-1 has had no status written for 10m"
         );
     }
 

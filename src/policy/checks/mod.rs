@@ -175,16 +175,19 @@ pub(crate) fn not_running(node: &NodeClaim, now: Timestamp) -> String {
     }
 }
 
-/// "12s", "4m10s": how long ago `then` was.
+/// "12s", "11m", "2h5m": how long ago `then` was, to the minute past the first one
+/// (what a person compares with a heartbeat timeout).
 pub(crate) fn ago(then: Option<Timestamp>, now: Timestamp) -> String {
-    match then {
-        Some(then) if then <= now => {
-            let seconds = now.as_second() - then.as_second();
-            super::config::describe_duration(jiff::SignedDuration::from_secs(seconds))
-        }
-        Some(_) => "0s".to_string(),
-        None => "an unknown time".to_string(),
-    }
+    let Some(then) = then else {
+        return "an unknown time".to_string();
+    };
+    let seconds = (now.as_second() - then.as_second()).max(0);
+    let rounded = if seconds < 60 {
+        seconds
+    } else {
+        seconds - seconds % 60
+    };
+    super::config::describe_duration(jiff::SignedDuration::from_secs(rounded))
 }
 
 /// Long identifiers cut to their first characters for 120-character warnings.

@@ -10,9 +10,8 @@
 //! its heartbeat ages, and after the heartbeat timeout it is let through.
 
 use super::{not_running, prefix};
-use crate::identity::NodeClaim;
 use crate::policy::machine::{self, Sameness};
-use crate::policy::{CheckId, Config, Finding, NodeInput, Operation};
+use crate::policy::{CheckId, Finding, NodeInput, Operation};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     if input.operation != Operation::Create {
@@ -44,11 +43,10 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
                          that is running ({field} {}, this machine {}); give this machine its own \
                          hostname, or if it replaces {name}, drain and delete node {name} first. \
                          If this machine is {name} itself, it is let through once {name} has had \
-                         no status written for {}{}",
+                         no status written for {}",
                         prefix(theirs),
                         prefix(ours),
                         config.describe_heartbeat_timeout(),
-                        until(registered, input),
                     ),
                     format!(
                         "nodeguard [name-takeover]: node \"{name}\" is registered to another, running machine"
@@ -66,17 +64,6 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
         }
     };
     vec![finding]
-}
-
-/// " (at 2026-11-27T12:07:05Z)": when the registered node stops counting as running.
-pub(super) fn until(registered: &NodeClaim, input: &NodeInput<'_>) -> String {
-    until_of(registered, input.config)
-}
-
-pub(super) fn until_of(registered: &NodeClaim, config: &Config) -> String {
-    machine::live_until(registered, config)
-        .map(|at| format!(" (at {})", at.strftime("%Y-%m-%dT%H:%M:%SZ")))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -121,7 +108,7 @@ mod tests {
              is running (system UUID 0139a350…, this machine 0739a350…); give this machine its \
              own hostname, or if it replaces worker-1, drain and delete node worker-1 first. If \
              this machine is worker-1 itself, it is let through once worker-1 has had no status \
-             written for 10m (at 2026-11-27T12:09:40Z)"
+             written for 10m"
         );
         assert!(
             !verdict

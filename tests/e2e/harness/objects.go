@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
@@ -227,6 +228,34 @@ type NodeSpec struct {
 	ProviderID string `json:"providerID,omitempty"`
 	Hostname   string `json:"hostname,omitempty"`
 	Ready      *bool  `json:"ready,omitempty"`
+	// HeartbeatAge is how long before the step the kubelet last wrote its status (the
+	// Ready condition's lastHeartbeatTime), e.g. "11m"; by default it just did. A
+	// kubelet whose writes are refused keeps renewing its Lease, so the node lifecycle
+	// controller keeps such a Node Ready while its heartbeat ages.
+	HeartbeatAge string `json:"heartbeatAge,omitempty"`
+}
+
+// heartbeat is when the node's kubelet last wrote its status: now, or heartbeatAge
+// before the wall clock (the harness clock runs ahead of it to make every heartbeat
+// differ, and an age is measured against nodeguard's clock).
+func (s NodeSpec) heartbeat(now metav1.Time) (metav1.Time, error) {
+	if s.HeartbeatAge == "" {
+		return now, nil
+	}
+	age, err := time.ParseDuration(s.HeartbeatAge)
+	if err != nil || age < 0 {
+		return now, fmt.Errorf("heartbeatAge %q is not a duration such as 11m", s.HeartbeatAge)
+	}
+	return metav1.NewTime(time.Now().UTC().Truncate(time.Second).Add(-age)), nil
+}
+
+// setHeartbeat sets the Ready condition's lastHeartbeatTime.
+func setHeartbeat(n *corev1.Node, at metav1.Time) {
+	for i, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			n.Status.Conditions[i].LastHeartbeatTime = at
+		}
+	}
 }
 
 // clock hands out heartbeat times that always move forward, by at least a second
@@ -411,6 +440,9 @@ type CSRSpec struct {
 	// CommonName replaces the subject's CN (by default system:node:<node>), for
 	// requests that are not what a kubelet sends.
 	CommonName string `json:"commonName,omitempty"`
+	// ExtraCommonNames are further CN attributes after the first: Go's crypto/x509,
+	// which the API server, approver and signer read subjects with, keeps the last.
+	ExtraCommonNames []string `json:"extraCommonNames,omitempty"`
 }
 
 // buildCSR makes the CSR a kubelet creates, as the API server hands it to admission:
@@ -431,6 +463,13 @@ func buildCSR(s CSRSpec, keys *Keys, requester user.Info, now metav1.Time) (*cer
 			CommonName:   commonName,
 		},
 		DNSNames: s.DNSSANs,
+	}
+	if len(s.ExtraCommonNames) > 0 {
+		// ToRDNSequence drops Subject.CommonName when ExtraNames hold a CN: all go there.
+		for _, cn := range append([]string{commonName}, s.ExtraCommonNames...) {
+			tmpl.Subject.ExtraNames = append(tmpl.Subject.ExtraNames,
+				pkix.AttributeTypeAndValue{Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: cn})
+		}
 	}
 	for _, ip := range s.IPSANs {
 		parsed := net.ParseIP(ip)

@@ -172,6 +172,9 @@ func checkNodeSpec(where string, n *NodeSpec) error {
 	if n.Name == "" {
 		return fmt.Errorf("%s: name is required", where)
 	}
+	if _, err := n.heartbeat(metav1.Now()); err != nil {
+		return fmt.Errorf("%s: %v", where, err)
+	}
 	return nil
 }
 
@@ -376,7 +379,14 @@ func (r *Runner) Reset(sc *Scenario) error {
 	created := metav1.NewTime(time.Now().Add(-24 * time.Hour).UTC().Truncate(time.Second))
 	var nodes []*corev1.Node
 	for _, ns := range sc.Setup.Nodes {
-		nodes = append(nodes, buildNode(ns, created))
+		node := buildNode(ns, created)
+		// Created a day ago; written by its kubelet just now (or heartbeatAge ago).
+		heartbeat, err := ns.heartbeat(r.clock.Now())
+		if err != nil {
+			return err
+		}
+		setHeartbeat(node, heartbeat)
+		nodes = append(nodes, node)
 	}
 	var csrs []*certificatesv1.CertificateSigningRequest
 	for _, cs := range sc.Setup.CSRs {
@@ -501,6 +511,9 @@ func (r *Runner) admit(st *Step) StepResult {
 	switch {
 	case st.CreateNode != nil:
 		node := buildNode(*st.CreateNode, now)
+		if heartbeat, err := st.CreateNode.heartbeat(now); err == nil {
+			setHeartbeat(node, heartbeat)
+		}
 		req = Request{Operation: admission.Create, Object: node, Kind: nodeGVK, Resource: nodeGVR, Name: node.Name,
 			User: withCredentialID(userInfo(orDefault(st.As, "system:node:"+node.Name), st.Groups), st.CredentialID)}
 		apply = func() error { return r.store.CreateNode(node) }
