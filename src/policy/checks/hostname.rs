@@ -1,35 +1,47 @@
 //! `hostname`: the `kubernetes.io/hostname` label and `Hostname` addresses.
 //!
-//! A node's own name is always its own hostname: a kubelet may write any label and
-//! address into its own Node, so another node claiming this one's name as a hostname
-//! (squatting on a name about to register again) can never make this node's
-//! registration fail. That other node is refused instead, the moment this one holds
-//! its name.
+//! A node's name is its own hostname, and no other node's: a kubelet may write any label
+//! and address into its own Node, so a node claiming another node's name as a hostname
+//! (squatting on a name about to register again) never counts as holding it. The node
+//! of that name never fails on it, and anyone else claiming it collides with that node
+//! alone, once it holds its name.
 
-use super::{Claimed, collision, introduced_all};
+use super::{Claimed, collision, collision_with, introduced_all};
+use crate::inventory::OtherHolders;
 use crate::policy::{CheckId, Finding, NodeInput};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     let own_name = &*input.object.name;
+    let remedy = |holder: &str| {
+        format!(
+            "set a unique hostname on this machine (hostnamectl set-hostname <name>) \
+             and restart the kubelet, or delete node {holder} if it is gone"
+        )
+    };
     introduced_all(input, |c| c.hostnames.as_slice())
         .into_iter()
         .filter(|host| !input.config.hostname_is_shared(host))
         .filter(|host| !host.as_str().eq_ignore_ascii_case(own_name))
         .filter_map(|host| {
+            let claimed = Claimed {
+                field: "hostname",
+                value: host.as_str(),
+            };
+            // The name of a registered node: held by that node only, if it holds it.
+            if let Some(named) = input.inventory.node(host.as_str()) {
+                let holds = named.hostnames.contains(host);
+                let others = OtherHolders {
+                    count: usize::from(holds),
+                    names: if holds { vec![&named.name] } else { Vec::new() },
+                };
+                return collision_with(CheckId::Hostname, claimed, others, remedy);
+            }
             collision(
                 CheckId::Hostname,
-                &input.object.name,
-                Claimed {
-                    field: "hostname",
-                    value: host.as_str(),
-                },
+                own_name,
+                claimed,
                 input.inventory.hostname(host),
-                |holder| {
-                    format!(
-                        "set a unique hostname on this machine (hostnamectl set-hostname <name>) \
-                         and restart the kubelet, or delete node {holder} if it is gone"
-                    )
-                },
+                remedy,
             )
         })
         .collect()
@@ -130,5 +142,32 @@ mod tests {
             crate::policy::decide_node(&review, &inventory, &config, now()).outcome(),
             Outcome::Allowed
         );
+    }
+
+    #[test]
+    fn a_squatter_does_not_count_as_holding_another_nodes_name() {
+        // worker-9 wrote "worker-5" into its addresses; worker-5 is registered without a
+        // Hostname of its own (a cloud provider set its addresses). A third node calling
+        // itself worker-5 collides with no one: the name is worker-5's, not worker-9's.
+        let squatter = worker(9);
+        let mut squatting = crate::demo::kubelet::node_object(&squatter);
+        squatting["status"]["addresses"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "Hostname", "address": "worker-5"}));
+        let mut named = crate::demo::kubelet::node_object(&worker(5));
+        named["metadata"]["labels"]["kubernetes.io/hostname"] = "ip-10-0-0-15".into();
+        named["status"]["addresses"][1]["address"] = "ip-10-0-0-15".into();
+        let mut inventory = crate::inventory::Inventory::new();
+        inventory.apply_node(claim_of(&squatting));
+        inventory.apply_node(claim_of(&named));
+        let mut third = crate::demo::kubelet::node_object(&worker(6));
+        third["status"]["addresses"][1]["address"] = "worker-5".into();
+        let review = crate::policy::NodeReview {
+            operation: crate::policy::Operation::Create,
+            object: Some(claim_of(&third)),
+            old_object: None,
+        };
+        assert_eq!(decide(&review, &inventory).outcome(), Outcome::Allowed);
     }
 }

@@ -22,7 +22,7 @@ use super::config::{CheckId, Config};
 use super::verdict::Finding;
 use super::{CsrInput, NodeInput};
 use crate::identity::NodeClaim;
-use crate::inventory::{Holders, Inventory};
+use crate::inventory::{Holders, Inventory, OtherHolders};
 
 pub type NodeCheck = fn(&NodeInput<'_>) -> Vec<Finding>;
 pub type CsrCheck = fn(&CsrInput<'_>) -> Vec<Finding>;
@@ -87,7 +87,16 @@ pub(crate) fn collision(
     holders: Holders<'_>,
     remedy: impl FnOnce(&str) -> String,
 ) -> Option<Finding> {
-    let others = holders.other_than(node);
+    collision_with(check, claimed, holders.other_than(node), remedy)
+}
+
+/// [`collision`], with the other holders already known.
+pub(crate) fn collision_with(
+    check: CheckId,
+    claimed: Claimed<'_>,
+    others: OtherHolders<'_>,
+    remedy: impl FnOnce(&str) -> String,
+) -> Option<Finding> {
     let Claimed { field, value } = claimed;
     match others.names.as_slice() {
         [] => None,
