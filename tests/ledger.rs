@@ -198,9 +198,20 @@ async fn kubelet_writes(
     response
 }
 
+/// A refused status write or CSR: 403 Forbidden.
 fn denial(response: &Value) -> &str {
     assert_eq!(response["allowed"], json!(false), "allowed: {response}");
     assert_eq!(response["status"]["code"], json!(403));
+    assert_eq!(response["status"]["reason"], json!("Forbidden"));
+    response["status"]["message"].as_str().unwrap()
+}
+
+/// A refused registration: 422 Invalid, so that the kubelet logs it and tries again
+/// (a 403 makes it read the Node instead).
+fn refused_registration(response: &Value) -> &str {
+    assert_eq!(response["allowed"], json!(false), "allowed: {response}");
+    assert_eq!(response["status"]["code"], json!(422));
+    assert_eq!(response["status"]["reason"], json!("Invalid"));
     response["status"]["message"].as_str().unwrap()
 }
 
@@ -275,7 +286,7 @@ async fn the_incident_a_perfect_copy_is_refused_at_its_second_alternation() {
         assert_eq!(denial(&response), expected);
     }
     let response = kubelet_writes(&api, &replica, Write::Create, &copy).await;
-    assert_eq!(denial(&response), expected);
+    assert_eq!(refused_registration(&response), expected);
     // The Node kept the original's boot throughout.
     assert_eq!(
         api.get(&node_path("worker-1")).unwrap()["status"]["nodeInfo"]["bootID"],

@@ -220,6 +220,16 @@ fn allowed_with_warnings(uid: &str, warnings: &[&str]) -> Value {
     })
 }
 
+/// A refused registration: 422 Invalid (after a 403 the kubelet would read the Node and
+/// log nothing of the message).
+fn refused_registration(uid: &str, message: &str) -> Value {
+    let mut answer = denied(uid, message);
+    answer["response"]["status"]["reason"] = json!("Invalid");
+    answer["response"]["status"]["code"] = json!(422);
+    answer
+}
+
+/// A refused status write or CSR.
 fn denied(uid: &str, message: &str) -> Value {
     json!({
         "apiVersion": "admission.k8s.io/v1",
@@ -302,7 +312,7 @@ async fn a_machine_id_clone_under_a_new_name_is_denied_naming_the_holder() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             answer,
-            denied("uid-clone", &machine_id_clone_message(&worker_1()))
+            refused_registration("uid-clone", &machine_id_clone_message(&worker_1()))
         );
         server.shutdown().await;
     })
@@ -407,7 +417,7 @@ async fn a_dry_run_gets_the_same_decision() {
         let (_, answer) = review(&client, "/validate/nodes", &clone).await;
         assert_eq!(
             answer,
-            denied("uid-dry-clone", &machine_id_clone_message(&worker_1()))
+            refused_registration("uid-dry-clone", &machine_id_clone_message(&worker_1()))
         );
 
         let mut newcomer = create("uid-dry-new", &Machine::new("worker-3", 5, "10.0.0.5"));
@@ -768,7 +778,7 @@ async fn an_rsa_certificate_with_a_pkcs1_key_serves_the_same_answers() {
             .await;
             assert_eq!(
                 answer,
-                denied("uid-rsa-clone", &machine_id_clone_message(&worker_1()))
+                refused_registration("uid-rsa-clone", &machine_id_clone_message(&worker_1()))
             );
         }
         server.shutdown().await;

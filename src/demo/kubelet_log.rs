@@ -75,19 +75,17 @@ pub fn lines(
         answer.message.as_deref().unwrap_or("")
     );
     let line = match (action, answer.allowed) {
-        // A 403 to the CREATE of a name already registered: the kubelet reads the
-        // existing Node instead and carries on as registered, without logging the
-        // refusal (kubelet_node_status.go, unless KubeletRegistrationGetOnExistsOnly
-        // is on): what it logs is the refusal of its next status write.
-        (KubeletAction::Register, false) if already_registered => format!(
-            "{} \"Node was previously registered\" node={}",
-            header('I', timestamp, "kubelet_node_status.go:81"),
-            quoted(node)
-        ),
+        // Refused as Invalid, so the kubelet logs the message and registers again
+        // (after a 403 it would read the Node instead and log none of it).
         (KubeletAction::Register, false) => format!(
             "{} \"Unable to register node with API server\" err={} node={}",
             header('E', timestamp, "kubelet_node_status.go:107"),
             quoted(&denial),
+            quoted(node)
+        ),
+        (KubeletAction::Register, true) if already_registered => format!(
+            "{} \"Node was previously registered\" node={}",
+            header('I', timestamp, "kubelet_node_status.go:81"),
             quoted(node)
         ),
         (KubeletAction::Register, true) => format!(

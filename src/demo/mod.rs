@@ -177,15 +177,6 @@ pub async fn run() -> anyhow::Result<()> {
             endpoint.path()
         );
         println!("    answer:  {verdict}, {mark}");
-        if let Some(message) = answer.message.as_deref().filter(|_| !answer.allowed) {
-            println!("    message: {message}");
-            if already_registered && action == KubeletAction::Register {
-                println!(
-                    "    (a kubelet refused the CREATE of a registered name reads the Node and \
-                     goes on: it logs the refusal of its next status write, as in (g))"
-                );
-            }
-        }
         println!("    kubelet log on {node}:");
         let timestamp = jiff::Zoned::now().strftime("%m%d %H:%M:%S%.6f").to_string();
         for line in kubelet_log::lines(

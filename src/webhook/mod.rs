@@ -150,7 +150,8 @@ fn answer(
     state
         .metrics
         .observe_verdict(webhook, operation, verdict, started.elapsed());
-    axum::Json(ReviewAnswer::from_verdict(uid, verdict)).into_response()
+    let refusal = review::Refusal::of(webhook.reviewed(), operation);
+    axum::Json(ReviewAnswer::refusing_as(uid, verdict, refusal)).into_response()
 }
 
 /// One line per denial and per warning, at info: each is something a person may have

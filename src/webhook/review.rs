@@ -377,10 +377,46 @@ struct Status {
 #[derive(Debug, Serialize)]
 struct EmptyObject {}
 
+/// The status a denial is answered with. Never `AlreadyExists`, which a kubelet takes as
+/// "registered" and carries on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 403: status writes and CSRs.
+    Forbidden,
+    /// 422: Node registrations. On a 403 to its CREATE the kubelet drops the message and
+    /// reads the Node instead (registered if it exists, "not found" in its log if not);
+    /// on any other error it logs the message and tries again.
+    Invalid,
+}
+
+impl Refusal {
+    /// How a denial of `operation` on `webhook`'s kind of object is answered.
+    pub fn of(kind: &Reviewed, operation: Operation) -> Self {
+        if kind.kind == NODES.kind && operation == Operation::Create {
+            Refusal::Invalid
+        } else {
+            Refusal::Forbidden
+        }
+    }
+
+    fn reason_and_code(self) -> (&'static str, u16) {
+        match self {
+            Refusal::Forbidden => ("Forbidden", 403),
+            Refusal::Invalid => ("Invalid", 422),
+        }
+    }
+}
+
 impl<'a> ReviewAnswer<'a> {
     /// The answer to review `uid`: a denial carries its message, an allowed request its
     /// warnings.
     pub fn from_verdict(uid: &'a str, verdict: &Verdict) -> Self {
+        Self::refusing_as(uid, verdict, Refusal::Forbidden)
+    }
+
+    /// Like [`ReviewAnswer::from_verdict`], a denial answered as `refusal`.
+    pub fn refusing_as(uid: &'a str, verdict: &Verdict, refusal: Refusal) -> Self {
+        let (reason, code) = refusal.reason_and_code();
         let response = match verdict.denial_message() {
             Some(message) => Response {
                 uid,
@@ -389,8 +425,8 @@ impl<'a> ReviewAnswer<'a> {
                     metadata: EmptyObject {},
                     status: "Failure",
                     message,
-                    reason: "Forbidden",
-                    code: 403,
+                    reason,
+                    code,
                 }),
                 warnings: Vec::new(),
             },
@@ -601,5 +637,21 @@ mod tests {
             serde_json::to_value(ReviewAnswer::from_verdict("u", &Verdict::default())).unwrap()["response"],
             json!({"uid": "u", "allowed": true})
         );
+    }
+
+    #[test]
+    fn a_registration_is_refused_as_invalid_and_everything_else_as_forbidden() {
+        assert_eq!(Refusal::of(&NODES, Operation::Create), Refusal::Invalid);
+        assert_eq!(Refusal::of(&NODES, Operation::Update), Refusal::Forbidden);
+        assert_eq!(Refusal::of(&CSRS, Operation::Create), Refusal::Forbidden);
+        let denied = Verdict::from_findings(
+            [Finding::deny(CheckId::MachineId, "m".into(), "w".into())],
+            &Config::default(),
+        );
+        let answer =
+            serde_json::to_value(ReviewAnswer::refusing_as("u", &denied, Refusal::Invalid))
+                .unwrap();
+        assert_eq!(answer["response"]["status"]["reason"], "Invalid");
+        assert_eq!(answer["response"]["status"]["code"], 422);
     }
 }
