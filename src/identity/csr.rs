@@ -359,6 +359,9 @@ impl KeyBinding {
 struct IssuedCertificate {
     node: NodeName,
     fingerprint: KeyFingerprint,
+    /// What the API server puts in
+    /// `userInfo.extra["authentication.kubernetes.io/credential-id"]` for a request made
+    /// with it: `X509SHA256=` and the hex SHA-256 of the certificate's DER.
     credential_id: Arc<str>,
 }
 
@@ -384,14 +387,6 @@ impl IssuedCertificate {
             credential_id: Arc::from(format!("X509SHA256={}", hex::encode(digest))),
         })
     }
-}
-
-/// The credential id the API server gives a client certificate
-/// (`userInfo.extra["authentication.kubernetes.io/credential-id"]`): `X509SHA256=` and
-/// the hex SHA-256 of the certificate's DER. `status.certificate` is base64 of the PEM
-/// chain; the leaf comes first.
-pub fn credential_id_of_certificate(certificate_b64: &str) -> Option<Arc<str>> {
-    IssuedCertificate::parse(certificate_b64).map(|c| c.credential_id)
 }
 
 /// Who asks for a kubelet certificate, relative to the node the request names.

@@ -223,8 +223,7 @@ impl Recorder {
                 .collect()
         });
         for (name, preconditions) in unclaimed {
-            tokio::time::sleep_until(self.next_write).await;
-            self.next_write = tokio::time::Instant::now() + MIN_WRITE_GAP;
+            self.pace().await;
             let params = DeleteParams {
                 preconditions: Some(preconditions),
                 ..DeleteParams::default()
@@ -334,8 +333,7 @@ impl Recorder {
         exists: bool,
         record: &NodeIdentity,
     ) -> Result<NodeIdentity, WriteError> {
-        tokio::time::sleep_until(self.next_write).await;
-        self.next_write = tokio::time::Instant::now() + MIN_WRITE_GAP;
+        self.pace().await;
         let name = record.metadata.name.as_deref().unwrap_or_default();
         let params = PostParams::default();
         let result = if exists {
@@ -351,6 +349,12 @@ impl Recorder {
             }
             _ => WriteError::Api(error),
         })
+    }
+
+    /// Waits for this write's turn: at most one write every [`MIN_WRITE_GAP`].
+    async fn pace(&mut self) {
+        tokio::time::sleep_until(self.next_write).await;
+        self.next_write = tokio::time::Instant::now() + MIN_WRITE_GAP;
     }
 
     fn failed(&self, name: &str, error: &kube::Error) {
