@@ -174,7 +174,7 @@ impl Subject {
         let node = cn
             .strip_prefix(NODE_CN_PREFIX)
             .filter(|name| !name.is_empty())
-            .ok_or_else(|| CsrError::NotANode(clip_text(cn, 80)))?;
+            .ok_or_else(|| CsrError::NotANode(super::text::clip(cn, 80)))?;
         if self.organizations.len() != 1 || self.organizations[0] != NODES_GROUP {
             let shown = if self.organizations.is_empty() {
                 "missing".to_string()
@@ -196,22 +196,12 @@ impl Subject {
     }
 }
 
-fn clip_text(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_string()
-    } else {
-        let mut cut: String = text.chars().take(max - 1).collect();
-        cut.push('…');
-        cut
-    }
-}
-
 /// Values quoted for a message, each clipped, at most three.
 fn clip_list(values: &[String]) -> String {
     let mut shown: Vec<String> = values
         .iter()
         .take(3)
-        .map(|v| format!("{:?}", clip_text(v, 60)))
+        .map(|v| format!("{:?}", super::text::clip(v, 60)))
         .collect();
     if values.len() > 3 {
         shown.push("…".to_string());

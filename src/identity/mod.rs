@@ -7,6 +7,7 @@ pub mod values;
 
 pub use csr::{CsrClaim, CsrDoc, CsrError, KeyBinding, KubeletSigner};
 pub use node::{NodeClaim, NodeDoc, Readiness};
+pub use text::clip;
 pub use values::{
     BootId, Hostname, KeyFingerprint, MachineId, NodeName, ProviderId, SystemUuid,
     is_placeholder_ip,

@@ -1,6 +1,7 @@
 //! Borrowing string fields on the request path. serde borrows a field only when its type
 //! is exactly `Cow<'a, str>`; these adapters make `Option<Cow<'a, str>>` and
 //! `Vec<Cow<'a, str>>` borrow too, so decoding a review copies only escaped strings.
+//! And [`clip`], for quoting what a request says in a one-line message.
 
 use std::borrow::Cow;
 
@@ -20,6 +21,18 @@ pub fn option_list<'de: 'a, 'a, D: Deserializer<'de>>(
 ) -> Result<Option<Vec<Cow<'a, str>>>, D::Error> {
     Ok(Option::<Vec<Borrowed<'a>>>::deserialize(deserializer)?
         .map(|list| list.into_iter().map(|b| b.0).collect()))
+}
+
+/// Cuts `text` to at most `max` characters on a character boundary, marking the cut,
+/// on one line: values quoted in messages come from the request.
+pub fn clip(text: &str, max: usize) -> String {
+    let one_line = text.replace(['\n', '\r'], " ");
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let mut clipped: String = one_line.chars().take(max.saturating_sub(1)).collect();
+    clipped.push('…');
+    clipped
 }
 
 #[cfg(test)]

@@ -212,11 +212,34 @@ impl NodeObservation {
     /// The same identity as `other`, whatever the versions: a heartbeat changes the
     /// Node's version, never what the ledger records.
     pub fn same_identity(&self, other: &NodeObservation) -> bool {
-        let unversioned = |o: &NodeObservation| NodeObservation {
-            resource_version: None,
-            ..o.clone()
-        };
-        unversioned(self) == unversioned(other)
+        // Every field but the version, named so that a field added later is compared too.
+        let NodeObservation {
+            name,
+            uid,
+            resource_version: _,
+            machine_id,
+            system_uuid,
+            provider_id,
+            addresses,
+            boot_id,
+        } = self;
+        (
+            name,
+            uid,
+            machine_id,
+            system_uuid,
+            provider_id,
+            addresses,
+            boot_id,
+        ) == (
+            &other.name,
+            &other.uid,
+            &other.machine_id,
+            &other.system_uuid,
+            &other.provider_id,
+            &other.addresses,
+            &other.boot_id,
+        )
     }
 }
 
@@ -334,6 +357,15 @@ impl NodeIdentity {
             .is_some_and(|created| now.duration_since(created.0) >= ttl)
     }
 
+    /// Whether this record can be the one of the Node with `uid`: it is unless both
+    /// uids are known and differ (a record left by an earlier Node of that name).
+    pub fn may_belong_to(&self, uid: Option<&str>) -> bool {
+        match (self.owner_uid(), uid) {
+            (Some(owner), Some(uid)) => owner == uid,
+            _ => true,
+        }
+    }
+
     /// The uid of the Node this record belongs to, once known.
     pub fn owner_uid(&self) -> Option<&str> {
         self.metadata
@@ -370,11 +402,7 @@ impl NodeIdentity {
         now: Timestamp,
         evidence: Evidence,
     ) -> Change {
-        let same_node = match (self.owner_uid(), node.uid.as_deref()) {
-            (Some(owner), Some(uid)) => owner == uid,
-            _ => true,
-        };
-        if same_node
+        if self.may_belong_to(node.uid.as_deref())
             && older_or_same(
                 node.resource_version.as_deref(),
                 self.status

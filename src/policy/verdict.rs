@@ -138,16 +138,7 @@ impl Verdict {
     }
 }
 
-/// Cuts `text` to at most `max` characters on a character boundary, marking the cut.
-pub fn clip(text: &str, max: usize) -> String {
-    let one_line = text.replace(['\n', '\r'], " ");
-    if one_line.chars().count() <= max {
-        return one_line;
-    }
-    let mut clipped: String = one_line.chars().take(max.saturating_sub(1)).collect();
-    clipped.push('…');
-    clipped
-}
+pub use crate::identity::clip;
 
 #[cfg(test)]
 mod tests {

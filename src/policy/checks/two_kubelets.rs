@@ -10,7 +10,7 @@
 //! second alternation and is refused at once.
 
 use super::{abbreviate, prefix};
-use crate::identity::{BootId, NodeClaim};
+use crate::identity::BootId;
 use crate::ledger::NodeIdentity;
 use crate::ledger::record::conflict_message;
 use crate::policy::{CheckId, Finding, NodeInput, Operation};
@@ -26,7 +26,8 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     let Some(record) = input.inventory.identity(&claim.name) else {
         return Vec::new();
     };
-    if !belongs_to(record, registered) {
+    // A record left by an earlier Node of the same name says nothing about this one.
+    if !record.may_belong_to(registered.uid.as_deref()) {
         return Vec::new();
     }
     // What the node reports before this write: the old object on UPDATE, the stored
@@ -47,15 +48,6 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
             abbreviate(boot.as_str())
         ),
     )]
-}
-
-/// A record left by an earlier Node of the same name (deleted, not yet collected)
-/// says nothing about this one.
-fn belongs_to(record: &NodeIdentity, node: &NodeClaim) -> bool {
-    match (record.owner_uid(), node.uid.as_deref()) {
-        (Some(owner), Some(uid)) => owner == uid,
-        _ => true,
-    }
 }
 
 /// The boot kept over `boot`, if `boot` is refused: recorded as the refused side of a
