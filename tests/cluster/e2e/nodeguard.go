@@ -18,6 +18,7 @@ import (
 
 type Nodeguard struct {
 	argv    []string
+	binary  string // for other commands than serve
 	admin   string // http://127.0.0.1:PORT
 	logPath string
 	log     *os.File
@@ -27,13 +28,13 @@ type Nodeguard struct {
 	client  *http.Client
 }
 
-func NewNodeguard(argv []string, admin, logPath string) (*Nodeguard, error) {
+func NewNodeguard(argv []string, binary, admin, logPath string) (*Nodeguard, error) {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
 	return &Nodeguard{
-		argv: argv, admin: strings.TrimRight(admin, "/"), logPath: logPath, log: f,
+		argv: argv, binary: binary, admin: strings.TrimRight(admin, "/"), logPath: logPath, log: f,
 		client: &http.Client{Timeout: 2 * time.Second},
 	}, nil
 }

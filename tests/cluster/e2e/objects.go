@@ -15,10 +15,8 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"regexp"
-	"strings"
 	"sync"
 	"time"
 
@@ -26,9 +24,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/uuid"
-	"k8s.io/apiserver/pkg/authentication/user"
 )
 
 const (
@@ -108,114 +103,6 @@ func (k *Keys) Expand(s string) (string, error) {
 	return out, firstErr
 }
 
-// ---- the cluster CA that "signs" approved kubelet CSRs ---------------------------
-
-type clusterCA struct {
-	key  *ecdsa.PrivateKey
-	cert *x509.Certificate
-}
-
-func newClusterCA() (*clusterCA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "kubernetes"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	return &clusterCA{key: key, cert: cert}, nil
-}
-
-// issue signs the CSR's request as the kube-controller-manager's csrsigning
-// controller would: subject and SANs from the request, usages from the signer.
-func (ca *clusterCA) issue(csr *certificatesv1.CertificateSigningRequest) ([]byte, error) {
-	block, _ := pem.Decode(csr.Spec.Request)
-	if block == nil || block.Type != "CERTIFICATE REQUEST" {
-		return nil, fmt.Errorf("CSR %s: spec.request is not a PEM CERTIFICATE REQUEST", csr.Name)
-	}
-	req, err := x509.ParseCertificateRequest(block.Bytes)
-	if err != nil {
-		return nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      req.Subject,
-		NotBefore:    now.Add(-5 * time.Minute),
-		NotAfter:     now.Add(365 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		DNSNames:     req.DNSNames,
-		IPAddresses:  req.IPAddresses,
-	}
-	if csr.Spec.SignerName == signerKubeletServing {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	} else {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, req.PublicKey, ca.key)
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
-}
-
-// ---- users -----------------------------------------------------------------------
-
-// groupsFor derives the groups the API server's authenticators give a username.
-func groupsFor(username string) []string {
-	switch {
-	case strings.HasPrefix(username, "system:node:"):
-		return []string{"system:nodes", "system:authenticated"}
-	case strings.HasPrefix(username, "system:bootstrap:"):
-		return []string{"system:bootstrappers", "system:bootstrappers:kubeadm:default-node-token", "system:authenticated"}
-	case strings.HasPrefix(username, "system:serviceaccount:"):
-		parts := strings.SplitN(username, ":", 4)
-		if len(parts) == 4 {
-			return []string{"system:serviceaccounts", "system:serviceaccounts:" + parts[2], "system:authenticated"}
-		}
-		return []string{"system:serviceaccounts", "system:authenticated"}
-	default:
-		return []string{"system:masters", "system:authenticated"}
-	}
-}
-
-func userInfo(username string, groups []string) user.Info {
-	if groups == nil {
-		groups = groupsFor(username)
-	}
-	return &user.DefaultInfo{Name: username, Groups: groups}
-}
-
-// withCredentialID adds the credential id the API server's authenticators put in a
-// user's extra (for a client certificate since 1.32: X509SHA256=<hex of the
-// certificate's SHA-256>).
-func withCredentialID(u user.Info, id string) user.Info {
-	if id == "" {
-		return u
-	}
-	return &user.DefaultInfo{Name: u.GetName(), UID: u.GetUID(), Groups: u.GetGroups(),
-		Extra: map[string][]string{user.CredentialIDKey: {id}}}
-}
-
 // ---- nodes -----------------------------------------------------------------------
 
 // NodeSpec is a Node as scenarios describe it: the identity a machine reports.
@@ -293,8 +180,7 @@ func (s NodeSpec) hostname() string {
 
 func (s NodeSpec) ready() bool { return s.Ready == nil || *s.Ready }
 
-// buildNode makes the Node a kubelet sends to register, as the API server hands it to
-// admission (uid, creationTimestamp and managedFields filled in).
+// buildNode makes the Node a kubelet sends to register.
 func buildNode(s NodeSpec, now metav1.Time) *corev1.Node {
 	hostname := s.hostname()
 	cpu := resource.MustParse("4")
@@ -308,9 +194,7 @@ func buildNode(s NodeSpec, now metav1.Time) *corev1.Node {
 	n := &corev1.Node{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Node"},
 		ObjectMeta: metav1.ObjectMeta{
-			Name:              s.Name,
-			UID:               uuid.NewUUID(),
-			CreationTimestamp: now,
+			Name: s.Name,
 			Labels: map[string]string{
 				"beta.kubernetes.io/arch": "amd64",
 				"beta.kubernetes.io/os":   "linux",
@@ -321,14 +205,6 @@ func buildNode(s NodeSpec, now metav1.Time) *corev1.Node {
 			Annotations: map[string]string{
 				"volumes.kubernetes.io/controller-managed-attach-detach": "true",
 			},
-			ManagedFields: []metav1.ManagedFieldsEntry{{
-				Manager:    "kubelet",
-				Operation:  metav1.ManagedFieldsOperationUpdate,
-				APIVersion: "v1",
-				Time:       &now,
-				FieldsType: "FieldsV1",
-				FieldsV1:   &metav1.FieldsV1{Raw: []byte(`{"f:metadata":{"f:annotations":{".":{},"f:volumes.kubernetes.io/controller-managed-attach-detach":{}},"f:labels":{".":{},"f:beta.kubernetes.io/arch":{},"f:beta.kubernetes.io/os":{},"f:kubernetes.io/arch":{},"f:kubernetes.io/hostname":{},"f:kubernetes.io/os":{}}}}`)},
-			}},
 		},
 		Spec: corev1.NodeSpec{ProviderID: s.ProviderID},
 		Status: corev1.NodeStatus{
@@ -445,10 +321,9 @@ type CSRSpec struct {
 	ExtraCommonNames []string `json:"extraCommonNames,omitempty"`
 }
 
-// buildCSR makes the CSR a kubelet creates, as the API server hands it to admission:
-// spec.username/groups from the requesting user, uid and creationTimestamp set, no
-// status.
-func buildCSR(s CSRSpec, keys *Keys, requester user.Info, now metav1.Time) (*certificatesv1.CertificateSigningRequest, error) {
+// buildCSR makes the CSR a kubelet creates (the API server fills in spec.username and
+// groups from the requesting user).
+func buildCSR(s CSRSpec, keys *Keys) (*certificatesv1.CertificateSigningRequest, error) {
 	key, err := keys.Get(s.Key)
 	if err != nil {
 		return nil, err
@@ -488,39 +363,14 @@ func buildCSR(s CSRSpec, keys *Keys, requester user.Info, now metav1.Time) (*cer
 	}
 	csr := &certificatesv1.CertificateSigningRequest{
 		TypeMeta: metav1.TypeMeta{APIVersion: "certificates.k8s.io/v1", Kind: "CertificateSigningRequest"},
-		ObjectMeta: metav1.ObjectMeta{
-			Name:              s.Name,
-			GenerateName:      "csr-",
-			UID:               types.UID(uuid.NewUUID()),
-			CreationTimestamp: now,
-		},
+		ObjectMeta: metav1.ObjectMeta{Name: s.Name},
 		Spec: certificatesv1.CertificateSigningRequestSpec{
 			Request:    pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}),
 			SignerName: s.Signer,
 			Usages:     usages,
-			Username:   requester.GetName(),
-			Groups:     requester.GetGroups(),
 		},
 	}
 	return csr, nil
-}
-
-// approve adds the Approved condition (as the csrapproving controller does) and the
-// certificate (as the csrsigning controller does right after).
-func approve(csr *certificatesv1.CertificateSigningRequest, now metav1.Time) {
-	for _, c := range csr.Status.Conditions {
-		if c.Type == certificatesv1.CertificateApproved {
-			return
-		}
-	}
-	msg := "Auto approving kubelet client certificate after SubjectAccessReview."
-	if csr.Spec.SignerName == signerKubeletServing {
-		msg = "Approved by the cluster admin"
-	}
-	csr.Status.Conditions = append(csr.Status.Conditions, certificatesv1.CertificateSigningRequestCondition{
-		Type: certificatesv1.CertificateApproved, Status: corev1.ConditionTrue,
-		Reason: "AutoApproved", Message: msg, LastUpdateTime: now, LastTransitionTime: now,
-	})
 }
 
 func isKubeletSigner(s string) bool { return s == signerClientKubelet || s == signerKubeletServing }

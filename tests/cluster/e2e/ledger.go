@@ -1,6 +1,6 @@
 package main
 
-// What scenarios check of nodeguard's ledger: NodeIdentities in the store (boots, keys,
+// What scenarios check of nodeguard's ledger: NodeIdentities in the cluster (boots, keys,
 // status.conflict), the Events nodeguard publishes, nodeguard's ledger gauges, and
 // `nodeguard forget`.
 
@@ -21,7 +21,7 @@ import (
 const (
 	waitForTimeout = 10 * time.Second
 	waitForPoll    = 20 * time.Millisecond
-	// expect.events and expect.nodeIdentity poll this long for the store to match.
+	// expect.events and expect.nodeIdentity poll this long for the cluster to match.
 	expectSettle      = 2 * time.Second
 	resetLedgerWait   = 15 * time.Second
 	forgetTimeout     = 30 * time.Second
@@ -100,14 +100,13 @@ func viewOf(name string, o map[string]interface{}) niView {
 }
 
 func (r *Runner) nodeIdentity(name string) niView {
-	o, _ := r.store.Content(resNodeIdentities, "", name)
-	return viewOf(name, o)
+	return viewOf(name, r.cluster.NodeIdentity(name))
 }
 
 // ledgerCounts is what nodeguard's ledger gauges should say: NodeIdentities, and those
 // with a status.conflict.
 func (r *Runner) ledgerCounts() (records, conflicts int) {
-	for _, o := range r.store.Contents(resNodeIdentities) {
+	for _, o := range r.cluster.NodeIdentities() {
 		records++
 		if viewOf("", o).hasConflict() {
 			conflicts++
@@ -137,7 +136,7 @@ func (r *Runner) describe(v niView) string {
 // report of a failed step.
 func (r *Runner) ledgerState() []string {
 	var out []string
-	for _, o := range r.store.Contents(resNodeIdentities) {
+	for _, o := range r.cluster.NodeIdentities() {
 		name, _ := nested(o, "metadata", "name").(string)
 		out = append(out, "ledger: "+r.describe(viewOf(name, o)))
 	}
@@ -152,7 +151,7 @@ func (r *Runner) ledgerState() []string {
 	return out
 }
 
-// gaugesCaughtUp says whether nodeguard's ledger gauges equal the store's counts, and
+// gaugesCaughtUp says whether nodeguard's ledger gauges equal the cluster's counts, and
 // what they were.
 func (r *Runner) gaugesCaughtUp() (bool, string) {
 	m, err := r.ng.Metrics()
@@ -168,7 +167,7 @@ func (r *Runner) gaugesCaughtUp() (bool, string) {
 	case int(gr) == records && int(gc) == conflicts:
 		return true, ""
 	}
-	return false, fmt.Sprintf("%s %v, %s %v; the store holds %d NodeIdentities, %d with status.conflict",
+	return false, fmt.Sprintf("%s %v, %s %v; the cluster holds %d NodeIdentities, %d with status.conflict",
 		gaugeLedgerRecs, gr, gaugeLedgerConfls, gc, records, conflicts)
 }
 
@@ -207,7 +206,7 @@ func (r *Runner) waitLedgerSetup(nodes []*corev1.Node, csrs []*certificatesv1.Ce
 				missing = append(missing, fmt.Sprintf("CSR %s: key %s (%s) not in spec.keys: %s", c.Name, specs[i].Key, fp, r.describe(v)))
 			}
 		}
-		for _, o := range r.store.Contents(resNodeIdentities) {
+		for _, o := range r.cluster.NodeIdentities() {
 			name, _ := nested(o, "metadata", "name").(string)
 			if !names[name] {
 				missing = append(missing, fmt.Sprintf("NodeIdentity %s is neither a setup node nor a setup CSR's node (left over from the previous scenario?)", name))
@@ -230,7 +229,7 @@ func (r *Runner) waitLedgerSetup(nodes []*corev1.Node, csrs []*certificatesv1.Ce
 // ---- waitFor -----------------------------------------------------------------------
 
 // WaitFor waits (10 s at most) until a NodeIdentity reaches a state, then until
-// nodeguard's ledger gauges match the store.
+// nodeguard's ledger gauges match the cluster.
 type WaitFor struct {
 	NodeIdentity string `json:"nodeIdentity"`
 	Conflict     *bool  `json:"conflict,omitempty"`
@@ -342,11 +341,13 @@ func (e seenEvent) String() string {
 		e.namespace, e.node, e.reason, e.typ, e.note, e.controller, e.count)
 }
 
-// nodeEvents are the stored Events whose regarding is a Node.
+// nodeEvents are nodeguard's Events (reportingController nodeguard) whose regarding
+// is a Node. Other controllers post their own about Nodes (kube-controller-manager's
+// node lifecycle controller a RegisteredNode for each); they are counted in others.
 func (r *Runner) nodeEvents() (nodes []seenEvent, others int) {
-	for _, o := range r.store.Contents(resEvents) {
+	for _, o := range r.cluster.Events() {
 		str := func(path ...string) string { s, _ := nested(o, path...).(string); return s }
-		if str("regarding", "kind") != "Node" {
+		if str("regarding", "kind") != "Node" || str("reportingController") != "nodeguard" {
 			others++
 			continue
 		}
@@ -401,7 +402,7 @@ func matchEvents(want []EventExpect, notes []string, got []seenEvent) (missing [
 	return missing, extra
 }
 
-// checkEvents polls until the Node events in the store are exactly want.
+// checkEvents polls until the Node events in the cluster are exactly want.
 func (r *Runner) checkEvents(want []EventExpect) (details, info []string) {
 	notes := make([]string, len(want))
 	for i, w := range want {
@@ -420,7 +421,7 @@ func (r *Runner) checkEvents(want []EventExpect) (details, info []string) {
 		missing, extra := matchEvents(want, notes, got)
 		if len(missing) == 0 && len(extra) == 0 {
 			if stableOnce {
-				return nil, []string{fmt.Sprintf("events: %d about Nodes as expected (%d about other objects)", len(got), others)}
+				return nil, []string{fmt.Sprintf("events: %d of nodeguard about Nodes as expected (%d others)", len(got), others)}
 			}
 			// Once more after a grace, so that one arriving right now is not missed.
 			stableOnce = true
@@ -470,11 +471,11 @@ func (r *Runner) checkNodeIdentity(e *NodeIdentityExpect) (details, info []strin
 
 // ---- forget ------------------------------------------------------------------------
 
-// forget runs `<nodeguard> forget NODE --kubeconfig KUBECONFIG`.
+// forget runs `nodeguard forget NODE` as the cluster's administrator.
 func (r *Runner) forget(node string, e *Expect) StepResult {
 	ctx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
 	defer cancel()
-	argv := []string{r.ng.argv[0], "forget", node, "--kubeconfig", r.kubeconfig}
+	argv := []string{r.ng.binary, "forget", node, "--kubeconfig", r.cluster.adminKubeconfig}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
