@@ -198,8 +198,33 @@ func (c *Cluster) Client(id Identity) (*kubernetes.Clientset, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := waitAuthenticated(cl, id.User); err != nil {
+		return nil, err
+	}
 	c.clients[id.key()] = cl
 	return cl, nil
+}
+
+// waitAuthenticated waits until the API server knows the new credential: the bootstrap
+// token authenticator reads token Secrets through an informer, so a token used the
+// moment its Secret is created is answered 401 Unauthorized.
+func waitAuthenticated(cl *kubernetes.Clientset, user string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cx, cancel := ctx()
+		review, err := cl.AuthenticationV1().SelfSubjectReviews().Create(cx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+		cancel()
+		if err == nil {
+			if got := review.Status.UserInfo.Username; got != user {
+				return fmt.Errorf("the credentials made for %s authenticate as %s", user, got)
+			}
+			return nil
+		}
+		if !apierrors.IsUnauthorized(err) || time.Now().After(deadline) {
+			return fmt.Errorf("authenticating as %s: %v", user, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // CredentialID is what the API server puts in the user's extra

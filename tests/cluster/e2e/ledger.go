@@ -421,6 +421,9 @@ func (r *Runner) checkEvents(want []EventExpect) (details, info []string) {
 		missing, extra := matchEvents(want, notes, got)
 		if len(missing) == 0 && len(extra) == 0 {
 			if stableOnce {
+				if d := r.describeShows(want); len(d) > 0 {
+					return d, nil
+				}
 				return nil, []string{fmt.Sprintf("events: %d of nodeguard about Nodes as expected (%d others)", len(got), others)}
 			}
 			// Once more after a grace, so that one arriving right now is not missed.
@@ -441,6 +444,35 @@ func (r *Runner) checkEvents(want []EventExpect) (details, info []string) {
 		}
 		time.Sleep(waitForPoll)
 	}
+}
+
+// describeShows checks that `kubectl describe node` shows each expected event in its
+// Events section, which is where an administrator looks.
+func (r *Runner) describeShows(want []EventExpect) (details []string) {
+	for _, w := range want {
+		cx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
+		out, err := exec.CommandContext(cx, r.kubectl, "--kubeconfig", r.cluster.adminKubeconfig, "describe", "node", w.Node).CombinedOutput()
+		cancel()
+		if err != nil {
+			details = append(details, fmt.Sprintf("kubectl describe node %s: %v: %s", w.Node, err, out))
+			continue
+		}
+		text := string(out)
+		i := strings.Index(text, "\nEvents:")
+		shown := false
+		if i >= 0 {
+			for _, line := range strings.Split(text[i:], "\n") {
+				f := strings.Fields(line)
+				if len(f) >= 2 && f[0] == w.Type && f[1] == w.Reason {
+					shown = true
+				}
+			}
+		}
+		if !shown {
+			details = append(details, fmt.Sprintf("kubectl describe node %s does not show the %s %s event:\n%s", w.Node, w.Type, w.Reason, indent(text[max(i, 0):], "  | ")))
+		}
+	}
+	return details
 }
 
 // checkNodeIdentity polls until the NodeIdentity is as expected.

@@ -56,6 +56,7 @@ func run() int {
 	clusterDir := fs.String("cluster-dir", os.Getenv("CLUSTER_DIR"), "the directory of tests/cluster/up (admin.conf, pki/)")
 	apiserverLog := fs.String("apiserver-log", os.Getenv("CLUSTER_APISERVER_LOG"), "kube-apiserver's log, read for webhook calls that failed open")
 	admin := fs.String("nodeguard-admin", "", "nodeguard's admin base URL (default http://$NODEGUARD_ADDRESS:8080)")
+	kubectl := fs.String("kubectl", filepath.Join(os.Getenv("CLUSTER_BIN"), "kubectl"), "the kubectl of the cluster's release, for `kubectl describe node`")
 	binary := fs.String("nodeguard", os.Getenv("NODEGUARD"), "the nodeguard binary, for `nodeguard forget`")
 	ngLog := fs.String("nodeguard-log", "", "file for nodeguard's stdout and stderr (default nodeguard.log in the cluster's logs)")
 	scenarios := fs.String("scenarios", "", "directory of scenario *.yaml files, run in name order")
@@ -131,7 +132,7 @@ func run() int {
 	}
 
 	r := &Runner{cluster: cluster, ng: ng, keys: NewKeys(), clock: &clock{}, warnings: warnings,
-		grace: *grace, readyWait: *readyTimeout}
+		grace: *grace, readyWait: *readyTimeout, kubectl: *kubectl}
 	switch *ledgerMode {
 	case "on":
 		r.ledger = true

@@ -347,6 +347,7 @@ type Runner struct {
 	warnings  *warningLog
 	grace     time.Duration
 	readyWait time.Duration
+	kubectl   string
 	// ledger: the reset waits for nodeguard's recorder, and ledger steps run. When
 	// false, noLedger says why.
 	ledger   bool
