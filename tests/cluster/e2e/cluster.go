@@ -194,6 +194,11 @@ func (c *Cluster) Client(id Identity) (*kubernetes.Clientset, error) {
 		cfg.CertData, cfg.KeyData = certPEM, keyPEM
 		c.certs[id.key()] = cert
 	}
+	if strings.HasPrefix(id.User, "system:node:") {
+		// The kubelet talks protobuf (its --kube-api-content-type default).
+		cfg.ContentType = "application/vnd.kubernetes.protobuf"
+		cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	}
 	cl, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -430,10 +435,11 @@ func (c *Cluster) WebhookTrouble(offset int64) (failedOpen, cel []string) {
 
 // ---- reset -------------------------------------------------------------------------
 
-// Clear deletes every Node, CSR, NodeIdentity and Event in namespace default, and
-// waits until they are gone.
+// Clear deletes every Node, CSR and Event in namespace default, lets the garbage
+// collector remove the NodeIdentities the Nodes own, deletes those no Node owns, and
+// waits until all are gone.
 func (c *Cluster) Clear() error {
-	cx, cancel := ctx()
+	cx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	all := metav1.ListOptions{}
 	if err := c.admin.CoreV1().Nodes().DeleteCollection(cx, metav1.DeleteOptions{}, all); err != nil {
@@ -442,14 +448,22 @@ func (c *Cluster) Clear() error {
 	if err := c.admin.CertificatesV1().CertificateSigningRequests().DeleteCollection(cx, metav1.DeleteOptions{}, all); err != nil {
 		return fmt.Errorf("deleting CSRs: %v", err)
 	}
-	if err := c.adminDyn.Resource(nodeIdentitiesGVR).DeleteCollection(cx, metav1.DeleteOptions{}, all); err != nil {
-		return fmt.Errorf("deleting NodeIdentities: %v", err)
-	}
 	if err := c.admin.EventsV1().Events("default").DeleteCollection(cx, metav1.DeleteOptions{}, all); err != nil {
 		return fmt.Errorf("deleting Events: %v", err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	// The garbage collector finds a new resource at its next discovery (every 30 s), so
+	// right after nodeguard's CRD is installed it can take that long to start.
+	deadline := time.Now().Add(60 * time.Second)
 	for {
+		nis, err := c.adminDyn.Resource(nodeIdentitiesGVR).List(cx, all)
+		if err != nil {
+			return err
+		}
+		for _, o := range nis.Items {
+			if len(o.GetOwnerReferences()) == 0 {
+				_ = c.adminDyn.Resource(nodeIdentitiesGVR).Delete(cx, o.GetName(), metav1.DeleteOptions{})
+			}
+		}
 		left, err := c.leftovers()
 		if err != nil {
 			return err
@@ -458,10 +472,8 @@ func (c *Cluster) Clear() error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("not gone within 20 s: %s", strings.Join(left, ", "))
+			return fmt.Errorf("not gone within 60 s: %s", strings.Join(left, ", "))
 		}
-		// The recorder may write a NodeIdentity for a Node being deleted.
-		_ = c.adminDyn.Resource(nodeIdentitiesGVR).DeleteCollection(cx, metav1.DeleteOptions{}, all)
 		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -21,9 +21,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
 
@@ -369,7 +369,7 @@ type StepResult struct {
 // nodes already share, as a cluster can hold from before nodeguard, are there. The
 // CSRs come first, made by their requesters, approved and signed by
 // kube-controller-manager (a kubelet bootstraps before it registers); then the Nodes,
-// with the status their kubelet reported, created by the administrator.
+// each registered by its kubelet with the status it reports.
 func (r *Runner) Reset(sc *Scenario) error {
 	if err := r.ng.Stop(); err != nil {
 		return err
@@ -396,9 +396,13 @@ func (r *Runner) Reset(sc *Scenario) error {
 			return err
 		}
 		setHeartbeat(node, heartbeat)
-		created, err := r.cluster.admin.CoreV1().Nodes().Create(cx, node, metav1.CreateOptions{})
+		kubelet, err := r.cluster.Client(Identity{User: "system:node:" + ns.Name})
 		if err != nil {
-			return fmt.Errorf("creating node %s: %v", ns.Name, err)
+			return err
+		}
+		created, err := kubelet.CoreV1().Nodes().Create(cx, node, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("creating node %s as its kubelet: %v", ns.Name, err)
 		}
 		nodes = append(nodes, created)
 	}
