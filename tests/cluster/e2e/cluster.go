@@ -41,6 +41,7 @@ var nodeIdentitiesGVR = schema.GroupVersionResource{Group: "nodeguard.io", Versi
 
 // Cluster is the control plane of tests/cluster/up.
 type Cluster struct {
+	dir    string
 	host   string
 	caPEM  []byte
 	caCert *x509.Certificate
@@ -110,7 +111,7 @@ func NewCluster(dir, apiserverLog string, warnings rest.WarningHandler) (*Cluste
 		return nil, fmt.Errorf("pki/ca.key: %v", err)
 	}
 	return &Cluster{
-		host: cfg.Host, caPEM: caPEM, caCert: caCert, caKey: caKey,
+		dir: dir, host: cfg.Host, caPEM: caPEM, caCert: caCert, caKey: caKey,
 		admin: admin, adminDyn: dyn, adminKubeconfig: adminConf,
 		clients: map[string]*kubernetes.Clientset{}, certs: map[string]*x509.Certificate{},
 		apiserverLog: apiserverLog, warnings: warnings,
@@ -230,6 +231,13 @@ func waitAuthenticated(cl *kubernetes.Clientset, user string) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// tokenClient is a client that authenticates with a bearer token.
+func (c *Cluster) tokenClient(token string) (*kubernetes.Clientset, error) {
+	cfg := &rest.Config{Host: c.host, TLSClientConfig: rest.TLSClientConfig{CAData: c.caPEM}, BearerToken: token}
+	fast(cfg)
+	return kubernetes.NewForConfig(cfg)
 }
 
 // CredentialID is what the API server puts in the user's extra

@@ -63,6 +63,8 @@ func run() int {
 	only := fs.String("only", "", "run only scenarios whose name or file name contains this")
 	grace := fs.Duration("grace", 100*time.Millisecond, "pause after each write, for nodeguard's watches to see it")
 	readyTimeout := fs.Duration("ready-timeout", 30*time.Second, "how long to wait for nodeguard's /readyz")
+	fakecri := fs.String("fakecri", "", "the fakecri binary: with it, the scenarios with real kubelets run after the others")
+	kubeletsOnly := fs.Bool("kubelets-only", false, "run only the scenarios with real kubelets")
 	verbose := fs.Bool("v", false, "print the details of passing steps too")
 	ledgerMode := fs.String("ledger", "auto", "whether nodeguard keeps a NodeIdentity ledger the reset waits for: on, off, or auto (on when the cluster serves nodeidentities.nodeguard.io)")
 	fs.Usage = func() {
@@ -98,7 +100,10 @@ func run() int {
 	if err != nil {
 		return setupErr("%v", err)
 	}
-	if len(scs) == 0 {
+	if *kubeletsOnly {
+		scs = nil
+	}
+	if len(scs) == 0 && *fakecri == "" {
 		return setupErr("no scenario in %s matches", *scenarios)
 	}
 	hlog, err := os.OpenFile(filepath.Join(filepath.Dir(*ngLog), "nodeguard-e2e.log"), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
@@ -218,6 +223,11 @@ func run() int {
 				}
 			}
 		}
+	}
+	if *fakecri != "" {
+		p, f := r.RunKubeletScenarios(os.Getenv("CLUSTER_BIN"), *fakecri, filepath.Join(*clusterDir, "machines"), *only)
+		passed += p
+		failed += f
 	}
 	logger.Printf("done in %s", time.Since(started))
 	if err := ng.Stop(); err != nil {

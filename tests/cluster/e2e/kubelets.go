@@ -1,0 +1,498 @@
+package main
+
+// Scenarios with real kubelets: machines join by TLS bootstrap, clones of them are
+// refused, and legitimate changes never are. Each asserts on the kubelet's own log
+// and on the cluster's state.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// kubeletRun is one run of the kubelet scenarios.
+type kubeletRun struct {
+	r        *Runner
+	env      *machineEnv
+	machines []*Machine
+	// steps of the scenario running now, reported as PASS/FAIL lines.
+	scenario       string
+	passed, failed int
+}
+
+func newKubeletRun(r *Runner, clusterBin, fakecri, dir string) (*kubeletRun, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	// Mount targets the machines bind their own directories on.
+	for _, d := range []string{"/var/lib/kubelet", "/var/log"} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	return &kubeletRun{r: r, env: &machineEnv{
+		kubelet: filepath.Join(clusterBin, "kubelet"), fakecri: fakecri,
+		caFile: filepath.Join(r.cluster.dir, "pki", "ca.crt"), server: r.cluster.host,
+		bridge: "nodeguard0", gateway: "10.250.0.1", root: dir,
+	}}, nil
+}
+
+// bootstrapKubeconfig is a kubeconfig with a fresh bootstrap token, as `kubeadm join`
+// writes /etc/kubernetes/bootstrap-kubelet.conf.
+func (k *kubeletRun) bootstrapKubeconfig(tokenID string) ([]byte, error) {
+	token, err := k.r.cluster.bootstrapToken(tokenID)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitTokenAuthenticates(k.r.cluster, token, "system:bootstrap:"+tokenID); err != nil {
+		return nil, err
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["kubernetes"] = &clientcmdapi.Cluster{Server: k.r.cluster.host, CertificateAuthorityData: k.r.cluster.caPEM}
+	cfg.AuthInfos["tls-bootstrap-token-user"] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.Contexts["tls-bootstrap-token-user@kubernetes"] = &clientcmdapi.Context{Cluster: "kubernetes", AuthInfo: "tls-bootstrap-token-user"}
+	cfg.CurrentContext = "tls-bootstrap-token-user@kubernetes"
+	return clientcmd.Write(*cfg)
+}
+
+func (k *kubeletRun) machine(spec MachineSpec, tokenID string) (*Machine, error) {
+	boot, err := k.bootstrapKubeconfig(tokenID)
+	if err != nil {
+		return nil, err
+	}
+	m, err := k.env.NewMachine(spec, boot)
+	if err != nil {
+		return nil, err
+	}
+	k.machines = append(k.machines, m)
+	return m, nil
+}
+
+func (k *kubeletRun) copyOf(from *Machine, spec MachineSpec) (*Machine, error) {
+	m, err := k.env.CopyOf(from, spec)
+	if err != nil {
+		return nil, err
+	}
+	k.machines = append(k.machines, m)
+	return m, nil
+}
+
+// cleanup stops and removes every machine and every Node.
+func (k *kubeletRun) cleanup() {
+	for _, m := range k.machines {
+		m.Destroy()
+	}
+	k.machines = nil
+}
+
+// step reports one assertion of the current scenario.
+func (k *kubeletRun) step(name string, err error, info ...string) bool {
+	if err == nil {
+		k.passed++
+		fmt.Printf("PASS %s / %s\n", k.scenario, name)
+		for _, i := range info {
+			fmt.Println(indent(i, "    "))
+		}
+		return true
+	}
+	k.failed++
+	fmt.Printf("FAIL %s / %s\n", k.scenario, name)
+	fmt.Println(indent(err.Error(), "    "))
+	for _, i := range info {
+		fmt.Println(indent(i, "    "))
+	}
+	for _, m := range k.machines {
+		if l := m.Log(); l != "" {
+			fmt.Printf("    kubelet log of %s (%s), last lines:\n", m.Name, m.Dir)
+			fmt.Println(indent(lastLines(l, 15), "    | "))
+		}
+	}
+	return false
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// waitNodeReady waits until the Node exists, is Ready, and reports the machine's boot.
+func (k *kubeletRun) waitNodeReady(m *Machine, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	last := "no Node"
+	for {
+		cx, cancel := ctx()
+		n, err := k.r.cluster.admin.CoreV1().Nodes().Get(cx, m.Name, metav1.GetOptions{})
+		cancel()
+		if err == nil {
+			ready := readyStatus(n)
+			last = fmt.Sprintf("Ready=%s boot %s", ready, n.Status.NodeInfo.BootID)
+			if ready == corev1.ConditionTrue && n.Status.NodeInfo.BootID == m.BootID {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %s not Ready with boot %s within %s: %s", m.Name, m.BootID, timeout, last)
+		}
+		if !m.Running() {
+			return fmt.Errorf("machine %s: its kubelet exited (last: %s)", m.Name, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func readyStatus(n *corev1.Node) corev1.ConditionStatus {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status
+		}
+	}
+	return corev1.ConditionUnknown
+}
+
+func heartbeatOf(n *corev1.Node) time.Time {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.LastHeartbeatTime.Time
+		}
+	}
+	return time.Time{}
+}
+
+// noRefusal says whether the machine's log since offset holds no refusal or warning
+// from nodeguard.
+func noRefusal(m *Machine, offset int) error {
+	var bad []string
+	for _, line := range strings.Split(m.LogSince(offset), "\n") {
+		if strings.Contains(line, "nodeguard [") || strings.Contains(line, "nodeguard.io") {
+			bad = append(bad, line)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("kubelet %s logged nodeguard's answers:\n%s", m.Name, strings.Join(bad, "\n"))
+	}
+	return nil
+}
+
+// findings is nodeguard's count of refusals and warnings it answered.
+func (k *kubeletRun) findings() float64 {
+	m, err := k.r.ng.Metrics()
+	if err != nil {
+		return -1
+	}
+	return m["nodeguard_admission_findings_total"]
+}
+
+// RunKubeletScenarios runs every kubelet scenario whose name contains only.
+func (r *Runner) RunKubeletScenarios(clusterBin, fakecri, dir, only string) (passed, failed int) {
+	k, err := newKubeletRun(r, clusterBin, fakecri, dir)
+	if err != nil {
+		fmt.Printf("FAIL kubelets / setup\n    %v\n", err)
+		return 0, 1
+	}
+	for _, sc := range kubeletScenarios {
+		if only != "" && !strings.Contains(sc.name, only) && !strings.Contains("kubelets", only) {
+			continue
+		}
+		k.scenario = "kubelets: " + sc.name
+		if err := r.ng.Start(r.readyWait); err != nil {
+			k.step("nodeguard starts", err)
+			continue
+		}
+		if err := r.cluster.Clear(); err != nil {
+			k.step("the cluster is cleared", err)
+			continue
+		}
+		sc.run(k)
+		k.cleanup()
+	}
+	return k.passed, k.failed
+}
+
+type kubeletScenario struct {
+	name string
+	run  func(k *kubeletRun)
+}
+
+var kubeletScenarios = []kubeletScenario{
+	{"a machine joins by TLS bootstrap and registers", scenarioJoin},
+	{"a clone under a new name is refused at registration", scenarioCloneNewName},
+	{"a clone that keeps the name and re-joins with a token is refused its CSR", scenarioCloneSameNameToken},
+	{"the incident: a perfect copy started while the original runs", scenarioIncident},
+}
+
+var worker1 = MachineSpec{Name: "worker-1", IP: "10.250.0.11", MachineID: "11c1f8e2fbf5540cd8ff218ef016ba11",
+	SystemUUID: "1139a350-3cd4-400f-875d-c270379811b0", BootID: "11a0427b-40ea-4cf5-9f24-53d6e200ef11"}
+
+func scenarioJoin(k *kubeletRun) {
+	m, err := k.machine(worker1, "abcdef")
+	if !k.step("worker-1's machine is prepared", err) {
+		return
+	}
+	before := k.findings()
+	if !k.step("its kubelet starts", m.Start()) {
+		return
+	}
+	line, err := m.WaitLog(0, 60*time.Second, "Successfully registered node")
+	if !k.step("it bootstraps with the token and registers (its log says so)", err, line) {
+		return
+	}
+	if !k.step("the Node is Ready with its boot", k.waitNodeReady(m, 60*time.Second)) {
+		return
+	}
+	cx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	csrs, err := k.r.cluster.admin.CertificatesV1().CertificateSigningRequests().List(cx, metav1.ListOptions{})
+	issued := []string{}
+	if err == nil {
+		for _, c := range csrs.Items {
+			if len(c.Status.Certificate) > 0 {
+				issued = append(issued, fmt.Sprintf("%s by %s (%s, %s)", c.Name, c.Spec.Username, c.Spec.SignerName, approver(&c)))
+			}
+		}
+	}
+	if err == nil && len(issued) == 0 {
+		err = fmt.Errorf("no issued CSR")
+	}
+	k.step("its client CSR was approved and signed by kube-controller-manager", err, issued...)
+	w := &WaitFor{NodeIdentity: "worker-1", Boots: intp(1)}
+	res := k.r.waitFor(w)
+	var werr error
+	if !res.Pass {
+		werr = fmt.Errorf("%s", strings.Join(res.Details, "; "))
+	}
+	k.step("nodeguard recorded its NodeIdentity", werr, res.Info...)
+	var derr error
+	if after := k.findings(); after != before {
+		derr = fmt.Errorf("nodeguard_admission_findings_total went from %v to %v", before, after)
+	}
+	k.step("nothing was refused or warned of", firstErr(derr, noRefusal(m, 0)))
+}
+
+func intp(i int) *int { return &i }
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// waitTokenAuthenticates waits until the API server accepts a new bootstrap token.
+func waitTokenAuthenticates(c *Cluster, token, user string) error {
+	cl, err := c.tokenClient(token)
+	if err != nil {
+		return err
+	}
+	return waitAuthenticated(cl, user)
+}
+
+// joined starts a machine and waits until it is a Ready node nodeguard recorded.
+func (k *kubeletRun) joined(spec MachineSpec, tokenID string) (*Machine, bool) {
+	m, err := k.machine(spec, tokenID)
+	if !k.step(spec.Name+"'s machine is prepared", err) {
+		return nil, false
+	}
+	if !k.step(spec.Name+" joins and is Ready", firstErr(m.Start(), k.waitNodeReady(m, 90*time.Second))) {
+		return nil, false
+	}
+	res := k.r.waitFor(&WaitFor{NodeIdentity: spec.Name, Boots: intp(1)})
+	if !res.Pass {
+		k.step("nodeguard records "+spec.Name, fmt.Errorf("%s", strings.Join(res.Details, "; ")))
+		return nil, false
+	}
+	return m, true
+}
+
+// leaseRenewed waits until the machine's node Lease is renewed after since.
+func (k *kubeletRun) leaseRenewed(name string, since time.Time, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		cx, cancel := ctx()
+		l, err := k.r.cluster.admin.CoordinationV1().Leases("kube-node-lease").Get(cx, name, metav1.GetOptions{})
+		cancel()
+		if err == nil && l.Spec.RenewTime != nil && l.Spec.RenewTime.After(since) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the Lease of %s was not renewed within %s (%v)", name, timeout, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func (k *kubeletRun) nodeAbsent(name string) error {
+	cx, cancel := ctx()
+	defer cancel()
+	if _, err := k.r.cluster.admin.CoreV1().Nodes().Get(cx, name, metav1.GetOptions{}); err == nil {
+		return fmt.Errorf("node %s exists", name)
+	}
+	return nil
+}
+
+// The machine's disk copied to a new VM (new system UUID, boot and address), its
+// hostname changed to worker-5, /etc/machine-id kept, and re-joined with a token as
+// `kubeadm join` does (kubelet.conf and pki removed: a copied kubelet.conf would carry
+// worker-1's certificate, which NodeRestriction refuses for another name before any
+// webhook).
+func scenarioCloneNewName(k *kubeletRun) {
+	orig, ok := k.joined(worker1, "abcdef")
+	if !ok {
+		return
+	}
+	origLog := orig.LogSize()
+	clone, err := k.copyOf(orig, MachineSpec{Name: "worker-5", IP: "10.250.0.15", MachineID: worker1.MachineID,
+		SystemUUID: "564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61", BootID: "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60"})
+	if err == nil {
+		err = clone.ForgetCredentials()
+	}
+	if !k.step("worker-1's disk is copied to worker-5, which forgets worker-1's credentials", err) {
+		return
+	}
+	started := time.Now()
+	if !k.step("the clone's kubelet starts", clone.Start()) {
+		return
+	}
+	line, err := clone.WaitLog(0, 90*time.Second, "Unable to register node with API server",
+		`admission webhook \"nodes.nodeguard.io\" denied the request: nodeguard [machine-id]: machine-id 11c1f8e2fbf5540cd8ff218ef016ba11 is already used by node \"worker-1\"; this machine looks like a clone of worker-1`)
+	k.step("its registration is refused with nodeguard's message in its log", err,
+		fmt.Sprintf("after %s: %s", time.Since(started).Round(time.Millisecond), line))
+	k.step("no node worker-5 exists", k.nodeAbsent("worker-5"))
+	k.step("the original keeps renewing its Lease", k.leaseRenewed("worker-1", time.Now(), 30*time.Second))
+	k.step("the original was refused nothing", firstErr(noRefusal(orig, origLog), k.waitNodeReady(orig, 5*time.Second)))
+}
+
+// The copy keeps the name worker-1 and re-joins with a bootstrap token: its CSR for
+// worker-1's credentials is refused while worker-1 runs.
+func scenarioCloneSameNameToken(k *kubeletRun) {
+	orig, ok := k.joined(worker1, "abcdef")
+	if !ok {
+		return
+	}
+	origLog := orig.LogSize()
+	clone, err := k.copyOf(orig, MachineSpec{Name: "worker-1", IP: "10.250.0.16", MachineID: worker1.MachineID,
+		SystemUUID: "564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61", BootID: "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60"})
+	if err == nil {
+		err = clone.ForgetCredentials()
+	}
+	if !k.step("worker-1's disk is copied, its credentials removed for a re-join", err) {
+		return
+	}
+	started := time.Now()
+	if !k.step("the copy's kubelet starts", clone.Start()) {
+		return
+	}
+	line, err := clone.WaitLog(0, 90*time.Second,
+		`admission webhook \"csrs.nodeguard.io\" denied the request: nodeguard [name-takeover]: a bootstrap token asks for the credentials of node \"worker-1\", which a kubelet on another machine is running`)
+	k.step("its bootstrap CSR is refused with nodeguard's message in its log", err,
+		fmt.Sprintf("after %s: %s", time.Since(started).Round(time.Millisecond), line))
+	k.step("the original keeps renewing its Lease", k.leaseRenewed("worker-1", time.Now(), 30*time.Second))
+	k.step("the original was refused nothing", firstErr(noRefusal(orig, origLog), k.waitNodeReady(orig, 5*time.Second)))
+}
+
+// The incident: a full copy (same name, kubeconfig, client certificate, machine-id,
+// system UUID and reported address; only the boot id differs) started while the
+// original runs.
+func scenarioIncident(k *kubeletRun) {
+	orig, ok := k.joined(worker1, "abcdef")
+	if !ok {
+		return
+	}
+	origLog := orig.LogSize()
+	copySpec := worker1
+	copySpec.IP, copySpec.NodeIP = "10.250.0.21", worker1.IP
+	copySpec.BootID = "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60"
+	cp, err := k.copyOf(orig, copySpec)
+	if !k.step("worker-1's disk is copied whole (kubelet.conf, client certificate, machine-id, system UUID)", err) {
+		return
+	}
+	started := time.Now()
+	if !k.step("the copy's kubelet starts while the original runs", cp.Start()) {
+		return
+	}
+	line, err := cp.WaitLog(0, 120*time.Second, "denied the request: nodeguard [two-kubelets]")
+	took := time.Since(started)
+	k.step("the copy is refused [two-kubelets], in its own log", err, fmt.Sprintf("after %s: %s", took.Round(time.Millisecond), line))
+	if err != nil {
+		return
+	}
+	var within error
+	if took > 2*10*time.Second+5*time.Second {
+		within = fmt.Errorf("first refusal after %s, more than two status periods (2 x 10 s)", took.Round(time.Millisecond))
+	}
+	k.step("within two status periods of the copy's start", within, fmt.Sprintf("%s", took.Round(time.Millisecond)))
+	res := k.r.waitFor(&WaitFor{NodeIdentity: "worker-1", Conflict: boolp(true)})
+	var cerr error
+	if !res.Pass {
+		cerr = fmt.Errorf("%s", strings.Join(res.Details, "; "))
+	}
+	out, kerr := exec.Command(k.r.kubectl, "--kubeconfig", k.r.cluster.adminKubeconfig, "get", "nodeidentities").CombinedOutput()
+	k.step("kubectl get nodeidentities shows the conflict", firstErr(cerr, kerr, conflictShown(string(out))), string(out))
+	k.step("the original keeps renewing its Lease", k.leaseRenewed("worker-1", time.Now(), 30*time.Second))
+	k.step("the original was refused nothing", noRefusal(orig, origLog))
+
+	cp.Stop()
+	res = k.r.forget("worker-1", nil)
+	var ferr error
+	if !res.Pass {
+		ferr = fmt.Errorf("%s", strings.Join(res.Details, "; "))
+	}
+	k.step("the copy is stopped and nodeguard forget worker-1 runs", ferr, res.Info...)
+	res = k.r.waitFor(&WaitFor{NodeIdentity: "worker-1", Conflict: boolp(false)})
+	var clean error
+	if !res.Pass {
+		clean = fmt.Errorf("%s", strings.Join(res.Details, "; "))
+	}
+	k.step("the conflict is gone", clean, res.Info...)
+	after := orig.LogSize()
+	k.step("worker-1 reports the original's boot again and stays Ready", k.waitNodeReady(orig, 60*time.Second))
+	time.Sleep(15 * time.Second)
+	k.step("the original is refused nothing afterwards", firstErr(noRefusal(orig, after), k.nodeBootIs("worker-1", worker1.BootID)))
+}
+
+func (k *kubeletRun) nodeBootIs(name, boot string) error {
+	cx, cancel := ctx()
+	defer cancel()
+	n, err := k.r.cluster.admin.CoreV1().Nodes().Get(cx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if n.Status.NodeInfo.BootID != boot {
+		return fmt.Errorf("node %s reports boot %s, not %s", name, n.Status.NodeInfo.BootID, boot)
+	}
+	return nil
+}
+
+func boolp(b bool) *bool { return &b }
+
+// conflictShown says whether `kubectl get nodeidentities` prints a CONFLICT for worker-1.
+func conflictShown(out string) error {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) < 2 {
+		return fmt.Errorf("no NodeIdentity listed")
+	}
+	header := lines[0]
+	col := strings.Index(header, "CONFLICT")
+	if col < 0 {
+		return fmt.Errorf("no CONFLICT column")
+	}
+	for _, l := range lines[1:] {
+		if strings.HasPrefix(l, "worker-1 ") && len(l) > col && strings.TrimSpace(l[col:]) != "" && !strings.HasPrefix(strings.TrimSpace(l[col:]), "<none>") {
+			return nil
+		}
+	}
+	return fmt.Errorf("worker-1's CONFLICT column is empty")
+}
