@@ -230,6 +230,9 @@ var kubeletScenarios = []kubeletScenario{
 	{"a clone under a new name is refused at registration", scenarioCloneNewName},
 	{"a clone that keeps the name and re-joins with a token is refused its CSR", scenarioCloneSameNameToken},
 	{"the incident: a perfect copy started while the original runs", scenarioIncident},
+	{"a reboot, a kubelet restart and a new address are never refused", scenarioOneMachineChanges},
+	{"a node deleted, and a new machine joins under its name", scenarioRejoinAfterDelete},
+	{"a machine replaces a node that has gone NotReady", scenarioReplaceNotReady},
 }
 
 var worker1 = MachineSpec{Name: "worker-1", IP: "10.250.0.11", MachineID: "11c1f8e2fbf5540cd8ff218ef016ba11",
@@ -495,4 +498,174 @@ func conflictShown(out string) error {
 		}
 	}
 	return fmt.Errorf("worker-1's CONFLICT column is empty")
+}
+
+// legitimate checks that since offset the machine was refused and warned nothing, in
+// its log and in nodeguard's counters.
+func (k *kubeletRun) legitimate(m *Machine, offset int, findingsBefore float64) error {
+	if err := noRefusal(m, offset); err != nil {
+		return err
+	}
+	if after := k.findings(); after != findingsBefore {
+		return fmt.Errorf("nodeguard_admission_findings_total went from %v to %v", findingsBefore, after)
+	}
+	return nil
+}
+
+func (k *kubeletRun) nodeAddressIs(name, ip string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		cx, cancel := ctx()
+		n, err := k.r.cluster.admin.CoreV1().Nodes().Get(cx, name, metav1.GetOptions{})
+		cancel()
+		if err == nil {
+			for _, a := range n.Status.Addresses {
+				if a.Type == corev1.NodeInternalIP && a.Address == ip {
+					return nil
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %s does not report InternalIP %s within %s", name, ip, timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func scenarioOneMachineChanges(k *kubeletRun) {
+	m, ok := k.joined(worker1, "abcdef")
+	if !ok {
+		return
+	}
+	findings := k.findings()
+	off := m.LogSize()
+	err := m.Reboot("5d6e7f80-91a2-4b3c-8d4e-5f60718293a4")
+	k.step("worker-1 reboots: a new boot id, its kubelet restarted", firstErr(err, k.waitNodeReady(m, 60*time.Second), k.legitimate(m, off, findings)))
+	res := k.r.waitFor(&WaitFor{NodeIdentity: "worker-1", Boots: intp(2)})
+	var rerr error
+	if !res.Pass {
+		rerr = fmt.Errorf("%s", strings.Join(res.Details, "; "))
+	}
+	k.step("nodeguard records the second boot, no conflict", firstErr(rerr, k.noConflict("worker-1")), res.Info...)
+
+	off = m.LogSize()
+	m.Stop()
+	err = m.Start()
+	if err == nil {
+		_, err = m.WaitLog(off, 60*time.Second, "Node was previously registered")
+	}
+	k.step("its kubelet restarts without a reboot (and re-sends its registration)", firstErr(err, k.waitNodeReady(m, 60*time.Second), k.legitimate(m, off, findings)))
+
+	off = m.LogSize()
+	err = m.Readdress("10.250.0.111")
+	k.step("its address changes", firstErr(err, k.nodeAddressIs("worker-1", "10.250.0.111", 60*time.Second), k.waitNodeReady(m, 30*time.Second), k.legitimate(m, off, findings)))
+	time.Sleep(3 * time.Second)
+	k.step("still no conflict, nothing refused or warned of", firstErr(k.noConflict("worker-1"), k.legitimate(m, 0, findings)))
+}
+
+func (k *kubeletRun) noConflict(name string) error {
+	if v := k.r.nodeIdentity(name); v.hasConflict() {
+		return fmt.Errorf("%s", k.r.describe(v))
+	}
+	return nil
+}
+
+var worker2 = MachineSpec{Name: "worker-2", IP: "10.250.0.12", MachineID: "12c1f8e2fbf5540cd8ff218ef016ba12",
+	SystemUUID: "1239a350-3cd4-400f-875d-c270379812b0", BootID: "12a0427b-40ea-4cf5-9f24-53d6e200ef12"}
+
+// A new machine of its own (new machine-id, UUID, address) joining under a name.
+func newMachineAs(name, ip string) MachineSpec {
+	return MachineSpec{Name: name, IP: ip, MachineID: "4de3b2a1c0f94e8d7c6b5a4938271605",
+		SystemUUID: "7e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a21", BootID: "4e5f6071-8293-4a4b-9c5d-6e7f80910a1b"}
+}
+
+func scenarioRejoinAfterDelete(k *kubeletRun) {
+	old, ok := k.joined(worker1, "abcdef")
+	if !ok {
+		return
+	}
+	old.Stop()
+	cx, cancel := ctx()
+	err := k.r.cluster.admin.CoreV1().Nodes().Delete(cx, "worker-1", metav1.DeleteOptions{})
+	cancel()
+	if !k.step("worker-1's machine is retired and node worker-1 deleted", err) {
+		return
+	}
+	findings := k.findings()
+	m, err := k.machine(newMachineAs("worker-1", "10.250.0.41"), "07401b")
+	if !k.step("a new machine is prepared as worker-1", err) {
+		return
+	}
+	err = m.Start()
+	k.step("it joins under the name, with nothing refused or warned of", firstErr(err, k.waitNodeReady(m, 90*time.Second), k.legitimate(m, 0, findings)))
+}
+
+func scenarioReplaceNotReady(k *kubeletRun) {
+	old, ok := k.joined(worker2, "abcdef")
+	if !ok {
+		return
+	}
+	old.Stop()
+	// The node lifecycle controller marks it Unknown after nodeMonitorGracePeriod (50 s).
+	deadline := time.Now().Add(120 * time.Second)
+	var nerr error
+	for {
+		cx, cancel := ctx()
+		n, err := k.r.cluster.admin.CoreV1().Nodes().Get(cx, "worker-2", metav1.GetOptions{})
+		cancel()
+		if err == nil && readyStatus(n) != corev1.ConditionTrue {
+			break
+		}
+		if time.Now().After(deadline) {
+			nerr = fmt.Errorf("worker-2 still Ready 120 s after its kubelet stopped")
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if !k.step("worker-2's machine dies and the node lifecycle controller marks it NotReady", nerr) {
+		return
+	}
+	m, err := k.machine(newMachineAs("worker-2", "10.250.0.42"), "07401b")
+	if !k.step("a replacement machine is prepared as worker-2", err) {
+		return
+	}
+	err = m.Start()
+	err = firstErr(err, k.waitNodeReady(m, 90*time.Second))
+	k.step("it joins under the name: nothing refused", firstErr(err, noDenial(m, 0)))
+	// A takeover of a NotReady node is let through with a warning, which the kubelet logs.
+	want := []string{
+		`"Warning: nodeguard [name-takeover]: taking over node \"worker-2\" from another machine (not Ready)"`,
+		`"Warning: nodeguard [identity-drift]: node \"worker-2\" changed system UUID (not Ready; new machine?)"`,
+	}
+	var werr error
+	got := nodeguardLines(m)
+	for _, w := range want {
+		if !strings.Contains(got, w) {
+			werr = fmt.Errorf("no %s in its log", w)
+		}
+	}
+	if n := len(strings.Split(got, "\n")); werr == nil && n != len(want) {
+		werr = fmt.Errorf("%d nodeguard lines in its log, want %d", n, len(want))
+	}
+	k.step("its kubelet logs nodeguard's two warnings of the takeover, and nothing else of nodeguard", werr, "its log's nodeguard lines:\n"+got)
+}
+
+// noDenial says whether the machine's log since offset holds no refusal by nodeguard.
+func noDenial(m *Machine, offset int) error {
+	for _, line := range strings.Split(m.LogSince(offset), "\n") {
+		if strings.Contains(line, "denied the request: nodeguard") {
+			return fmt.Errorf("kubelet %s was refused: %s", m.Name, line)
+		}
+	}
+	return nil
+}
+
+func nodeguardLines(m *Machine) string {
+	var out []string
+	for _, l := range strings.Split(m.Log(), "\n") {
+		if strings.Contains(l, "nodeguard [") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

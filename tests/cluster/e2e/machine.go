@@ -240,10 +240,25 @@ func (m *Machine) Reboot(bootID string) error {
 	return m.Start()
 }
 
+// Readdress stops the kubelet, gives the machine another address (its DHCP lease
+// changed), and starts it reporting that address.
+func (m *Machine) Readdress(ip string) error {
+	m.Stop()
+	peer := fmt.Sprintf("ngm%dn", m.index)
+	if out, err := exec.Command("ip", "-n", m.env.netns(m), "addr", "add", ip+"/24", "dev", peer).CombinedOutput(); err != nil {
+		return fmt.Errorf("machine %s: adding %s: %v: %s", m.Name, ip, err, bytes.TrimSpace(out))
+	}
+	m.NodeIP = ip
+	return m.Start()
+}
+
 // Destroy stops the machine and removes its network namespace.
 func (m *Machine) Destroy() {
 	m.Stop()
 	_ = exec.Command("ip", "netns", "del", m.env.netns(m)).Run()
+	// The namespace may outlive its processes while its sockets linger, and its end
+	// of the veth with it.
+	_ = exec.Command("ip", "link", "del", fmt.Sprintf("ngm%dh", m.index)).Run()
 }
 
 // network makes the namespace, a veth into the bridge with the machine's address, a
