@@ -10,10 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -230,6 +233,7 @@ var kubeletScenarios = []kubeletScenario{
 	{"a clone under a new name is refused at registration", scenarioCloneNewName},
 	{"a clone that keeps the name and re-joins with a token is refused its CSR", scenarioCloneSameNameToken},
 	{"the incident: a perfect copy started while the original runs", scenarioIncident},
+	{"the incident's damage: what a perfect copy writes of the original's pods", scenarioIncidentPods},
 	{"a reboot, a kubelet restart and a new address are never refused", scenarioOneMachineChanges},
 	{"a node deleted, and a new machine joins under its name", scenarioRejoinAfterDelete},
 	{"a machine replaces a node that has gone NotReady", scenarioReplaceNotReady},
@@ -446,6 +450,15 @@ func scenarioIncident(k *kubeletRun) {
 	k.step("kubectl get nodeidentities shows the conflict", firstErr(cerr, kerr, conflictShown(string(out))), string(out))
 	k.step("the original keeps renewing its Lease", k.leaseRenewed("worker-1", time.Now(), 30*time.Second))
 	k.step("the original was refused nothing", noRefusal(orig, origLog))
+
+	cpLog := cp.LogSize()
+	cp.Stop()
+	err = cp.Start()
+	if err == nil {
+		line, err = cp.WaitLog(cpLog, 60*time.Second, "Unable to register node with API server",
+			`admission webhook \"nodes.nodeguard.io\" denied the request: nodeguard [two-kubelets]`)
+	}
+	k.step("the copy's kubelet restarts: its re-registration is refused, in its log", err, line)
 
 	cp.Stop()
 	res = k.r.forget("worker-1", nil)
@@ -668,4 +681,143 @@ func nodeguardLines(m *Machine) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// The incident's damage: pods bound to the original, then the perfect copy started.
+// The audit log tells the two machines apart by source address (which no admission
+// webhook sees) and counts every write of the copy the API server accepted, before
+// nodeguard refuses it and after.
+func scenarioIncidentPods(k *kubeletRun) {
+	orig, ok := k.joined(worker1, "abcdef")
+	if !ok {
+		return
+	}
+	ns, replicas := "incident", int32(3)
+	cx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	_, err := k.r.cluster.admin.CoreV1().Namespaces().Create(cx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		k.step("a namespace for the workload", err)
+		return
+	}
+	labels := map[string]string{"app": "web"}
+	_, err = k.r.cluster.admin.AppsV1().Deployments(ns).Create(cx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					NodeName:   "worker-1", // pinned; no scheduler runs
+					Containers: []corev1.Container{{Name: "web", Image: "registry.k8s.io/pause:3.10.1"}},
+				},
+			},
+		},
+	}, metav1.CreateOptions{})
+	if !k.step("a Deployment of 3 replicas pinned to worker-1", err) {
+		return
+	}
+	running := func() (int, string) {
+		cx, cancel := ctx()
+		defer cancel()
+		pods, err := k.r.cluster.admin.CoreV1().Pods(ns).List(cx, metav1.ListOptions{})
+		if err != nil {
+			return 0, err.Error()
+		}
+		n, desc := 0, []string{}
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning {
+				n++
+			}
+			desc = append(desc, fmt.Sprintf("%s %s hostIP %s", p.Name, p.Status.Phase, p.Status.HostIP))
+		}
+		return n, strings.Join(desc, ", ")
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	var perr error
+	for {
+		n, desc := running()
+		if n == int(replicas) {
+			break
+		}
+		if time.Now().After(deadline) {
+			perr = fmt.Errorf("%d of %d pods Running within 90 s: %s", n, replicas, desc)
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	_, desc := running()
+	if !k.step("worker-1's kubelet runs them (on the fake runtime)", perr, desc) {
+		return
+	}
+
+	copySpec := worker1
+	copySpec.IP, copySpec.NodeIP = "10.250.0.21", worker1.IP
+	copySpec.BootID = "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60"
+	cp, err := k.copyOf(orig, copySpec)
+	if !k.step("worker-1's disk is copied whole", err) {
+		return
+	}
+	t0 := time.Now()
+	if !k.step("the copy starts while the original runs", cp.Start()) {
+		return
+	}
+	_, err = cp.WaitLog(0, 120*time.Second, "denied the request: nodeguard [two-kubelets]")
+	t1 := time.Now()
+	if !k.step("the copy is refused [two-kubelets]", err, fmt.Sprintf("after %s", t1.Sub(t0).Round(time.Millisecond))) {
+		return
+	}
+	time.Sleep(40 * time.Second)
+	t2 := time.Now()
+	cp.Stop()
+	time.Sleep(time.Second) // the audit log is written after the answer
+	events, err := readAudit(os.Getenv("CLUSTER_AUDIT_LOG"))
+	if !k.step("the API server's audit log is read", err) {
+		return
+	}
+	before := countWrites(events, copySpec.IP, t0, t1)
+	after := countWrites(events, copySpec.IP, t1, t2)
+	origAfter := countWrites(events, worker1.IP, t1, t2)
+	info := []string{
+		fmt.Sprintf("the copy, start to first refusal (%s): %s", t1.Sub(t0).Round(time.Second), before),
+		fmt.Sprintf("the copy, the %s after: %s", t2.Sub(t1).Round(time.Second), after),
+		fmt.Sprintf("the original, the same %s: %s", t2.Sub(t1).Round(time.Second), origAfter),
+	}
+	var nerr error
+	if n := after.accepted("patch nodes/status"); n > 0 {
+		nerr = fmt.Errorf("%d node status writes of the copy accepted after its first refusal", n)
+	}
+	k.step("after the refusal no node status write of the copy is accepted", nerr, info...)
+	// What tells the copy's pod writes apart, if anything: the audit log's user and its
+	// credential id, against the original's.
+	k.step("what the copy's pod writes look like to admission", nil, podWriteSignals(events, copySpec.IP, worker1.IP, t0, t2)...)
+	_, desc = running()
+	k.step("the pods after the copy stopped", nil, desc)
+}
+
+// podWriteSignals compares what admission is shown of the two machines' pod status
+// writes: user and credential id.
+func podWriteSignals(events []auditEvent, copyIP, origIP string, from, to time.Time) []string {
+	seen := map[string]map[string]bool{copyIP: {}, origIP: {}}
+	for _, e := range events {
+		if e.ObjectRef.Resource != "pods" || e.ObjectRef.Subresource != "status" || e.StageTimestamp.Before(from) || !e.StageTimestamp.Before(to) {
+			continue
+		}
+		for ip := range seen {
+			if e.from(ip) {
+				seen[ip][fmt.Sprintf("user %s, credential %v", e.User.Username, e.User.Extra["authentication.kubernetes.io/credential-id"])] = true
+			}
+		}
+	}
+	var out []string
+	for _, ip := range []string{copyIP, origIP} {
+		var who []string
+		for w := range seen[ip] {
+			who = append(who, w)
+		}
+		sort.Strings(who)
+		out = append(out, fmt.Sprintf("pods/status writes from %s: %s", ip, strings.Join(who, "; ")))
+	}
+	return out
 }

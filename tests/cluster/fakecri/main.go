@@ -25,6 +25,8 @@ func main() {
 		os.Exit(2)
 	}
 	runtime := fake.NewFakeRemoteRuntime()
+	// A pulled image needs a size, else the kubelet refuses to start its containers.
+	runtime.ImageService.SetFakeImageSize(320368)
 	used, inodes := uint64(1<<30), uint64(4096)
 	runtime.ImageService.SetFakeFilesystemUsage([]*runtimeapi.FilesystemUsage{{
 		Timestamp:  time.Now().UnixNano(),
