@@ -27,6 +27,8 @@ type kubeletRun struct {
 	r        *Runner
 	env      *machineEnv
 	machines []*Machine
+	// made: mount targets this run created on the host, removed at the end.
+	made []string
 	// steps of the scenario running now, reported as PASS/FAIL lines.
 	scenario       string
 	passed, failed int
@@ -37,12 +39,16 @@ func newKubeletRun(r *Runner, clusterBin, fakecri, dir string) (*kubeletRun, err
 		return nil, err
 	}
 	// Mount targets the machines bind their own directories on.
+	var made []string
 	for _, d := range []string{"/var/lib/kubelet", "/var/log"} {
+		if _, err := os.Stat(d); os.IsNotExist(err) {
+			made = append(made, d)
+		}
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
 		}
 	}
-	return &kubeletRun{r: r, env: &machineEnv{
+	return &kubeletRun{r: r, made: made, env: &machineEnv{
 		kubelet: filepath.Join(clusterBin, "kubelet"), fakecri: fakecri,
 		caFile: filepath.Join(r.cluster.dir, "pki", "ca.crt"), server: r.cluster.host,
 		bridge: "nodeguard0", gateway: "10.250.0.1", root: dir,
@@ -89,12 +95,19 @@ func (k *kubeletRun) copyOf(from *Machine, spec MachineSpec) (*Machine, error) {
 	return m, nil
 }
 
-// cleanup stops and removes every machine and every Node.
+// cleanup stops and removes every machine.
 func (k *kubeletRun) cleanup() {
 	for _, m := range k.machines {
 		m.Destroy()
 	}
 	k.machines = nil
+}
+
+// removeMountTargets removes the (empty) mount targets the run created.
+func (k *kubeletRun) removeMountTargets() {
+	for _, d := range k.made {
+		_ = os.Remove(d)
+	}
 }
 
 // step reports one assertion of the current scenario.
@@ -220,6 +233,7 @@ func (r *Runner) RunKubeletScenarios(clusterBin, fakecri, dir, only string) (pas
 		sc.run(k)
 		k.cleanup()
 	}
+	k.removeMountTargets()
 	return k.passed, k.failed
 }
 

@@ -65,6 +65,8 @@ func run() int {
 	readyTimeout := fs.Duration("ready-timeout", 30*time.Second, "how long to wait for nodeguard's /readyz")
 	fakecri := fs.String("fakecri", "", "the fakecri binary: with it, the scenarios with real kubelets run after the others")
 	kubeletsOnly := fs.Bool("kubelets-only", false, "run only the scenarios with real kubelets")
+	soak := fs.Duration("soak", 0, "instead of the scenarios, run the soak this long (needs --fakecri)")
+	soakMachines := fs.Int("soak-machines", 6, "machines in the soak")
 	verbose := fs.Bool("v", false, "print the details of passing steps too")
 	ledgerMode := fs.String("ledger", "auto", "whether nodeguard keeps a NodeIdentity ledger the reset waits for: on, off, or auto (on when the cluster serves nodeidentities.nodeguard.io)")
 	fs.Usage = func() {
@@ -100,7 +102,7 @@ func run() int {
 	if err != nil {
 		return setupErr("%v", err)
 	}
-	if *kubeletsOnly {
+	if *kubeletsOnly || *soak > 0 {
 		scs = nil
 	}
 	if len(scs) == 0 && *fakecri == "" {
@@ -223,6 +225,14 @@ func run() int {
 				}
 			}
 		}
+	}
+	if *soak > 0 {
+		ok := r.RunSoak(os.Getenv("CLUSTER_BIN"), *fakecri, filepath.Join(*clusterDir, "soak"), *soakMachines, *soak)
+		logger.Printf("soak done in %s", time.Since(started))
+		if !ok {
+			return 1
+		}
+		return 0
 	}
 	if *fakecri != "" {
 		p, f := r.RunKubeletScenarios(os.Getenv("CLUSTER_BIN"), *fakecri, filepath.Join(*clusterDir, "machines"), *only)

@@ -1,0 +1,201 @@
+package main
+
+// The soak: several real kubelets with pods for a while, with reboots, kubelet
+// restarts, an address change and a nodeguard restart injected; nothing legitimate may
+// be refused or warned of. Prints the figures: admission requests nodeguard received
+// per node per minute under the shipped matchConditions, and the findings.
+
+import (
+	"fmt"
+	"math/rand"
+	"os"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// RunSoak runs n machines for d and reports; it returns whether nothing was refused.
+func (r *Runner) RunSoak(clusterBin, fakecri, dir string, n int, d time.Duration) bool {
+	k, err := newKubeletRun(r, clusterBin, fakecri, dir)
+	if err != nil {
+		fmt.Printf("soak: %v\n", err)
+		return false
+	}
+	k.scenario = "soak"
+	defer k.removeMountTargets()
+	defer k.cleanup()
+	if !k.step("the cluster is cleared", r.cluster.Clear()) {
+		return false
+	}
+	var machines []*Machine
+	for i := 1; i <= n; i++ {
+		spec := MachineSpec{Name: fmt.Sprintf("soak-%d", i), IP: fmt.Sprintf("10.250.0.%d", 100+i),
+			MachineID: fmt.Sprintf("%032x", 0x50a0000+i), SystemUUID: fmt.Sprintf("5a000000-0000-4000-8000-%012x", i),
+			BootID: fmt.Sprintf("b0000000-0000-4000-8000-%012x", i)}
+		m, ok := k.joined(spec, "50a4ed")
+		if !ok {
+			return false
+		}
+		machines = append(machines, m)
+	}
+	if !k.step("each machine runs 2 pods", k.podsOn(machines, 2)) {
+		return false
+	}
+	start, err := r.ng.Metrics()
+	if !k.step("nodeguard's counters at the start", err) {
+		return false
+	}
+	began := time.Now()
+	rng := rand.New(rand.NewSource(1))
+	var injected []string
+	restartedNodeguard, readdressed := false, false
+	counted := &soakCounts{}
+	boots := 0
+	for time.Since(began) < d {
+		time.Sleep(time.Duration(20+rng.Intn(20)) * time.Second)
+		m := machines[rng.Intn(len(machines))]
+		switch {
+		case !restartedNodeguard && time.Since(began) > d/2:
+			restartedNodeguard = true
+			injected = append(injected, "nodeguard restarted")
+			// Its counters restart from zero: keep what it had counted.
+			before, err := r.ng.Metrics()
+			if err == nil {
+				counted.add(before, start)
+			}
+			if err := firstErr(err, r.ng.Stop(), r.ng.Start(r.readyWait)); err != nil {
+				k.step("nodeguard restarts", err)
+				return false
+			}
+			if start, err = r.ng.Metrics(); err != nil {
+				k.step("nodeguard's counters after its restart", err)
+				return false
+			}
+		case !readdressed && time.Since(began) > d/4:
+			readdressed = true
+			injected = append(injected, m.Name+" changes address")
+			if err := m.Readdress(fmt.Sprintf("10.250.0.%d", 200+m.index%50)); err != nil {
+				k.step("an address change", err)
+				return false
+			}
+		case rng.Intn(2) == 0:
+			boots++
+			injected = append(injected, m.Name+" reboots")
+			if err := m.Reboot(fmt.Sprintf("b%07x-0000-4000-8000-%012x", boots, m.index)); err != nil {
+				k.step("a reboot", err)
+				return false
+			}
+		default:
+			injected = append(injected, m.Name+"'s kubelet restarts")
+			m.Stop()
+			if err := m.Start(); err != nil {
+				k.step("a kubelet restart", err)
+				return false
+			}
+		}
+	}
+	for _, m := range machines {
+		if err := k.waitNodeReady(m, 90*time.Second); err != nil {
+			k.step("every machine is Ready at the end", err)
+			return false
+		}
+	}
+	end, err := r.ng.Metrics()
+	if !k.step("nodeguard's counters at the end", err) {
+		return false
+	}
+	minutes := time.Since(began).Minutes()
+	counted.add(end, start)
+	requests, findings := counted.requests, counted.findings
+	var logged []string
+	for _, m := range machines {
+		if err := noRefusal(m, 0); err != nil {
+			logged = append(logged, err.Error())
+		}
+	}
+	var ferr error
+	if findings != 0 || len(logged) > 0 {
+		ferr = fmt.Errorf("%v findings in nodeguard's counters; kubelets logged: %s", findings, strings.Join(logged, "\n"))
+	}
+	k.step("no refusal and no warning for any legitimate write", ferr,
+		fmt.Sprintf("%d machines, %.1f minutes, %d events injected: %s", n, minutes, len(injected), strings.Join(injected, ", ")),
+		fmt.Sprintf("admission requests nodeguard answered: %v, %.3f per node per minute; findings (refusals and warnings): %v", requests, requests/float64(n)/minutes, findings))
+	events, err := readAudit(os.Getenv("CLUSTER_AUDIT_LOG"))
+	if err == nil {
+		reached := 0
+		for _, e := range events {
+			if e.StageTimestamp.Before(began) {
+				continue
+			}
+			switch e.resource() {
+			case "create nodes", "patch nodes/status", "patch nodes", "update nodes/status", "create certificatesigningrequests":
+				reached++
+			}
+		}
+		k.step("the load the kubelets put on the API server", nil,
+			fmt.Sprintf("kubelet writes of the kinds nodeguard's webhooks match: %d, %.2f per node per minute (nodeguard sees only those that change identity)", reached, float64(reached)/float64(n)/minutes))
+	}
+	return k.failed == 0
+}
+
+// soakCounts adds up nodeguard's counters over its restarts.
+type soakCounts struct{ requests, findings float64 }
+
+func (c *soakCounts) add(now, since map[string]float64) {
+	c.requests += now["nodeguard_admission_requests_total"] - since["nodeguard_admission_requests_total"]
+	c.findings += now["nodeguard_admission_findings_total"] - since["nodeguard_admission_findings_total"]
+}
+
+// podsOn runs per pods pinned to each machine and waits until they run.
+func (k *kubeletRun) podsOn(machines []*Machine, per int32) error {
+	cx, cancel := ctx()
+	defer cancel()
+	ns := "soak"
+	if _, err := k.r.cluster.admin.CoreV1().Namespaces().Create(cx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	for _, m := range machines {
+		labels := map[string]string{"app": "soak", "node": m.Name}
+		_, err := k.r.cluster.admin.AppsV1().Deployments(ns).Create(cx, &appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Name: m.Name, Namespace: ns},
+			Spec: appsv1.DeploymentSpec{
+				Replicas: &per,
+				Selector: &metav1.LabelSelector{MatchLabels: labels},
+				Template: corev1.PodTemplateSpec{
+					ObjectMeta: metav1.ObjectMeta{Labels: labels},
+					Spec: corev1.PodSpec{NodeName: m.Name,
+						Containers: []corev1.Container{{Name: "app", Image: "registry.k8s.io/pause:3.10.1"}}},
+				},
+			},
+		}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+	}
+	want := int(per) * len(machines)
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		cx, cancel := ctx()
+		pods, err := k.r.cluster.admin.CoreV1().Pods(ns).List(cx, metav1.ListOptions{})
+		cancel()
+		running := 0
+		if err == nil {
+			for _, p := range pods.Items {
+				if p.Status.Phase == corev1.PodRunning {
+					running++
+				}
+			}
+		}
+		if running == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d pods Running within 120 s (%v)", running, want, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
