@@ -364,27 +364,13 @@ func (k *kubeletRun) nodeAbsent(name string) error {
 	return nil
 }
 
-// The machine's disk copied to a new VM (new system UUID, boot and address), its
-// hostname changed to worker-5, /etc/machine-id kept, and re-joined with a token as
-// `kubeadm join` does (kubelet.conf and pki removed: a copied kubelet.conf would carry
-// worker-1's certificate, which NodeRestriction refuses for another name before any
-// webhook).
+// A clone under a new name: worker-1's disk on a new VM, hostname worker-5, re-joined
+// with a token as `kubeadm join` does (kubelet.conf and pki removed: a copied
+// kubelet.conf would carry worker-1's certificate, which NodeRestriction refuses for
+// another name before any webhook).
 func scenarioCloneNewName(k *kubeletRun) {
-	orig, ok := k.joined(worker1, "abcdef")
+	orig, origLog, clone, started, ok := k.rejoiningClone("worker-5", "10.250.0.15")
 	if !ok {
-		return
-	}
-	origLog := orig.LogSize()
-	clone, err := k.copyOf(orig, MachineSpec{Name: "worker-5", IP: "10.250.0.15", MachineID: worker1.MachineID,
-		SystemUUID: "564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61", BootID: "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60"})
-	if err == nil {
-		err = clone.ForgetCredentials()
-	}
-	if !k.step("worker-1's disk is copied to worker-5, which forgets worker-1's credentials", err) {
-		return
-	}
-	started := time.Now()
-	if !k.step("the clone's kubelet starts", clone.Start()) {
 		return
 	}
 	line, err := clone.WaitLog(0, 90*time.Second, "Unable to register node with API server",
@@ -392,36 +378,53 @@ func scenarioCloneNewName(k *kubeletRun) {
 	k.step("its registration is refused with nodeguard's message in its log", err,
 		fmt.Sprintf("after %s: %s", time.Since(started).Round(time.Millisecond), line))
 	k.step("no node worker-5 exists", k.nodeAbsent("worker-5"))
-	k.step("the original keeps renewing its Lease", k.leaseRenewed("worker-1", time.Now(), 30*time.Second))
-	k.step("the original was refused nothing", firstErr(noRefusal(orig, origLog), k.waitNodeReady(orig, 5*time.Second)))
+	k.originalUnharmed(orig, origLog)
 }
 
 // The copy keeps the name worker-1 and re-joins with a bootstrap token: its CSR for
 // worker-1's credentials is refused while worker-1 runs.
 func scenarioCloneSameNameToken(k *kubeletRun) {
-	orig, ok := k.joined(worker1, "abcdef")
+	orig, origLog, clone, started, ok := k.rejoiningClone("worker-1", "10.250.0.16")
 	if !ok {
-		return
-	}
-	origLog := orig.LogSize()
-	clone, err := k.copyOf(orig, MachineSpec{Name: "worker-1", IP: "10.250.0.16", MachineID: worker1.MachineID,
-		SystemUUID: "564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61", BootID: "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60"})
-	if err == nil {
-		err = clone.ForgetCredentials()
-	}
-	if !k.step("worker-1's disk is copied, its credentials removed for a re-join", err) {
-		return
-	}
-	started := time.Now()
-	if !k.step("the copy's kubelet starts", clone.Start()) {
 		return
 	}
 	line, err := clone.WaitLog(0, 90*time.Second,
 		`admission webhook \"csrs.nodeguard.io\" denied the request: nodeguard [name-takeover]: a bootstrap token asks for the credentials of node \"worker-1\", which a kubelet on another machine is running`)
 	k.step("its bootstrap CSR is refused with nodeguard's message in its log", err,
 		fmt.Sprintf("after %s: %s", time.Since(started).Round(time.Millisecond), line))
+	k.originalUnharmed(orig, origLog)
+}
+
+// rejoiningClone joins worker-1, copies its disk to a new VM (new system UUID, boot and
+// address; /etc/machine-id kept) with hostname name, removes worker-1's credentials for
+// a re-join, and starts the clone's kubelet. origLog is the original's log offset
+// before the clone existed.
+func (k *kubeletRun) rejoiningClone(name, ip string) (orig *Machine, origLog int, clone *Machine, started time.Time, ok bool) {
+	orig, ok = k.joined(worker1, "abcdef")
+	if !ok {
+		return nil, 0, nil, time.Time{}, false
+	}
+	origLog = orig.LogSize()
+	clone, err := k.copyOf(orig, MachineSpec{Name: name, IP: ip, MachineID: worker1.MachineID,
+		SystemUUID: "564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61", BootID: "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60"})
+	if err == nil {
+		err = clone.ForgetCredentials()
+	}
+	if !k.step(fmt.Sprintf("worker-1's disk is copied to a machine named %s, its credentials removed for a re-join", name), err) {
+		return nil, 0, nil, time.Time{}, false
+	}
+	started = time.Now()
+	if !k.step("the clone's kubelet starts", clone.Start()) {
+		return nil, 0, nil, time.Time{}, false
+	}
+	return orig, origLog, clone, started, true
+}
+
+// originalUnharmed checks that the original keeps renewing its Lease, stays Ready and
+// was refused nothing since offset of its log.
+func (k *kubeletRun) originalUnharmed(orig *Machine, offset int) {
 	k.step("the original keeps renewing its Lease", k.leaseRenewed("worker-1", time.Now(), 30*time.Second))
-	k.step("the original was refused nothing", firstErr(noRefusal(orig, origLog), k.waitNodeReady(orig, 5*time.Second)))
+	k.step("the original was refused nothing", firstErr(noRefusal(orig, offset), k.waitNodeReady(orig, 5*time.Second)))
 }
 
 // The incident: a full copy (same name, kubeconfig, client certificate, machine-id,
@@ -658,6 +661,11 @@ func scenarioReplaceNotReady(k *kubeletRun) {
 	}
 	err = m.Start()
 	err = firstErr(err, k.waitNodeReady(m, 90*time.Second))
+	// Its fast status update after turning ready may patch the existing Node before its
+	// registration CREATE is sent: wait for both.
+	if err == nil {
+		_, err = m.WaitLog(0, 60*time.Second, "Node was previously registered")
+	}
 	k.step("it joins under the name: nothing refused", firstErr(err, noDenial(m, 0)))
 	// A takeover of a NotReady node is let through with a warning, which the kubelet logs.
 	want := []string{
