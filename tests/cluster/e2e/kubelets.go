@@ -211,7 +211,7 @@ func (k *kubeletRun) findings() float64 {
 }
 
 // RunKubeletScenarios runs every kubelet scenario whose name contains only.
-func (r *Runner) RunKubeletScenarios(clusterBin, fakecri, dir, only string) (passed, failed int) {
+func (r *Runner) RunKubeletScenarios(clusterBin, fakecri, dir, only string, long bool) (passed, failed int) {
 	k, err := newKubeletRun(r, clusterBin, fakecri, dir)
 	if err != nil {
 		fmt.Printf("FAIL kubelets / setup\n    %v\n", err)
@@ -219,6 +219,9 @@ func (r *Runner) RunKubeletScenarios(clusterBin, fakecri, dir, only string) (pas
 	}
 	for _, sc := range kubeletScenarios {
 		if only != "" && !strings.Contains(sc.name, only) && !strings.Contains("kubelets", only) {
+			continue
+		}
+		if sc.long && !long {
 			continue
 		}
 		k.scenario = "kubelets: " + sc.name
@@ -240,17 +243,20 @@ func (r *Runner) RunKubeletScenarios(clusterBin, fakecri, dir, only string) (pas
 type kubeletScenario struct {
 	name string
 	run  func(k *kubeletRun)
+	// long: minutes of waiting, run only with --long (not in CI).
+	long bool
 }
 
 var kubeletScenarios = []kubeletScenario{
-	{"a machine joins by TLS bootstrap and registers", scenarioJoin},
-	{"a clone under a new name is refused at registration", scenarioCloneNewName},
-	{"a clone that keeps the name and re-joins with a token is refused its CSR", scenarioCloneSameNameToken},
-	{"the incident: a perfect copy started while the original runs", scenarioIncident},
-	{"the incident's damage: what a perfect copy writes of the original's pods", scenarioIncidentPods},
-	{"a reboot, a kubelet restart and a new address are never refused", scenarioOneMachineChanges},
-	{"a node deleted, and a new machine joins under its name", scenarioRejoinAfterDelete},
-	{"a machine replaces a node that has gone NotReady", scenarioReplaceNotReady},
+	{name: "a machine joins by TLS bootstrap and registers", run: scenarioJoin},
+	{name: "a clone under a new name is refused at registration", run: scenarioCloneNewName},
+	{name: "a clone that keeps the name and re-joins with a token is refused its CSR", run: scenarioCloneSameNameToken},
+	{name: "the incident: a perfect copy started while the original runs", run: scenarioIncident},
+	{name: "the incident's damage: what a perfect copy writes of the original's pods", run: scenarioIncidentPods},
+	{name: "a reboot, a kubelet restart and a new address are never refused", run: scenarioOneMachineChanges},
+	{name: "a node deleted, and a new machine joins under its name", run: scenarioRejoinAfterDelete},
+	{name: "a machine replaces a node that has gone NotReady", run: scenarioReplaceNotReady},
+	{name: "a refused bootstrap: the kubelet gives up after 5 minutes", run: scenarioBootstrapGivesUp, long: true},
 }
 
 var worker1 = MachineSpec{Name: "worker-1", IP: "10.250.0.11", MachineID: "11c1f8e2fbf5540cd8ff218ef016ba11",
@@ -842,4 +848,30 @@ func podWriteSignals(events []auditEvent, copyIP, origIP string, from, to time.T
 		out = append(out, fmt.Sprintf("pods/status writes from %s: %s", ip, strings.Join(who, "; ")))
 	}
 	return out
+}
+
+// A copy that re-joins under a running node's name with a token keeps being refused
+// its CSR; the kubelet exits once it has had no client certificate for 5 minutes while
+// the API server answers (a 403 counts as answering).
+func scenarioBootstrapGivesUp(k *kubeletRun) {
+	_, _, clone, started, ok := k.rejoiningClone("worker-1", "10.250.0.16")
+	if !ok {
+		return
+	}
+	_, err := clone.WaitLog(0, 90*time.Second, `denied the request: nodeguard [name-takeover]`)
+	if !k.step("its bootstrap CSR is refused", err) {
+		return
+	}
+	deadline := time.Now().Add(8 * time.Minute)
+	for clone.Running() && time.Now().Before(deadline) {
+		time.Sleep(time.Second)
+	}
+	var eerr error
+	if clone.Running() {
+		eerr = fmt.Errorf("its kubelet still runs %s after its start", time.Since(started).Round(time.Second))
+	}
+	refusals := strings.Count(clone.Log(), "denied the request: nodeguard [name-takeover]")
+	k.step("its kubelet exits", eerr,
+		fmt.Sprintf("after %s, %d refused CSRs", time.Since(started).Round(time.Second), refusals),
+		lastLines(clone.Log(), 3))
 }

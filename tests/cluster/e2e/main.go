@@ -65,6 +65,7 @@ func run() int {
 	readyTimeout := fs.Duration("ready-timeout", 30*time.Second, "how long to wait for nodeguard's /readyz")
 	fakecri := fs.String("fakecri", "", "the fakecri binary: with it, the scenarios with real kubelets run after the others")
 	kubeletsOnly := fs.Bool("kubelets-only", false, "run only the scenarios with real kubelets")
+	long := fs.Bool("long", false, "also run the kubelet scenarios that wait for minutes (not in CI)")
 	soak := fs.Duration("soak", 0, "instead of the scenarios, run the soak this long (needs --fakecri)")
 	soakMachines := fs.Int("soak-machines", 6, "machines in the soak")
 	verbose := fs.Bool("v", false, "print the details of passing steps too")
@@ -235,7 +236,7 @@ func run() int {
 		return 0
 	}
 	if *fakecri != "" {
-		p, f := r.RunKubeletScenarios(os.Getenv("CLUSTER_BIN"), *fakecri, filepath.Join(*clusterDir, "machines"), *only)
+		p, f := r.RunKubeletScenarios(os.Getenv("CLUSTER_BIN"), *fakecri, filepath.Join(*clusterDir, "machines"), *only, *long)
 		passed += p
 		failed += f
 	}
