@@ -14,9 +14,7 @@ import (
 	"strings"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -442,9 +440,7 @@ func scenarioIncident(k *kubeletRun) {
 		return
 	}
 	origLog := orig.LogSize()
-	copySpec := worker1
-	copySpec.IP, copySpec.NodeIP = "10.250.0.21", worker1.IP
-	copySpec.BootID = "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60"
+	copySpec := perfectCopy(worker1)
 	cp, err := k.copyOf(orig, copySpec)
 	if !k.step("worker-1's disk is copied whole (kubelet.conf, client certificate, machine-id, system UUID)", err) {
 		return
@@ -516,6 +512,15 @@ func (k *kubeletRun) nodeBootIs(name, boot string) error {
 }
 
 func boolp(b bool) *bool { return &b }
+
+// perfectCopy is a copy of the machine identical but for its boot: it reports the same
+// InternalIP (held on its loopback) while reaching the cluster from its own address.
+func perfectCopy(of MachineSpec) MachineSpec {
+	c := of
+	c.IP, c.NodeIP = "10.250.0.21", of.IP
+	c.BootID = "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60"
+	return c
+}
 
 // conflictShown says whether `kubectl get nodeidentities` prints a CONFLICT for worker-1.
 func conflictShown(out string) error {
@@ -720,69 +725,14 @@ func scenarioIncidentPods(k *kubeletRun) {
 	if !ok {
 		return
 	}
-	ns, replicas := "incident", int32(3)
-	cx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	_, err := k.r.cluster.admin.CoreV1().Namespaces().Create(cx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		k.step("a namespace for the workload", err)
-		return
-	}
-	labels := map[string]string{"app": "web"}
-	_, err = k.r.cluster.admin.AppsV1().Deployments(ns).Create(cx, &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					NodeName:   "worker-1", // pinned; no scheduler runs
-					Containers: []corev1.Container{{Name: "web", Image: "registry.k8s.io/pause:3.10.1"}},
-				},
-			},
-		},
-	}, metav1.CreateOptions{})
-	if !k.step("a Deployment of 3 replicas pinned to worker-1", err) {
-		return
-	}
-	running := func() (int, string) {
-		cx, cancel := ctx()
-		defer cancel()
-		pods, err := k.r.cluster.admin.CoreV1().Pods(ns).List(cx, metav1.ListOptions{})
-		if err != nil {
-			return 0, err.Error()
-		}
-		n, desc := 0, []string{}
-		for _, p := range pods.Items {
-			if p.Status.Phase == corev1.PodRunning {
-				n++
-			}
-			desc = append(desc, fmt.Sprintf("%s %s hostIP %s", p.Name, p.Status.Phase, p.Status.HostIP))
-		}
-		return n, strings.Join(desc, ", ")
-	}
-	deadline := time.Now().Add(90 * time.Second)
-	var perr error
-	for {
-		n, desc := running()
-		if n == int(replicas) {
-			break
-		}
-		if time.Now().After(deadline) {
-			perr = fmt.Errorf("%d of %d pods Running within 90 s: %s", n, replicas, desc)
-			break
-		}
-		time.Sleep(time.Second)
-	}
-	_, desc := running()
-	if !k.step("worker-1's kubelet runs them (on the fake runtime)", perr, desc) {
+	ns := "incident"
+	err := k.podsOn(ns, []*Machine{orig}, 3)
+	_, desc := k.pods(ns)
+	if !k.step("a Deployment of 3 replicas pinned to worker-1 runs (on the fake runtime)", err, desc) {
 		return
 	}
 
-	copySpec := worker1
-	copySpec.IP, copySpec.NodeIP = "10.250.0.21", worker1.IP
-	copySpec.BootID = "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60"
+	copySpec := perfectCopy(worker1)
 	cp, err := k.copyOf(orig, copySpec)
 	if !k.step("worker-1's disk is copied whole", err) {
 		return
@@ -820,7 +770,7 @@ func scenarioIncidentPods(k *kubeletRun) {
 	// What tells the copy's pod writes apart, if anything: the audit log's user and its
 	// credential id, against the original's.
 	k.step("what the copy's pod writes look like to admission", nil, podWriteSignals(events, copySpec.IP, worker1.IP, t0, t2)...)
-	_, desc = running()
+	_, desc = k.pods(ns)
 	k.step("the pods after the copy stopped", nil, desc)
 }
 

@@ -42,7 +42,7 @@ func (r *Runner) RunSoak(clusterBin, fakecri, dir string, n int, d time.Duration
 		}
 		machines = append(machines, m)
 	}
-	if !k.step("each machine runs 2 pods", k.podsOn(machines, 2)) {
+	if !k.step("each machine runs 2 pods", k.podsOn("soak", machines, 2)) {
 		return false
 	}
 	start, err := r.ng.Metrics()
@@ -150,16 +150,16 @@ func (c *soakCounts) add(now, since map[string]float64) {
 	c.findings += now["nodeguard_admission_findings_total"] - since["nodeguard_admission_findings_total"]
 }
 
-// podsOn runs per pods pinned to each machine and waits until they run.
-func (k *kubeletRun) podsOn(machines []*Machine, per int32) error {
+// podsOn runs, for each machine, a Deployment of per pods pinned to it by nodeName (no
+// scheduler runs), and waits until they all run.
+func (k *kubeletRun) podsOn(ns string, machines []*Machine, per int32) error {
 	cx, cancel := ctx()
 	defer cancel()
-	ns := "soak"
 	if _, err := k.r.cluster.admin.CoreV1().Namespaces().Create(cx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
 	for _, m := range machines {
-		labels := map[string]string{"app": "soak", "node": m.Name}
+		labels := map[string]string{"app": ns, "node": m.Name}
 		_, err := k.r.cluster.admin.AppsV1().Deployments(ns).Create(cx, &appsv1.Deployment{
 			ObjectMeta: metav1.ObjectMeta{Name: m.Name, Namespace: ns},
 			Spec: appsv1.DeploymentSpec{
@@ -179,23 +179,31 @@ func (k *kubeletRun) podsOn(machines []*Machine, per int32) error {
 	want := int(per) * len(machines)
 	deadline := time.Now().Add(120 * time.Second)
 	for {
-		cx, cancel := ctx()
-		pods, err := k.r.cluster.admin.CoreV1().Pods(ns).List(cx, metav1.ListOptions{})
-		cancel()
-		running := 0
-		if err == nil {
-			for _, p := range pods.Items {
-				if p.Status.Phase == corev1.PodRunning {
-					running++
-				}
-			}
-		}
+		running, desc := k.pods(ns)
 		if running == want {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d of %d pods Running within 120 s (%v)", running, want, err)
+			return fmt.Errorf("%d of %d pods Running within 120 s: %s", running, want, desc)
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// pods counts the Running pods of ns and describes each (phase, hostIP).
+func (k *kubeletRun) pods(ns string) (running int, desc string) {
+	cx, cancel := ctx()
+	defer cancel()
+	pods, err := k.r.cluster.admin.CoreV1().Pods(ns).List(cx, metav1.ListOptions{})
+	if err != nil {
+		return 0, err.Error()
+	}
+	var each []string
+	for _, p := range pods.Items {
+		if p.Status.Phase == corev1.PodRunning {
+			running++
+		}
+		each = append(each, fmt.Sprintf("%s %s hostIP %s", p.Name, p.Status.Phase, p.Status.HostIP))
+	}
+	return running, strings.Join(each, ", ")
 }
