@@ -145,6 +145,7 @@ fn time_decisions(inventory: &Inventory, body: &[u8]) -> Duration {
     let now = jiff::Timestamp::now();
     median_time(|| {
         let review = NodeReview {
+            labels: Vec::new(),
             operation: Operation::Create,
             object: decode(body),
             old_object: None,
@@ -173,6 +174,7 @@ fn time_reboot(inventory: &Inventory) -> Duration {
     let old_claim = claim(&before);
     median_time(|| {
         let review = NodeReview {
+            labels: Vec::new(),
             operation: Operation::Update,
             object: decode(body.as_bytes()),
             old_object: Some(old_claim.clone()),

@@ -34,7 +34,6 @@ use nodeguard::demo::SERVICE_DNS_NAME;
 use nodeguard::demo::kubelet::{self, Machine, Write};
 use nodeguard::demo::scenarios::inventory_of;
 use nodeguard::inventory::SharedInventory;
-use nodeguard::policy::Config;
 use nodeguard::webhook::client::AdmissionClient;
 use nodeguard::webhook::{AppState, MAX_BODY_BYTES, router, serve_tls};
 
@@ -301,7 +300,8 @@ fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let state = AppState {
         inventory,
-        config: Arc::new(Config::default()),
+        config: nodeguard::webhook::SharedConfig::default(),
+        events: None,
         metrics: Arc::clone(&metrics),
     };
 

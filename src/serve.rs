@@ -18,9 +18,11 @@ use crate::admin::{self, AdminArgs, AdminState, Metrics};
 use crate::inventory::SharedInventory;
 use crate::ledger::lease::{self, LeaseConfig};
 use crate::ledger::recorder::{self, Recorder};
+use crate::admin::events::{EventPoster, EventQueue};
 use crate::policy::Config;
 use crate::watch::{self, Readiness};
-use crate::webhook::{self, AppState, WebhookArgs};
+use crate::webhook::settings::{ConfigReloader, ConfigSource};
+use crate::webhook::{self, AppState, SharedConfig, WebhookArgs};
 
 /// Everything `nodeguard serve` needs, each part with its own flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -125,38 +127,31 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
+    /// Where the configuration comes from, re-read at every reload.
+    pub fn source(&self) -> ConfigSource {
+        ConfigSource {
+            file: self.config_file.clone(),
+            checks: self.checks.clone(),
+            heartbeat_timeout: self.heartbeat_timeout.clone(),
+        }
+    }
+
     pub fn load(&self) -> anyhow::Result<Config> {
-        let mut config = match &self.config_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                Config::from_yaml(&text).with_context(|| format!("in {}", path.display()))?
-            }
-            None => Config::default(),
-        };
-        for setting in &self.checks {
-            config
-                .apply_setting(setting)
-                .with_context(|| format!("--check {setting}"))?;
-        }
-        if let Some(timeout) = &self.heartbeat_timeout {
-            config.set_heartbeat_timeout(
-                crate::policy::config::parse_heartbeat_timeout(timeout)
-                    .context("--heartbeat-timeout")?,
-            );
-        }
-        Ok(config)
+        Ok(self.source().load()?.config)
     }
 }
 
 /// Runs until a signal, or until a part fails.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Arc::new(args.policy.load()?);
+    let source = args.policy.source();
+    let loaded = source.load()?;
     tracing::info!(
-        checks = %config.describe(),
-        heartbeat_timeout = %config.describe_heartbeat_timeout(),
+        mode = loaded.config.global_mode().as_str(),
+        checks = %loaded.config.describe(),
+        heartbeat_timeout = %loaded.config.describe_heartbeat_timeout(),
         "check modes"
     );
+    let config = SharedConfig::new(loaded.config.clone());
     let (tls, serving_certificate) =
         webhook::tls::server_config_from_files(&args.webhook.tls_cert, &args.webhook.tls_key)?;
     let client = args.kube.client().await?;
@@ -172,6 +167,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let inventory = SharedInventory::default();
     let readiness = Readiness::new();
     let metrics = Arc::new(Metrics::new());
+    // Puts each valid new configuration file in force; keeps the last good one.
+    let reloading_config = tokio::spawn(
+        ConfigReloader::new(source, &loaded, config.clone(), Arc::clone(&metrics)).run(),
+    );
     // Puts each valid rotated pair in place for new handshakes; sets the expiry gauge.
     let reloading = tokio::spawn(
         webhook::reload::CertificateReloader::new(
@@ -189,6 +188,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut signals = Signals::new()?;
 
     let identity = args.ledger.identity();
+    // Refusals and warnings become Events after their answers, from a bounded queue.
+    let (event_queue, notices) = EventQueue::new(Arc::clone(&metrics));
+    let mut posting = tokio::spawn(
+        EventPoster::new(client.clone(), &identity, Arc::clone(&metrics)).run(notices),
+    );
     let (observations, observed) = recorder::observations();
     let (leading, leadership) = lease::leadership_channel();
     let mut watcher = tokio::spawn(watch::run(
@@ -203,7 +207,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         &identity,
     )
-    .after_sync(readiness.clone());
+    .after_sync(readiness.clone())
+    .auditing(config.clone());
     let recording = tokio::spawn(recorder.run(observed, leadership));
     let lease_config = LeaseConfig::new(
         args.ledger.namespace.clone(),
@@ -220,6 +225,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         inventory: inventory.clone(),
         config,
         metrics: Arc::clone(&metrics),
+        events: Some(event_queue),
     });
     let mut webhook_server = tokio::spawn(webhook::server::serve_tls_draining(
         webhook_listener,
@@ -261,6 +267,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // The watchers keep the inventory current for as long as the webhook answers.
         watcher.abort();
         reloading.abort();
+        reloading_config.abort();
+        // Its queue's last sender went with the webhook: it writes its series and ends.
+        finish(&mut posting).await;
         webhook_stopped.start();
         finish(&mut admin_server).await;
         finish(&mut election).await;

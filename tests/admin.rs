@@ -15,7 +15,6 @@ use nodeguard::demo::kubelet::{self, Machine, Write};
 use nodeguard::identity::NodeClaim;
 use nodeguard::identity::node::NodeDoc;
 use nodeguard::inventory::{Inventory, SharedInventory};
-use nodeguard::policy::Config;
 use nodeguard::watch::Readiness;
 use nodeguard::webhook::{self, AdmissionClient, AppState};
 use serde_json::Value;
@@ -121,7 +120,8 @@ async fn start() -> Servers {
     stop.push(webhook_stop);
     let webhook_router = webhook::router(AppState {
         inventory: inventory.clone(),
-        config: Arc::new(Config::default()),
+        config: nodeguard::webhook::SharedConfig::default(),
+        events: None,
         metrics,
     });
     tokio::spawn(webhook::serve_tls(

@@ -19,7 +19,6 @@ use nodeguard::admin::Metrics;
 use nodeguard::certs::{DEV_DNS_NAMES, DEV_SERVER_NAME, generate_dev_pki};
 use nodeguard::demo::kubelet::{self, Machine, Write};
 use nodeguard::inventory::SharedInventory;
-use nodeguard::policy::Config;
 use nodeguard::webhook::reload::CertificateReloader;
 use nodeguard::webhook::{self, AdmissionClient, AppState};
 use rcgen::{
@@ -247,7 +246,8 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let router = webhook::router(AppState {
             inventory: SharedInventory::default(),
-            config: Arc::new(Config::default()),
+            config: nodeguard::webhook::SharedConfig::default(),
+        events: None,
             metrics: Arc::clone(&metrics),
         });
         let (stop, stopped) = oneshot::channel::<()>();

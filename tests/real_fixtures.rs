@@ -35,6 +35,7 @@ fn now() -> Timestamp {
 
 fn create(node: &Value) -> NodeReview {
     NodeReview {
+        labels: Vec::new(),
         operation: Operation::Create,
         object: Some(claim(node)),
         old_object: None,

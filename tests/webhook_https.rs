@@ -19,7 +19,6 @@ use nodeguard::identity::csr::CsrDoc;
 use nodeguard::identity::node::NodeDoc;
 use nodeguard::identity::{KeyBinding, KeyFingerprint, NodeClaim};
 use nodeguard::inventory::{Inventory, SharedInventory};
-use nodeguard::policy::Config;
 use nodeguard::webhook::{self, AdmissionClient, AppState, ClientOptions};
 use rcgen::{KeyPair, PublicKeyData};
 use rustls::ProtocolVersion;
@@ -134,7 +133,8 @@ impl TestServer {
         let seen = Arc::clone(&requests_seen);
         let router = webhook::router(AppState {
             inventory: SharedInventory::new(inventory),
-            config: Arc::new(Config::default()),
+            config: nodeguard::webhook::SharedConfig::default(),
+        events: None,
             metrics: Arc::new(Metrics::new()),
         })
         .layer(axum::middleware::from_fn(

@@ -61,6 +61,28 @@ pub struct Metrics {
     recorder_leading: Gauge,
     serving_certificate_expiry: Gauge,
     serving_certificate_reloads: Family<ReloadLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+    config_in_force: Family<ConfigLabels, Gauge>,
+    events: Family<EventLabels, Counter>,
+    audit_findings: Family<AuditLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConfigLabels {
+    sha256: String,
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventLabels {
+    reason: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuditLabels {
+    check: String,
+    kind: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -110,6 +132,14 @@ impl Metrics {
         for result in [RELOAD_LOADED, RELOAD_REJECTED] {
             let _ = serving_certificate_reloads.get_or_create(&ReloadLabels { result });
         }
+
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        for result in [RELOAD_LOADED, RELOAD_REJECTED] {
+            let _ = config_reloads.get_or_create(&ReloadLabels { result });
+        }
+        let config_in_force = Family::<ConfigLabels, Gauge>::default();
+        let events = Family::<EventLabels, Counter>::default();
+        let audit_findings = Family::<AuditLabels, Gauge>::default();
 
         let mut registry = Registry::default();
         registry.register(
@@ -178,8 +208,34 @@ impl Metrics {
             serving_certificate_reloads.clone(),
         );
 
+        registry.register(
+            "nodeguard_config_reloads",
+            "Changed configuration files seen, by result (loaded, rejected: the previous configuration stays)",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "nodeguard_config_info",
+            "1 for the configuration in force: the SHA-256 of its file (empty without one) and its global mode",
+            config_in_force.clone(),
+        );
+        registry.register(
+            "nodeguard_events",
+            "Kubernetes Events about refusals, warnings and findings, by reason and result \
+             (posted, updated, coalesced into a series, rate_limited, dropped: queue full, failed)",
+            events.clone(),
+        );
+        registry.register(
+            "nodeguard_audit_findings",
+            "Findings of the last audit of the inventory, by check and kind (clone, shared, reused, conflict, unclaimed, refused)",
+            audit_findings.clone(),
+        );
+
         Self {
             registry,
+            config_reloads,
+            config_in_force,
+            events,
+            audit_findings,
             requests,
             findings,
             duration,
@@ -208,6 +264,41 @@ impl Metrics {
         self.serving_certificate_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
+    }
+
+    /// One changed configuration file: [`RELOAD_LOADED`] or [`RELOAD_REJECTED`].
+    pub fn observe_config_reload(&self, result: &'static str) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+
+    /// The configuration now in force: its file's SHA-256 (empty for none) and mode.
+    pub fn set_config_in_force(&self, sha256: &str, mode: &'static str) {
+        self.config_in_force.clear();
+        self.config_in_force
+            .get_or_create(&ConfigLabels {
+                sha256: sha256.to_string(),
+                mode,
+            })
+            .set(1);
+    }
+
+    /// One Event nodeguard meant to post: how it went.
+    pub fn observe_event(&self, reason: &'static str, result: &'static str) {
+        self.events
+            .get_or_create(&EventLabels { reason, result })
+            .inc();
+    }
+
+    /// The findings of the latest audit, replacing the previous ones.
+    pub fn set_audit_findings(&self, counts: impl IntoIterator<Item = (String, &'static str, usize)>) {
+        self.audit_findings.clear();
+        for (check, kind, count) in counts {
+            self.audit_findings
+                .get_or_create(&AuditLabels { check, kind })
+                .set(gauge_value(count));
+        }
     }
 
     /// A conflict the recorder wrote to the ledger.

@@ -2,6 +2,7 @@
 //! own, so that probes and scrapes never compete with admission traffic and need no
 //! TLS client setup.
 
+pub mod events;
 pub mod metrics;
 
 use std::net::SocketAddr;

@@ -76,7 +76,8 @@ impl LocalWebhook {
         let metrics = Arc::new(Metrics::new());
         let state = AppState {
             inventory: inventory.clone(),
-            config: Arc::new(config),
+            config: crate::webhook::SharedConfig::new(config),
+            events: None,
             metrics: metrics.clone(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;

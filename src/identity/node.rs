@@ -41,15 +41,58 @@ pub struct NodeMetaDoc<'a> {
     pub labels: Option<NodeLabelsDoc<'a>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+/// `metadata.labels`, every one of them: the hostname label is an identity claim, and
+/// the others are what an exemption's label selector reads. Only the review being decided
+/// holds them; the inventory keeps the hostname alone.
+#[derive(Debug, Default)]
 pub struct NodeLabelsDoc<'a> {
-    #[serde(
-        borrow,
-        deserialize_with = "super::text::option",
-        rename = "kubernetes.io/hostname"
-    )]
-    pub hostname: Option<Cow<'a, str>>,
+    pub pairs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+impl NodeLabelsDoc<'_> {
+    pub const HOSTNAME: &'static str = "kubernetes.io/hostname";
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    pub fn hostname(&self) -> Option<&str> {
+        self.get(Self::HOSTNAME)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for NodeLabelsDoc<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Labels<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Labels<'a> {
+            type Value = NodeLabelsDoc<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of label names to values")
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(NodeLabelsDoc::default())
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut pairs = Vec::new();
+                while let Some(key) = map.next_key::<super::text::Borrowed<'a>>()? {
+                    if let Some(value) = map.next_value::<Option<super::text::Borrowed<'a>>>()? {
+                        pairs.push((key.0, value.0));
+                    }
+                }
+                Ok(NodeLabelsDoc { pairs })
+            }
+        }
+        deserializer.deserialize_any(Labels(std::marker::PhantomData))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,7 +225,7 @@ impl NodeClaim {
         let mut internal_ips = Vec::new();
         let mut external_ips = Vec::new();
         let mut hostnames = Vec::new();
-        if let Some(label) = meta.labels.as_ref().and_then(|l| l.hostname.as_deref()) {
+        if let Some(label) = meta.labels.as_ref().and_then(NodeLabelsDoc::hostname) {
             hostnames.extend(Hostname::parse(label));
         }
         let non_empty = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(Arc::from);

@@ -56,6 +56,11 @@ impl<K: Hash + Eq + Clone> Index<K> {
     fn len(&self) -> usize {
         self.holders.len()
     }
+
+    /// Every value, with how many nodes hold it.
+    fn values(&self) -> impl Iterator<Item = (&K, Holders<'_>)> {
+        self.holders.iter().map(|(value, holders)| (value, Holders(Some(holders))))
+    }
 }
 
 /// The nodes that hold one value.
@@ -73,6 +78,16 @@ pub struct OtherHolders<'a> {
 impl<'a> Holders<'a> {
     pub fn is_empty(&self) -> bool {
         self.0.is_none_or(BTreeMap::is_empty)
+    }
+
+    /// How many nodes hold the value.
+    pub fn len(&self) -> usize {
+        self.0.map_or(0, BTreeMap::len)
+    }
+
+    /// All of them, in name order.
+    pub fn names(&self) -> impl Iterator<Item = &'a NodeName> + use<'a> {
+        self.0.into_iter().flat_map(BTreeMap::keys)
     }
 
     /// The holders other than `node`: O(1) in the number of holders (it reads at most
@@ -325,6 +340,32 @@ impl Inventory {
     }
 
     /// The nodes a kubelet key is bound to.
+    /// Every machine-id the nodes report, with its holders (for `audit`).
+    pub fn machine_id_values(&self) -> impl Iterator<Item = (&MachineId, Holders<'_>)> {
+        self.by.machine_ids.values()
+    }
+
+    pub fn system_uuid_values(&self) -> impl Iterator<Item = (&SystemUuid, Holders<'_>)> {
+        self.by.system_uuids.values()
+    }
+
+    pub fn provider_id_values(&self) -> impl Iterator<Item = (&ProviderId, Holders<'_>)> {
+        self.by.provider_ids.values()
+    }
+
+    pub fn internal_ip_values(&self) -> impl Iterator<Item = (&IpAddr, Holders<'_>)> {
+        self.by.internal_ips.values()
+    }
+
+    pub fn hostname_values(&self) -> impl Iterator<Item = (&Hostname, Holders<'_>)> {
+        self.by.hostnames.values()
+    }
+
+    /// Every bound kubelet key, with the nodes it is bound to.
+    pub fn key_values(&self) -> impl Iterator<Item = (&KeyFingerprint, Holders<'_>)> {
+        self.keys.values()
+    }
+
     pub fn key(&self, value: &KeyFingerprint) -> Holders<'_> {
         self.keys.get(value)
     }

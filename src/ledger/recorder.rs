@@ -7,16 +7,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder as EventRecorder, Reporter};
 use tokio::sync::mpsc;
 
 use super::lease::Leadership;
 use super::record::{Change, Conflict, Evidence, KeyObservation, NodeIdentity, NodeObservation};
+use crate::admin::events::{self, EventPoster, Notice};
 use crate::admin::metrics::Metrics;
 use crate::inventory::SharedInventory;
+use crate::policy::CollisionKind;
+use crate::policy::audit::{self, Audit, AuditInput};
+use crate::webhook::SharedConfig;
 use crate::watch::{Readiness, WatchedNode};
 
 /// Attempts of one read-modify-write before giving up until the next resync.
@@ -30,7 +34,10 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(10 * 60);
 /// API server.
 const MIN_WRITE_GAP: Duration = Duration::from_millis(20);
 
-pub const CONFLICT_REASON: &str = "NodeIdentityConflict";
+pub const CONFLICT_REASON: &str = events::CONFLICT_REASON;
+
+/// An audit finding is posted again after this long: Events expire after an hour.
+const AUDIT_REPOST_EVERY: Duration = Duration::from_secs(55 * 60);
 
 /// What the watchers saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,11 +99,15 @@ enum WriteError {
 pub struct Recorder {
     api: Api<NodeIdentity>,
     nodes: Api<WatchedNode>,
-    events: EventRecorder,
+    events: EventPoster,
     inventory: SharedInventory,
     metrics: Arc<Metrics>,
     next_write: tokio::time::Instant,
     synced: Option<Readiness>,
+    /// With a configuration, every resync ends with an audit of the inventory.
+    auditing: Option<SharedConfig>,
+    /// Audit notices posted while leading, and when.
+    announced: HashMap<String, tokio::time::Instant>,
 }
 
 impl Recorder {
@@ -106,19 +117,24 @@ impl Recorder {
         metrics: Arc<Metrics>,
         instance: &str,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "nodeguard".to_string(),
-            instance: Some(instance.to_string()),
-        };
         Self {
             api: Api::all(client.clone()),
             nodes: Api::all(client.clone()),
-            events: EventRecorder::new(client, reporter),
+            events: EventPoster::new(client, instance, Arc::clone(&metrics)),
             inventory,
             metrics,
             next_write: tokio::time::Instant::now(),
             synced: None,
+            auditing: None,
+            announced: HashMap::new(),
         }
+    }
+
+    /// Audits the inventory under `config` after every resync: exports
+    /// `nodeguard_audit_findings` and posts an Event on each node a finding concerns.
+    pub fn auditing(mut self, config: SharedConfig) -> Self {
+        self.auditing = Some(config);
+        self
     }
 
     /// Records nothing until `synced` is ready: compared with a ledger not yet listed,
@@ -156,6 +172,7 @@ impl Recorder {
                 }
             }
             self.metrics.set_leading(true);
+            self.announced.clear();
             tracing::info!("recording node identities");
             self.resync().await;
             let mut resync = tokio::time::interval(RESYNC_EVERY);
@@ -193,6 +210,100 @@ impl Recorder {
             self.record(observation).await;
         }
         self.remove_unclaimed().await;
+        self.audit().await;
+    }
+
+    /// The webhook's verdicts over the whole inventory (see [`audit`]): counted, and
+    /// each clone, reused address and ledger conflict posted on its nodes, once per
+    /// [`AUDIT_REPOST_EVERY`]. Values the platform shares are counted, not posted: they
+    /// concern every node alike.
+    pub async fn audit(&mut self) -> Option<Audit> {
+        let config = self.auditing.as_ref()?.current();
+        let now = Timestamp::now();
+        let (report, uids) = self.inventory.read(|inventory| {
+            let report = audit::audit(AuditInput {
+                inventory,
+                config: &config,
+                now,
+                labels: None,
+            });
+            let uids: HashMap<String, Option<String>> = inventory
+                .nodes()
+                .map(|n| (n.name.to_string(), n.uid.as_deref().map(str::to_string)))
+                .collect();
+            (report, uids)
+        });
+        self.metrics.set_audit_findings(
+            report
+                .counts()
+                .into_iter()
+                .map(|((check, kind), count)| (check, kind, count)),
+        );
+        let reference = |name: &str| {
+            events::node_reference(name, uids.get(name).and_then(|u| u.as_deref()))
+        };
+        let mut notices: Vec<(String, Notice)> = Vec::new();
+        for collision in &report.collisions {
+            if collision.kind == CollisionKind::Shared {
+                continue;
+            }
+            for node in &collision.nodes {
+                let others: Vec<&str> = collision
+                    .nodes
+                    .iter()
+                    .filter(|n| *n != node)
+                    .map(String::as_str)
+                    .collect();
+                let what = match collision.kind {
+                    CollisionKind::Reused => "an address handed out again, or a clone",
+                    _ => "likely a clone",
+                };
+                let note = format!(
+                    "nodeguard audit [{}]: node {node} has the {} {} of node {} ({what}); {}",
+                    collision.check,
+                    collision.field,
+                    collision.value,
+                    others.join(", "),
+                    "find the copy and give it its own identity (see the runbook for this check id)",
+                );
+                notices.push((
+                    format!("{}/{}/{node}", collision.check, collision.value),
+                    Notice {
+                        regarding: reference(node),
+                        related: others.first().map(|o| events::node_reference(o, None)),
+                        reason: crate::webhook::event_reason(collision.check),
+                        action: "Audited",
+                        check: collision.check.as_str(),
+                        note,
+                    },
+                ));
+            }
+        }
+        for conflict in &report.conflicts {
+            notices.push((
+                format!("conflict/{}/{}", conflict.node, conflict.refused_boot),
+                Notice {
+                    regarding: reference(&conflict.node),
+                    related: None,
+                    reason: CONFLICT_REASON,
+                    action: "Audited",
+                    check: super::record::TWO_KUBELETS,
+                    note: conflict.message.clone(),
+                },
+            ));
+        }
+        let now = tokio::time::Instant::now();
+        for (key, notice) in notices {
+            let due = self
+                .announced
+                .get(&key)
+                .is_none_or(|at| now.duration_since(*at) >= AUDIT_REPOST_EVERY);
+            if due {
+                self.announced.insert(key, now);
+                self.events.handle(notice).await;
+            }
+        }
+        Some(report)
     }
 
     /// Deletes the records that no Node has claimed within
@@ -363,7 +474,7 @@ impl Recorder {
     }
 
     /// A new conflict: a Warning Event on the Node, a metric and a log line.
-    async fn announce(&self, name: &str, conflict: &Conflict) {
+    async fn announce(&mut self, name: &str, conflict: &Conflict) {
         self.metrics
             .observe_conflict_recorded(super::record::TWO_KUBELETS);
         tracing::warn!(
@@ -377,22 +488,18 @@ impl Recorder {
             inv.node(name)
                 .and_then(|n| n.uid.as_deref().map(str::to_string))
         });
-        let reference = ObjectReference {
-            api_version: Some("v1".to_string()),
-            kind: Some("Node".to_string()),
-            name: Some(name.to_string()),
-            uid,
-            ..ObjectReference::default()
+        let notice = Notice {
+            regarding: events::node_reference(name, uid.as_deref()),
+            related: None,
+            reason: CONFLICT_REASON,
+            action: "RefusedBoot",
+            check: super::record::TWO_KUBELETS,
+            note: super::record::conflict_note(name, conflict),
         };
-        let event = Event {
-            type_: EventType::Warning,
-            reason: CONFLICT_REASON.to_string(),
-            note: Some(super::record::conflict_note(name, conflict)),
-            action: "RefuseBoot".to_string(),
-            secondary: None,
-        };
-        if let Err(error) = self.events.publish(&event, &reference).await {
-            tracing::warn!(node = %name, %error, "could not post the NodeIdentityConflict event");
-        }
+        self.announced.insert(
+            format!("conflict/{name}/{}", conflict.refused_boot),
+            tokio::time::Instant::now(),
+        );
+        self.events.handle(notice).await;
     }
 }

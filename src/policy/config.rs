@@ -1,7 +1,7 @@
 //! Which checks run and how: each check is `enforce` (deny), `warn` (allow with a
 //! warning) or `off`. Parsed from flags or a YAML file; pure.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -98,6 +98,16 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The milder of two modes: a global `warn` caps every check at `warn`.
+    pub fn milder(self, other: Mode) -> Mode {
+        let rank = |mode: Mode| match mode {
+            Mode::Off => 0,
+            Mode::Warn => 1,
+            Mode::Enforce => 2,
+        };
+        if rank(other) < rank(self) { other } else { self }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Enforce => "enforce",
@@ -135,6 +145,8 @@ pub enum ConfigError {
     BadAddress(String),
     #[error("heartbeatTimeout: {0:?} is not a duration of at least 1m, such as 10m")]
     BadHeartbeatTimeout(String),
+    #[error("exemptions.nodeSelector: {0}")]
+    BadSelector(String),
 }
 
 fn known_checks() -> String {
@@ -144,7 +156,12 @@ fn known_checks() -> String {
 /// The configuration every decision reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// Caps every check's mode: `warn` for a warn-first rollout.
+    global_mode: Mode,
     modes: BTreeMap<CheckId, Mode>,
+    /// Nodes whose writes (and kubelet CSRs) are never checked.
+    exempt_nodes: BTreeSet<String>,
+    exempt_selector: Option<LabelSelector>,
     /// Values this fleet shares on purpose (e.g. one machine-id baked into an image),
     /// added to the built-in placeholders.
     shared_machine_ids: HashSet<MachineId>,
@@ -157,7 +174,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            global_mode: Mode::Enforce,
             modes: CheckId::ALL.map(|id| (id, id.default_mode())).into(),
+            exempt_nodes: BTreeSet::new(),
+            exempt_selector: None,
             shared_machine_ids: HashSet::new(),
             shared_system_uuids: HashSet::new(),
             shared_addresses: Vec::new(),
@@ -170,6 +190,11 @@ impl Default for Config {
 /// The YAML configuration file:
 ///
 /// ```yaml
+/// mode: warn               # caps every check: nothing is denied
+/// exemptions:
+///   nodes: ["lab-0"]
+///   nodeSelector:
+///     matchLabels: {nodeguard.io/exempt: "true"}
 /// checks:
 ///   hostname: warn
 ///   provider-id: off
@@ -183,6 +208,8 @@ impl Default for Config {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct ConfigFile {
+    mode: Option<String>,
+    exemptions: ExemptionsFile,
     checks: BTreeMap<String, String>,
     shared_values: SharedValuesFile,
     heartbeat_timeout: Option<String>,
@@ -197,6 +224,121 @@ struct SharedValuesFile {
     system_uuids: Vec<String>,
     addresses: Vec<String>,
     hostnames: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct ExemptionsFile {
+    nodes: Vec<String>,
+    node_selector: Option<SelectorFile>,
+}
+
+/// A Kubernetes `LabelSelector`, as in a webhook's `objectSelector`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct SelectorFile {
+    match_labels: BTreeMap<String, String>,
+    match_expressions: Vec<ExpressionFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ExpressionFile {
+    key: String,
+    operator: String,
+    values: Vec<String>,
+}
+
+/// Which labels a node must carry to be exempt: every requirement holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelSelector {
+    requirements: Vec<Requirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Requirement {
+    In(String, BTreeSet<String>),
+    NotIn(String, BTreeSet<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+impl LabelSelector {
+    fn from_file(file: &SelectorFile) -> Result<Self, ConfigError> {
+        let bad = |message: String| ConfigError::BadSelector(message);
+        let mut requirements: Vec<Requirement> = file
+            .match_labels
+            .iter()
+            .map(|(key, value)| Requirement::In(key.clone(), BTreeSet::from([value.clone()])))
+            .collect();
+        for expression in &file.match_expressions {
+            let key = expression.key.trim().to_string();
+            if key.is_empty() {
+                return Err(bad("a matchExpression has no key".into()));
+            }
+            let values: BTreeSet<String> = expression.values.iter().cloned().collect();
+            let requirement = match expression.operator.as_str() {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err(bad(format!(
+                        "{key}: operator {} needs at least one value",
+                        expression.operator
+                    )));
+                }
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    return Err(bad(format!(
+                        "{key}: operator {} takes no values",
+                        expression.operator
+                    )));
+                }
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" => Requirement::Exists(key),
+                "DoesNotExist" => Requirement::DoesNotExist(key),
+                other => {
+                    return Err(bad(format!(
+                        "{key}: unknown operator {other:?}; use In, NotIn, Exists or DoesNotExist"
+                    )));
+                }
+            };
+            requirements.push(requirement);
+        }
+        if requirements.is_empty() {
+            return Err(bad(
+                "an empty selector would exempt every node; to stop checking, set mode: off".into(),
+            ));
+        }
+        Ok(Self { requirements })
+    }
+
+    /// Whether a node with these labels matches.
+    pub fn matches<'a>(&self, labels: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.requirements.iter().all(|requirement| match requirement {
+            Requirement::In(key, values) => labels(key).is_some_and(|v| values.contains(v)),
+            Requirement::NotIn(key, values) => labels(key).is_none_or(|v| !values.contains(v)),
+            Requirement::Exists(key) => labels(key).is_some(),
+            Requirement::DoesNotExist(key) => labels(key).is_none(),
+        })
+    }
+
+    /// As `kubectl get -l` writes it.
+    pub fn describe(&self) -> String {
+        let set = |values: &BTreeSet<String>| {
+            values.iter().map(String::as_str).collect::<Vec<_>>().join(",")
+        };
+        self.requirements
+            .iter()
+            .map(|requirement| match requirement {
+                Requirement::In(key, values) if values.len() == 1 => {
+                    format!("{key}={}", set(values))
+                }
+                Requirement::In(key, values) => format!("{key} in ({})", set(values)),
+                Requirement::NotIn(key, values) => format!("{key} notin ({})", set(values)),
+                Requirement::Exists(key) => key.clone(),
+                Requirement::DoesNotExist(key) => format!("!{key}"),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// An IP address (a /32 or /128) or a CIDR.
@@ -222,11 +364,48 @@ pub fn parse_heartbeat_timeout(text: &str) -> Result<SignedDuration, ConfigError
 }
 
 impl Config {
+    /// The check's mode, capped by the global mode.
     pub fn mode(&self, check: CheckId) -> Mode {
+        self.check_mode(check).milder(self.global_mode)
+    }
+
+    /// The check's own mode, before the global cap.
+    pub fn check_mode(&self, check: CheckId) -> Mode {
         self.modes
             .get(&check)
             .copied()
             .unwrap_or(check.default_mode())
+    }
+
+    pub fn global_mode(&self) -> Mode {
+        self.global_mode
+    }
+
+    pub fn set_global_mode(&mut self, mode: Mode) {
+        self.global_mode = mode;
+    }
+
+    /// Whether writes for this node are exempt from every check: by name, or by the
+    /// labels the written Node carries (`labels` looks one up).
+    pub fn is_exempt<'a>(&self, node: &str, labels: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.exempt_nodes.contains(node)
+            || self
+                .exempt_selector
+                .as_ref()
+                .is_some_and(|selector| selector.matches(labels))
+    }
+
+    /// Whether a label selector exempts nodes (so the webhook reads the labels).
+    pub fn exempts_by_label(&self) -> bool {
+        self.exempt_selector.is_some()
+    }
+
+    pub fn exempt_nodes(&self) -> impl Iterator<Item = &str> {
+        self.exempt_nodes.iter().map(String::as_str)
+    }
+
+    pub fn exempt_selector(&self) -> Option<&LabelSelector> {
+        self.exempt_selector.as_ref()
     }
 
     pub fn set_mode(&mut self, check: CheckId, mode: Mode) {
@@ -247,6 +426,22 @@ impl Config {
         let file: ConfigFile =
             serde_saphyr::from_str(text).map_err(|e| ConfigError::File(e.to_string()))?;
         let mut config = Config::default();
+        if let Some(mode) = &file.mode {
+            config.global_mode = mode.parse()?;
+        }
+        config.exempt_nodes = file
+            .exemptions
+            .nodes
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        config.exempt_selector = file
+            .exemptions
+            .node_selector
+            .as_ref()
+            .map(LabelSelector::from_file)
+            .transpose()?;
         for (check, mode) in &file.checks {
             config.set_mode(check.parse()?, mode.parse()?);
         }
@@ -308,11 +503,73 @@ impl Config {
         value.is_placeholder() || self.shared_system_uuids.contains(value)
     }
 
-    /// One line per check, for the startup log and `--help`-like listings.
+    /// Every check's mode in force, for the startup log and `config check`.
     pub fn describe(&self) -> String {
         CheckId::ALL
             .map(|id| format!("{}={}", id, self.mode(id).as_str()))
             .join(" ")
+    }
+
+    /// Everything in force, one `key: value` line each, as `nodeguard config check`
+    /// prints it.
+    pub fn summary(&self) -> Vec<String> {
+        let mut lines = vec![format!("mode: {}", self.global_mode.as_str())];
+        for id in CheckId::ALL {
+            let (own, effective) = (self.check_mode(id), self.mode(id));
+            lines.push(if own == effective {
+                format!("check {id}: {}", effective.as_str())
+            } else {
+                format!(
+                    "check {id}: {} (set to {}, capped by mode: {})",
+                    effective.as_str(),
+                    own.as_str(),
+                    self.global_mode.as_str()
+                )
+            });
+        }
+        let list = |values: Vec<String>| {
+            if values.is_empty() {
+                "none".to_string()
+            } else {
+                values.join(", ")
+            }
+        };
+        lines.push(format!(
+            "exempt nodes: {}",
+            list(self.exempt_nodes.iter().cloned().collect())
+        ));
+        lines.push(format!(
+            "exempt by labels: {}",
+            self.exempt_selector
+                .as_ref()
+                .map_or_else(|| "none".to_string(), LabelSelector::describe)
+        ));
+        let sorted = |values: Vec<String>| {
+            let mut values = values;
+            values.sort();
+            list(values)
+        };
+        lines.push(format!(
+            "shared machine-ids: {}",
+            sorted(self.shared_machine_ids.iter().map(|v| v.as_str().to_string()).collect())
+        ));
+        lines.push(format!(
+            "shared system UUIDs: {}",
+            sorted(self.shared_system_uuids.iter().map(|v| v.as_str().to_string()).collect())
+        ));
+        lines.push(format!(
+            "shared addresses: {}",
+            list(self.shared_addresses.iter().map(ToString::to_string).collect())
+        ));
+        lines.push(format!(
+            "shared hostnames: {}",
+            sorted(self.shared_hostnames.iter().map(|v| v.as_str().to_string()).collect())
+        ));
+        lines.push(format!(
+            "heartbeat timeout: {}",
+            self.describe_heartbeat_timeout()
+        ));
+        lines
     }
 
     /// The heartbeat timeout as a person reads it: `10m`, `90s`.

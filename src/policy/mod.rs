@@ -1,6 +1,7 @@
 //! Pure: every decision is `decide_*(request, &inventory, &config, now) -> Verdict`.
 //! No I/O, no clock, no tokio: a test makes the same call the webhook makes.
 
+pub mod audit;
 pub mod checks;
 pub mod config;
 pub mod machine;
@@ -9,7 +10,7 @@ pub mod verdict;
 use jiff::Timestamp;
 
 pub use config::{CheckId, Config, ConfigError, Mode};
-pub use verdict::{Effect, Finding, Outcome, Verdict};
+pub use verdict::{Collision, CollisionKind, Effect, Finding, Outcome, Verdict};
 
 use crate::identity::csr::Requester;
 use crate::identity::{CsrClaim, CsrError, KubeletSigner, NodeClaim};
@@ -53,6 +54,28 @@ pub struct NodeReview {
     pub object: Option<NodeClaim>,
     /// The Node before the write (`oldObject`, UPDATE only).
     pub old_object: Option<NodeClaim>,
+    /// The written Node's labels, read only by an exemption's label selector (the
+    /// webhook decodes them only when one is configured).
+    pub labels: Vec<(String, String)>,
+}
+
+impl NodeReview {
+    /// A write without labels to match.
+    pub fn new(operation: Operation, object: Option<NodeClaim>, old_object: Option<NodeClaim>) -> Self {
+        Self {
+            operation,
+            object,
+            old_object,
+            labels: Vec::new(),
+        }
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A CertificateSigningRequest CREATE, as admission sees it.
@@ -99,6 +122,8 @@ pub struct NodeInput<'a> {
     pub operation: Operation,
     pub object: &'a NodeClaim,
     pub old_object: Option<&'a NodeClaim>,
+    /// The Node of this name the inventory holds (`None` for a new name).
+    pub registered: Option<&'a NodeClaim>,
     /// The node this write is compared with: the old object on UPDATE, the registered
     /// Node of that name on CREATE.
     pub before: Option<&'a NodeClaim>,
@@ -132,16 +157,36 @@ pub fn decide_node(
     config: &Config,
     now: Timestamp,
 ) -> Verdict {
+    let registered = review
+        .object
+        .as_ref()
+        .and_then(|object| inventory.node(&object.name));
+    decide_node_against(review, registered, inventory, config, now)
+}
+
+/// Decides a Node write as if `registered` were the Node of its name: what the webhook
+/// does with the inventory's (`decide_node`), and, with `None`, what it would answer if
+/// the name were not registered (a node deleted and joining again, as `audit` asks).
+pub fn decide_node_against(
+    review: &NodeReview,
+    registered: Option<&NodeClaim>,
+    inventory: &Inventory,
+    config: &Config,
+    now: Timestamp,
+) -> Verdict {
     let Some(object) = review.object.as_ref() else {
         return Verdict::default();
     };
     if !matches!(review.operation, Operation::Create | Operation::Update) {
         return Verdict::default();
     }
+    if config.is_exempt(&object.name, |key| review.label(key)) {
+        return Verdict::exempt();
+    }
     let old_object = review.old_object.as_ref();
     let before = match review.operation {
         Operation::Update => old_object,
-        _ => inventory.node(&object.name),
+        _ => registered,
     };
     let sameness = before.map(|before| machine::compare(before, object, inventory, config));
     let baseline = match review.operation {
@@ -152,6 +197,7 @@ pub fn decide_node(
         operation: review.operation,
         object,
         old_object,
+        registered,
         before,
         sameness,
         baseline,
@@ -180,6 +226,7 @@ pub fn decide_csr(
         return Verdict::default();
     }
     let claim = match &kubelet.claim {
+        Ok(claim) if config.is_exempt(&claim.node, |_| None) => return Verdict::exempt(),
         Ok(claim) => claim,
         Err(error) => {
             return Verdict::from_findings(

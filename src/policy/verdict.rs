@@ -22,6 +22,43 @@ pub struct Finding {
     pub message: String,
     /// The same in at most 120 characters (used for a warning).
     pub warning: String,
+    /// For a value other nodes hold: which value, and who holds it.
+    pub collision: Option<Collision>,
+}
+
+/// What kind of sharing a value shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CollisionKind {
+    /// Exactly one other node holds it: the signature of a clone.
+    Clone,
+    /// Two or more other nodes hold it (or the evidence says the platform shares it,
+    /// such as one host UUID behind different machine-ids): not proof of a clone.
+    Shared,
+    /// An address whose only other holder no kubelet is running: a lease handed out again.
+    Reused,
+}
+
+impl CollisionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CollisionKind::Clone => "clone",
+            CollisionKind::Shared => "shared",
+            CollisionKind::Reused => "reused",
+        }
+    }
+}
+
+/// A value the written object brings that other nodes already hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collision {
+    /// The field as messages name it: `machine-id`, `system UUID`, `InternalIP`.
+    pub field: &'static str,
+    /// The value, in full.
+    pub value: String,
+    pub kind: CollisionKind,
+    /// How many other nodes hold it, and up to three of them by name.
+    pub holder_count: usize,
+    pub holders: Vec<String>,
 }
 
 impl Finding {
@@ -40,7 +77,14 @@ impl Finding {
             effect,
             message: clip(&message, MAX_MESSAGE_CHARS),
             warning: clip(&warning, MAX_WARNING_CHARS),
+            collision: None,
         }
+    }
+
+    #[must_use]
+    pub fn with_collision(mut self, collision: Collision) -> Self {
+        self.collision = Some(collision);
+        self
     }
 }
 
@@ -49,11 +93,14 @@ pub enum Outcome {
     Allowed,
     Warned,
     Denied,
+    /// Allowed unchecked: the node is exempt by configuration.
+    Exempt,
 }
 
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
+            Outcome::Exempt => "exempt",
             Outcome::Allowed => "allowed",
             Outcome::Warned => "warned",
             Outcome::Denied => "denied",
@@ -66,6 +113,8 @@ impl Outcome {
 pub struct Verdict {
     /// Findings after each check's mode was applied, in check order.
     pub findings: Vec<Finding>,
+    /// The node is exempt: nothing was checked.
+    pub exempt: bool,
 }
 
 impl Verdict {
@@ -83,7 +132,18 @@ impl Verdict {
                 Mode::Enforce => Some(finding),
             })
             .collect();
-        Self { findings }
+        Self {
+            findings,
+            exempt: false,
+        }
+    }
+
+    /// The answer for an exempt node: allowed, nothing checked.
+    pub fn exempt() -> Self {
+        Self {
+            findings: Vec::new(),
+            exempt: true,
+        }
     }
 
     pub fn allowed(&self) -> bool {
@@ -91,7 +151,9 @@ impl Verdict {
     }
 
     pub fn outcome(&self) -> Outcome {
-        if !self.allowed() {
+        if self.exempt {
+            Outcome::Exempt
+        } else if !self.allowed() {
             Outcome::Denied
         } else if self.findings.is_empty() {
             Outcome::Allowed

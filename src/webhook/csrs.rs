@@ -40,9 +40,10 @@ pub(super) async fn validate(
             span.record("node", &*claim.node);
         }
     }
+    let config = state.config.current();
     let verdict = state
         .inventory
-        .read(|inventory| policy::decide_csr(&review, inventory, &state.config, Timestamp::now()));
+        .read(|inventory| policy::decide_csr(&review, inventory, &config, Timestamp::now()));
     let node = review
         .kubelet
         .as_ref()
@@ -51,6 +52,7 @@ pub(super) async fn validate(
     Ok(answer(
         &state,
         Webhook::Csrs,
+        request.dry_run,
         &request.uid,
         Subject {
             name: csr_name(&request),

@@ -9,6 +9,7 @@ mod nodes;
 pub mod reload;
 pub mod review;
 pub mod server;
+pub mod settings;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -27,8 +28,10 @@ pub use client::{AdmissionClient, ClientOptions};
 pub use server::serve_tls;
 
 use crate::admin::Metrics;
+use crate::admin::events::{self, EventQueue, Notice};
 use crate::inventory::SharedInventory;
-use crate::policy::{Config, Effect, Operation, Verdict};
+use crate::policy::{CheckId, Effect, Finding, Operation, Verdict};
+pub use settings::SharedConfig;
 use review::{ReviewAnswer, ReviewError};
 
 /// The webhook server's flags.
@@ -46,12 +49,16 @@ pub struct WebhookArgs {
     pub tls_key: PathBuf,
 }
 
-/// What every request reads. Nothing here changes per request.
+/// What every request reads.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub inventory: SharedInventory,
-    pub config: Arc<Config>,
+    /// Swapped whole on reload; each request reads it once.
+    pub config: SharedConfig,
     pub metrics: Arc<Metrics>,
+    /// Where refusals and warnings go as Events, after the answer; none in tests that
+    /// post nothing.
+    pub events: Option<EventQueue>,
 }
 
 /// Which endpoint answered: a metrics label and a log field.
@@ -136,10 +143,13 @@ struct Subject<'a> {
     node: &'a str,
 }
 
-/// Sends the verdict on review `uid`, logs it and counts it.
+/// Sends the verdict on review `uid`, logs it, counts it, and queues its Events (never
+/// for a dry run: the webhooks declare `sideEffects: NoneOnDryRun`).
+#[allow(clippy::too_many_arguments)]
 fn answer(
     state: &AppState,
     webhook: Webhook,
+    dry_run: bool,
     uid: &str,
     subject: Subject<'_>,
     operation: Operation,
@@ -151,7 +161,65 @@ fn answer(
         .metrics
         .observe_verdict(webhook, operation, verdict, started.elapsed());
     let refusal = review::Refusal::of(webhook.reviewed(), operation);
-    axum::Json(ReviewAnswer::refusing_as(uid, verdict, refusal)).into_response()
+    let response = axum::Json(ReviewAnswer::refusing_as(uid, verdict, refusal)).into_response();
+    if !dry_run && let Some(queue) = &state.events {
+        for notice in notices(state, webhook, subject, verdict) {
+            queue.post(notice);
+        }
+    }
+    response
+}
+
+/// The Event reason of a finding: a value another node holds, or a write that
+/// contradicts the identity of the node it names.
+pub fn event_reason(check: CheckId) -> &'static str {
+    match check {
+        CheckId::NameTakeover | CheckId::IdentityDrift | CheckId::TwoKubelets | CheckId::CsrFormat => {
+            events::CONFLICT_REASON
+        }
+        _ => events::COLLISION_REASON,
+    }
+}
+
+/// One Event per finding, about the Node (or the CSR, when its node does not exist).
+fn notices(state: &AppState, webhook: Webhook, subject: Subject<'_>, verdict: &Verdict) -> Vec<Notice> {
+    if verdict.findings.is_empty() {
+        return Vec::new();
+    }
+    let regarding = state.inventory.read(|inventory| {
+        let node = (!subject.node.is_empty())
+            .then(|| inventory.node(subject.node))
+            .flatten();
+        match (webhook, node) {
+            (_, Some(node)) => events::node_reference(&node.name, node.uid.as_deref()),
+            (Webhook::Nodes, None) => events::node_reference(subject.node, None),
+            (Webhook::Csrs, None) => events::csr_reference(subject.name),
+        }
+    });
+    verdict
+        .findings
+        .iter()
+        .map(|finding| notice_of(finding, regarding.clone()))
+        .collect()
+}
+
+/// The notice of one finding about `regarding`.
+pub fn notice_of(finding: &Finding, regarding: k8s_openapi::api::core::v1::ObjectReference) -> Notice {
+    Notice {
+        regarding,
+        related: finding
+            .collision
+            .as_ref()
+            .and_then(|c| c.holders.first())
+            .map(|holder| events::node_reference(holder, None)),
+        reason: event_reason(finding.check),
+        action: match finding.effect {
+            Effect::Deny => "Denied",
+            Effect::Warn => "Warned",
+        },
+        check: finding.check.as_str(),
+        note: finding.message.clone(),
+    }
 }
 
 /// One line per denial and per warning, at info: each is something a person may have

@@ -31,17 +31,22 @@ pub(super) async fn validate(
         span.record("subresource", &*request.sub_resource);
     }
 
-    let review = NodeReview {
-        operation: request.operation,
-        object: request.object.as_ref().and_then(NodeClaim::from_doc),
-        old_object: request.old_object.as_ref().and_then(NodeClaim::from_doc),
-    };
+    let config = state.config.current();
+    let mut review = NodeReview::new(
+        request.operation,
+        request.object.as_ref().and_then(NodeClaim::from_doc),
+        request.old_object.as_ref().and_then(NodeClaim::from_doc),
+    );
+    if config.exempts_by_label() {
+        review.labels = labels_of(request.object.as_ref());
+    }
     let verdict = state
         .inventory
-        .read(|inventory| policy::decide_node(&review, inventory, &state.config, Timestamp::now()));
+        .read(|inventory| policy::decide_node(&review, inventory, &config, Timestamp::now()));
     Ok(answer(
         &state,
         Webhook::Nodes,
+        request.dry_run,
         &request.uid,
         Subject {
             name: &request.name,
@@ -51,4 +56,18 @@ pub(super) async fn validate(
         &verdict,
         started,
     ))
+}
+
+/// Every label of the written Node, for an exemption's selector.
+fn labels_of(doc: Option<&NodeDoc<'_>>) -> Vec<(String, String)> {
+    doc.and_then(|doc| doc.metadata.as_ref())
+        .and_then(|meta| meta.labels.as_ref())
+        .map(|labels| {
+            labels
+                .pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -436,42 +436,54 @@ impl CertificateReloader {
 
     /// Watches the directories of both files; `None` (after a warning) if it cannot.
     fn watch_directories(&self, events: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-        use notify::Watcher as _;
-        let handler = move |event: notify::Result<notify::Event>| {
-            let relevant = match &event {
-                Ok(event) => is_relevant(&event.kind),
-                // An overflowed queue or the like: look at the files to be sure.
-                Err(_) => true,
-            };
-            if relevant {
-                // Full means a check is already due: nothing is lost.
-                let _ = events.try_send(());
-            }
-        };
-        let mut watcher = match notify::recommended_watcher(handler) {
-            Ok(watcher) => watcher,
-            Err(error) => {
-                tracing::warn!(
-                    %error,
-                    every = ?self.recheck_every,
-                    "cannot watch the serving certificate files; re-reading them periodically only"
-                );
-                return None;
-            }
-        };
-        for dir in watched_directories(&self.cert_path, &self.key_path) {
-            if let Err(error) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                tracing::warn!(
-                    %error,
-                    dir = %dir.display(),
-                    every = ?self.recheck_every,
-                    "cannot watch the serving certificate directory; re-reading it periodically only"
-                );
-                return None;
-            }
-        }
-        Some(watcher)
+        watch_directories(
+            &watched_directories(&self.cert_path, &self.key_path),
+            events,
+            "the serving certificate",
+            self.recheck_every,
+        )
     }
+}
+
+/// Sends on `events` (without blocking: a full channel already means "look") whenever
+/// something may have changed in one of `dirs`; `None`, after a warning naming `what`,
+/// if the directories cannot be watched, leaving the caller's periodic re-read.
+pub(crate) fn watch_directories(
+    dirs: &BTreeSet<PathBuf>,
+    events: mpsc::Sender<()>,
+    what: &str,
+    every: Duration,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let handler = move |event: notify::Result<notify::Event>| {
+        let relevant = match &event {
+            Ok(event) => is_relevant(&event.kind),
+            // An overflowed queue or the like: look at the files to be sure.
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = events.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            tracing::warn!(%error, ?every, "cannot watch the files of {what}; re-reading them periodically only");
+            return None;
+        }
+    };
+    for dir in dirs {
+        if let Err(error) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(
+                %error,
+                dir = %dir.display(),
+                ?every,
+                "cannot watch the directory of {what}; re-reading it periodically only"
+            );
+            return None;
+        }
+    }
+    Some(watcher)
 }
 
 fn log_current(current: &CertifiedKey, cert_path: &Path) {
@@ -510,7 +522,7 @@ fn is_relevant(kind: &notify::EventKind) -> bool {
 
 /// The directories holding the two paths as given (not where their symlinks lead: a
 /// swap replaces the targets), each once.
-fn watched_directories(cert_path: &Path, key_path: &Path) -> BTreeSet<PathBuf> {
+pub(crate) fn watched_directories(cert_path: &Path, key_path: &Path) -> BTreeSet<PathBuf> {
     [cert_path, key_path]
         .into_iter()
         .map(|path| match path.parent() {

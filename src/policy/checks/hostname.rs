@@ -60,6 +60,7 @@ mod tests {
         let mut object = crate::demo::kubelet::node_object(&clone);
         object["status"]["addresses"][1]["address"] = "Worker-1".into();
         let review = crate::policy::NodeReview {
+            labels: Vec::new(),
             operation: crate::policy::Operation::Create,
             object: Some(claim_of(&object)),
             old_object: None,
@@ -83,6 +84,7 @@ mod tests {
         let mut inventory = crate::inventory::Inventory::new();
         inventory.apply_node(claim_of(&a));
         let review = crate::policy::NodeReview {
+            labels: Vec::new(),
             operation: crate::policy::Operation::Create,
             object: Some(claim_of(&b)),
             old_object: None,
@@ -108,6 +110,7 @@ mod tests {
         // Once worker-5 holds its name, the squatter writing it again is refused.
         inventory.apply_node(claim(&worker(5)));
         let review = crate::policy::NodeReview {
+            labels: Vec::new(),
             operation: crate::policy::Operation::Update,
             object: Some(claim_of(&object)),
             old_object: Some(claim(&squatter)),
@@ -128,6 +131,7 @@ mod tests {
         let mut inventory = crate::inventory::Inventory::new();
         inventory.apply_node(claim_of(&original));
         let review = crate::policy::NodeReview {
+            labels: Vec::new(),
             operation: crate::policy::Operation::Create,
             object: Some(claim_of(&object)),
             old_object: None,
@@ -164,6 +168,7 @@ mod tests {
         let mut third = crate::demo::kubelet::node_object(&worker(6));
         third["status"]["addresses"][1]["address"] = "worker-5".into();
         let review = crate::policy::NodeReview {
+            labels: Vec::new(),
             operation: crate::policy::Operation::Create,
             object: Some(claim_of(&third)),
             old_object: None,

@@ -147,6 +147,7 @@ mod tests {
         let mut bare = crate::demo::kubelet::node_object(&node);
         bare["status"]["nodeInfo"] = serde_json::json!({});
         let review = crate::policy::NodeReview {
+            labels: Vec::new(),
             operation: crate::policy::Operation::Update,
             object: Some(claim(&node)),
             old_object: Some(claim_of(&bare)),

@@ -1,6 +1,7 @@
 //! `key-fingerprint`: a kubelet key belongs to one node. A CSR whose public key is
 //! bound to another node comes from a machine carrying that node's credentials.
 
+use crate::policy::verdict::{Collision, CollisionKind};
 use crate::policy::{CheckId, CsrInput, Finding};
 
 pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
@@ -25,7 +26,18 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
             "nodeguard [key-fingerprint]: key {}… is already bound to node \"{holder}\"",
             claim.fingerprint.short()
         ),
-    )]
+    )
+    .with_collision(Collision {
+        field: "kubelet key",
+        value: claim.fingerprint.to_string(),
+        kind: if others.count == 1 {
+            CollisionKind::Clone
+        } else {
+            CollisionKind::Shared
+        },
+        holder_count: others.count,
+        holders: others.names.iter().map(|n| n.to_string()).collect(),
+    })]
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub mod two_kubelets;
 use jiff::Timestamp;
 
 use super::config::{CheckId, Config};
-use super::verdict::Finding;
+use super::verdict::{Collision, CollisionKind, Finding};
 use super::{CsrInput, NodeInput};
 use crate::identity::NodeClaim;
 use crate::inventory::{Holders, Inventory, OtherHolders};
@@ -73,7 +73,7 @@ fn introduced_all<'a, T: PartialEq + 'a>(
 
 /// A value as a person will compare it with the machine: what it is and what it reads.
 pub(crate) struct Claimed<'a> {
-    pub field: &'a str,
+    pub field: &'static str,
     pub value: &'a str,
 }
 
@@ -98,7 +98,19 @@ pub(crate) fn collision_with(
     remedy: impl FnOnce(&str) -> String,
 ) -> Option<Finding> {
     let Claimed { field, value } = claimed;
-    match others.names.as_slice() {
+    let kind = if others.count == 1 {
+        CollisionKind::Clone
+    } else {
+        CollisionKind::Shared
+    };
+    let found = Collision {
+        field,
+        value: value.to_string(),
+        kind,
+        holder_count: others.count,
+        holders: others.names.iter().map(|n| n.to_string()).collect(),
+    };
+    let finding = match others.names.as_slice() {
         [] => None,
         [holder] => Some(Finding::deny(
             check,
@@ -119,7 +131,8 @@ pub(crate) fn collision_with(
                 others.count
             ),
         )),
-    }
+    };
+    finding.map(|f| f.with_collision(found))
 }
 
 /// An address whose only other holder is a node no kubelet is running: most likely a
@@ -128,7 +141,7 @@ pub(crate) fn collision_with(
 pub(crate) fn reused_address(
     check: CheckId,
     node: &str,
-    field: &str,
+    field: &'static str,
     ip: &std::net::IpAddr,
     holders: Holders<'_>,
     running: impl Fn(&str) -> bool,
@@ -140,12 +153,21 @@ pub(crate) fn reused_address(
     if running(holder) {
         return None;
     }
-    Some(Finding::warn(
-        check,
-        format!(
-            "nodeguard [{check}]: {field} {ip} is also node \"{holder}\"'s, which is not running (address reused?)"
-        ),
-    ))
+    Some(
+        Finding::warn(
+            check,
+            format!(
+                "nodeguard [{check}]: {field} {ip} is also node \"{holder}\"'s, which is not running (address reused?)"
+            ),
+        )
+        .with_collision(Collision {
+            field,
+            value: ip.to_string(),
+            kind: CollisionKind::Reused,
+            holder_count: 1,
+            holders: vec![holder.to_string()],
+        }),
+    )
 }
 
 /// Whether a kubelet is running the node of that name (see [`super::machine::is_live`]);

@@ -6,6 +6,7 @@
 //! systems and the shared UUID is only worth a warning.
 
 use super::{Claimed, abbreviate, collision, introduced};
+use crate::policy::verdict::{Collision, CollisionKind};
 use crate::policy::{CheckId, Finding, NodeInput};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
@@ -28,13 +29,22 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
         && !config.machine_id_is_shared(theirs)
         && !config.machine_id_is_shared(ours)
     {
-        return vec![Finding::warn(
-            CheckId::SystemUuid,
-            format!(
-                "nodeguard [system-uuid]: system UUID {} is also node \"{holder}\"'s (machine-ids differ)",
-                abbreviate(value.as_str())
-            ),
-        )];
+        return vec![
+            Finding::warn(
+                CheckId::SystemUuid,
+                format!(
+                    "nodeguard [system-uuid]: system UUID {} is also node \"{holder}\"'s (machine-ids differ)",
+                    abbreviate(value.as_str())
+                ),
+            )
+            .with_collision(Collision {
+                field: "system UUID",
+                value: value.to_string(),
+                kind: CollisionKind::Shared,
+                holder_count: 1,
+                holders: vec![holder.to_string()],
+            }),
+        ];
     }
     collision(
         CheckId::SystemUuid,

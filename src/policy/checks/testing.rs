@@ -34,6 +34,7 @@ pub fn cluster(machines: &[&Machine]) -> Inventory {
 
 pub fn create(machine: &Machine) -> NodeReview {
     NodeReview {
+        labels: Vec::new(),
         operation: Operation::Create,
         object: Some(claim(machine)),
         old_object: None,
@@ -42,6 +43,7 @@ pub fn create(machine: &Machine) -> NodeReview {
 
 pub fn update(before: &Machine, after: &Machine) -> NodeReview {
     NodeReview {
+        labels: Vec::new(),
         operation: Operation::Update,
         object: Some(claim(after)),
         old_object: Some(claim(before)),

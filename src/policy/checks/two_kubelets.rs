@@ -20,7 +20,7 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     let Some(boot) = claim.boot_id.as_ref() else {
         return Vec::new();
     };
-    let Some(registered) = input.inventory.node(&claim.name) else {
+    let Some(registered) = input.registered else {
         return Vec::new();
     };
     let Some(record) = input.inventory.identity(&claim.name) else {

@@ -1,0 +1,220 @@
+//! The configuration in force, and its reload. In a cluster the file comes from a
+//! ConfigMap volume, which the kubelet updates by swapping a `..data` symlink, as for the
+//! serving certificate: its directory is watched and the file re-read every minute too.
+//! A changed file is put in force only when it parses whole; otherwise the previous
+//! configuration stays, the refusal is logged at error and counted once per content,
+//! and `nodeguard_config_info` keeps naming the file in force.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use super::reload::{DEFAULT_DEBOUNCE, DEFAULT_RECHECK_EVERY, watch_directories};
+use crate::admin::Metrics;
+use crate::admin::metrics::{RELOAD_LOADED, RELOAD_REJECTED};
+use crate::policy::Config;
+use crate::policy::config::parse_heartbeat_timeout;
+
+/// The configuration every request reads: swapped whole, never changed in place, so a
+/// request decides on one configuration from start to end.
+#[derive(Debug, Clone)]
+pub struct SharedConfig(Arc<RwLock<Arc<Config>>>);
+
+impl SharedConfig {
+    pub fn new(config: Config) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(config))))
+    }
+
+    pub fn current(&self) -> Arc<Config> {
+        match self.0.read() {
+            Ok(config) => Arc::clone(&config),
+            // A writer that panicked left a whole Arc in place: still a valid config.
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn replace(&self, config: Config) {
+        let config = Arc::new(config);
+        match self.0.write() {
+            Ok(mut slot) => *slot = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+    }
+}
+
+impl Default for SharedConfig {
+    fn default() -> Self {
+        Self::new(Config::default())
+    }
+}
+
+/// Where the configuration comes from: an optional YAML file, then `--check` and
+/// `--heartbeat-timeout` on top of it, applied again at every reload.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    pub checks: Vec<String>,
+    pub heartbeat_timeout: Option<String>,
+}
+
+/// A configuration as read, with the SHA-256 of its file (empty without one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub config: Config,
+    pub sha256: String,
+}
+
+impl ConfigSource {
+    /// Reads the file and applies the flags on top; an error names the file or flag.
+    pub fn load(&self) -> anyhow::Result<Loaded> {
+        let (text, sha256) = match &self.file {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let sha256 = hex::encode(Sha256::digest(&bytes));
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
+                (Some(text), sha256)
+            }
+            None => (None, String::new()),
+        };
+        let mut config = match (&text, &self.file) {
+            (Some(text), Some(path)) => {
+                Config::from_yaml(text).with_context(|| format!("in {}", path.display()))?
+            }
+            _ => Config::default(),
+        };
+        for setting in &self.checks {
+            config
+                .apply_setting(setting)
+                .with_context(|| format!("--check {setting}"))?;
+        }
+        if let Some(timeout) = &self.heartbeat_timeout {
+            config.set_heartbeat_timeout(
+                parse_heartbeat_timeout(timeout).context("--heartbeat-timeout")?,
+            );
+        }
+        Ok(Loaded { config, sha256 })
+    }
+}
+
+/// What one look at the file did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Unchanged,
+    Loaded,
+    Rejected,
+}
+
+/// Watches the configuration file and puts each valid new version in force.
+pub struct ConfigReloader {
+    source: ConfigSource,
+    shared: SharedConfig,
+    metrics: Arc<Metrics>,
+    /// The content last seen: in force, or refused (so a refusal is counted once).
+    last_seen: Option<String>,
+    recheck_every: Duration,
+}
+
+impl ConfigReloader {
+    /// `in_force` is what `shared` holds now, as loaded at startup.
+    pub fn new(
+        source: ConfigSource,
+        in_force: &Loaded,
+        shared: SharedConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics.set_config_in_force(&in_force.sha256, in_force.config.global_mode().as_str());
+        Self {
+            source,
+            shared,
+            metrics,
+            last_seen: Some(in_force.sha256.clone()),
+            recheck_every: DEFAULT_RECHECK_EVERY,
+        }
+    }
+
+    #[must_use]
+    pub fn recheck_every(mut self, every: Duration) -> Self {
+        self.recheck_every = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Runs until its task is aborted; without a file there is nothing to watch.
+    pub async fn run(mut self) {
+        let Some(file) = self.source.file.clone() else {
+            return std::future::pending().await;
+        };
+        let (events, mut triggered) = mpsc::channel::<()>(1);
+        let dir = match file.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let _watcher = watch_directories(
+            &[dir].into(),
+            events,
+            "the configuration",
+            self.recheck_every,
+        );
+        let mut events_open = true;
+        let mut recheck = tokio::time::interval(self.recheck_every);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                received = triggered.recv(), if events_open => {
+                    if received.is_none() {
+                        events_open = false;
+                        continue;
+                    }
+                    tokio::time::sleep(DEFAULT_DEBOUNCE).await;
+                    while triggered.try_recv().is_ok() {}
+                }
+                _ = recheck.tick() => {}
+            }
+            self.check();
+        }
+    }
+
+    /// Reads the file once; puts it in force if it changed and is valid.
+    pub fn check(&mut self) -> ReloadOutcome {
+        let Some(file) = self.source.file.as_ref() else {
+            return ReloadOutcome::Unchanged;
+        };
+        let digest = std::fs::read(file)
+            .map(|bytes| hex::encode(Sha256::digest(&bytes)))
+            .unwrap_or_else(|error| format!("unreadable: {error}"));
+        if self.last_seen.as_deref() == Some(digest.as_str()) {
+            return ReloadOutcome::Unchanged;
+        }
+        self.last_seen = Some(digest);
+        match self.source.load() {
+            Ok(loaded) => {
+                tracing::info!(
+                    file = %file.display(),
+                    sha256 = %loaded.sha256,
+                    mode = loaded.config.global_mode().as_str(),
+                    checks = %loaded.config.describe(),
+                    "configuration reloaded"
+                );
+                self.metrics
+                    .set_config_in_force(&loaded.sha256, loaded.config.global_mode().as_str());
+                self.metrics.observe_config_reload(RELOAD_LOADED);
+                self.shared.replace(loaded.config);
+                ReloadOutcome::Loaded
+            }
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    file = %file.display(),
+                    "changed configuration refused; the previous one stays in force"
+                );
+                self.metrics.observe_config_reload(RELOAD_REJECTED);
+                ReloadOutcome::Rejected
+            }
+        }
+    }
+}
