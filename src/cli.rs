@@ -1,5 +1,6 @@
-//! The command line: `serve`, `demo`, `certs`, `forget` and `crd`, with the logging
-//! flags they share.
+//! The command line: `serve`, `audit`, `demo`, `certs`, `forget`, `config check` and
+//! `crd`, with the logging flags they share. Installed as `kubectl-nodeguard`, the
+//! binary is a kubectl plugin: `kubectl nodeguard audit`.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
@@ -23,14 +24,31 @@ pub struct Cli {
 pub enum Command {
     /// Run the webhook, the cluster watchers and the admin server.
     Serve(Box<ServeArgs>),
+    /// Report what the webhook would say about a cluster as it is: collisions between
+    /// nodes, how unique each identity field is, ledger conflicts, and each node's verdict
+    /// at its next restart. Exit code 0: nothing found, 1: findings, 2: error.
+    Audit(Box<crate::audit::AuditArgs>),
     /// Replay the clone scenarios against a local server.
     Demo,
+    /// Check a configuration file without running anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Write a development CA and serving certificate for `serve`.
     Certs(CertsArgs),
     /// Clear a node's two-kubelets conflict once the copy has its own identity.
     Forget(ForgetArgs),
     /// Print the NodeIdentity CustomResourceDefinition (YAML), as deploy/ ships it.
     Crd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Parse FILE as `serve --config` would and print what would be in force; exit code
+    /// 1 if it is refused.
+    Check {
+        /// The YAML configuration file.
+        file: std::path::PathBuf,
+    },
 }
 
 /// Which node's conflict to clear, in which cluster.
@@ -58,14 +76,25 @@ impl Cli {
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
             Command::Serve(_) => "info",
-            Command::Demo | Command::Certs(_) | Command::Forget(_) | Command::Crd => "warn",
+            _ => "warn",
         }
     }
 
-    pub async fn run(self) -> anyhow::Result<()> {
+    /// The exit code when the command fails: 2 for `audit` (1 means findings there).
+    pub fn error_code(&self) -> u8 {
         match self.command {
-            Command::Serve(args) => serve::run(*args).await,
-            Command::Demo => crate::demo::run().await,
+            Command::Audit(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// Runs the command; `Ok` carries its exit code.
+    pub async fn run(self) -> anyhow::Result<u8> {
+        match self.command {
+            Command::Audit(args) => crate::audit::run(*args).await,
+            Command::Config(ConfigCommand::Check { file }) => Ok(check_config(&file)),
+            Command::Serve(args) => serve::run(*args).await.map(|()| 0),
+            Command::Demo => crate::demo::run().await.map(|()| 0),
             Command::Certs(args) => {
                 let names: Vec<&str> = if args.dns_names.is_empty() {
                     crate::certs::DEV_DNS_NAMES.to_vec()
@@ -75,7 +104,7 @@ impl Cli {
                 for path in crate::certs::write_dev_pki(&args.out, &names)? {
                     println!("wrote {}", path.display());
                 }
-                Ok(())
+                Ok(0)
             }
             Command::Forget(args) => {
                 let client = args.kube.client().await?;
@@ -86,12 +115,33 @@ impl Cli {
                         anyhow::anyhow!("cannot update NodeIdentity {}: {error}", args.node)
                     })?;
                 println!("{}", outcome.describe(&args.node));
-                Ok(())
+                Ok(0)
             }
             Command::Crd => {
                 print!("{}", crate::ledger::record::crd_yaml()?);
-                Ok(())
+                Ok(0)
             }
+        }
+    }
+}
+
+/// `nodeguard config check FILE`: 0 and what is in force, or 1 and why not.
+fn check_config(file: &std::path::Path) -> u8 {
+    let source = crate::webhook::settings::ConfigSource {
+        file: Some(file.to_path_buf()),
+        ..Default::default()
+    };
+    match source.load() {
+        Ok(loaded) => {
+            println!("{}: valid (sha256 {})", file.display(), loaded.sha256);
+            for line in loaded.config.summary() {
+                println!("  {line}");
+            }
+            0
+        }
+        Err(error) => {
+            println!("{}: refused: {error:#}", file.display());
+            1
         }
     }
 }

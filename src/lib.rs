@@ -3,6 +3,7 @@
 //! A pure core (`identity`, `policy`, `inventory`) inside a thin I/O shell.
 
 pub mod admin;
+pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod demo;

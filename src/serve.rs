@@ -14,11 +14,11 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::admin::events::{EventPoster, EventQueue};
 use crate::admin::{self, AdminArgs, AdminState, Metrics};
 use crate::inventory::SharedInventory;
 use crate::ledger::lease::{self, LeaseConfig};
 use crate::ledger::recorder::{self, Recorder};
-use crate::admin::events::{EventPoster, EventQueue};
 use crate::policy::Config;
 use crate::watch::{self, Readiness};
 use crate::webhook::settings::{ConfigReloader, ConfigSource};
@@ -89,21 +89,31 @@ pub struct KubeArgs {
     /// then ~/.kube/config.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use, as with kubectl's `--context`.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
 }
 
 impl KubeArgs {
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let config = match &self.kubeconfig {
-            Some(path) => {
+        let options = kube::config::KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let config = match (&self.kubeconfig, &self.context) {
+            (Some(path), _) => {
                 let kubeconfig = kube::config::Kubeconfig::read_from(path)
                     .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
                     .await
                     .with_context(|| format!("cannot use kubeconfig {}", path.display()))?
             }
-            None => kube::Config::infer()
+            (None, Some(context)) => kube::Config::from_kubeconfig(&options)
                 .await
-                .context("cannot find a cluster: not in a pod, and no usable kubeconfig")?,
+                .with_context(|| format!("cannot use context {context:?} of the kubeconfig"))?,
+            (None, None) => kube::Config::infer()
+                .await
+                .context("cannot find a cluster: no usable kubeconfig, and not in a pod")?,
         };
         kube::Client::try_from(config).context("cannot build the Kubernetes client")
     }

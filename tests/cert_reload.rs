@@ -247,7 +247,7 @@ impl Server {
         let router = webhook::router(AppState {
             inventory: SharedInventory::default(),
             config: nodeguard::webhook::SharedConfig::default(),
-        events: None,
+            events: None,
             metrics: Arc::clone(&metrics),
         });
         let (stop, stopped) = oneshot::channel::<()>();

@@ -134,7 +134,7 @@ impl TestServer {
         let router = webhook::router(AppState {
             inventory: SharedInventory::new(inventory),
             config: nodeguard::webhook::SharedConfig::default(),
-        events: None,
+            events: None,
             metrics: Arc::new(Metrics::new()),
         })
         .layer(axum::middleware::from_fn(

@@ -292,7 +292,10 @@ impl Metrics {
     }
 
     /// The findings of the latest audit, replacing the previous ones.
-    pub fn set_audit_findings(&self, counts: impl IntoIterator<Item = (String, &'static str, usize)>) {
+    pub fn set_audit_findings(
+        &self,
+        counts: impl IntoIterator<Item = (String, &'static str, usize)>,
+    ) {
         self.audit_findings.clear();
         for (check, kind, count) in counts {
             self.audit_findings

@@ -59,7 +59,9 @@ impl<K: Hash + Eq + Clone> Index<K> {
 
     /// Every value, with how many nodes hold it.
     fn values(&self) -> impl Iterator<Item = (&K, Holders<'_>)> {
-        self.holders.iter().map(|(value, holders)| (value, Holders(Some(holders))))
+        self.holders
+            .iter()
+            .map(|(value, holders)| (value, Holders(Some(holders))))
     }
 }
 

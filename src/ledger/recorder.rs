@@ -20,8 +20,8 @@ use crate::admin::metrics::Metrics;
 use crate::inventory::SharedInventory;
 use crate::policy::CollisionKind;
 use crate::policy::audit::{self, Audit, AuditInput};
-use crate::webhook::SharedConfig;
 use crate::watch::{Readiness, WatchedNode};
+use crate::webhook::SharedConfig;
 
 /// Attempts of one read-modify-write before giving up until the next resync.
 const MAX_ATTEMPTS: usize = 5;
@@ -239,9 +239,8 @@ impl Recorder {
                 .into_iter()
                 .map(|((check, kind), count)| (check, kind, count)),
         );
-        let reference = |name: &str| {
-            events::node_reference(name, uids.get(name).and_then(|u| u.as_deref()))
-        };
+        let reference =
+            |name: &str| events::node_reference(name, uids.get(name).and_then(|u| u.as_deref()));
         let mut notices: Vec<(String, Notice)> = Vec::new();
         for collision in &report.collisions {
             if collision.kind == CollisionKind::Shared {

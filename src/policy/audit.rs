@@ -17,7 +17,9 @@ use jiff::Timestamp;
 
 use super::config::{CheckId, Config};
 use super::verdict::{CollisionKind, Effect, Verdict};
-use super::{CsrReview, KubeletCsr, NodeReview, Operation, decide_csr, decide_node, decide_node_against};
+use super::{
+    CsrReview, KubeletCsr, NodeReview, Operation, decide_csr, decide_node, decide_node_against,
+};
 use crate::identity::csr::Requester;
 use crate::identity::{CsrClaim, KubeletSigner, NodeClaim};
 use crate::inventory::{Holders, Inventory};
@@ -281,7 +283,11 @@ impl Audit {
             add("ledger", "orphan");
         }
         for verdicts in &self.verdicts {
-            if let Some(check) = verdicts.restart.deciding_check().filter(|_| !verdicts.restart.allowed()) {
+            if let Some(check) = verdicts
+                .restart
+                .deciding_check()
+                .filter(|_| !verdicts.restart.allowed())
+            {
                 add(check.as_str(), "refused");
             }
         }
@@ -346,11 +352,27 @@ fn severity(kind: CollisionKind) -> u8 {
 
 /// The identity fields nodeguard compares, and where a fleet declares a value shared.
 const FIELDS: [(CheckId, &str, Option<&str>); 5] = [
-    (CheckId::MachineId, "machine-id", Some("sharedValues.machineIDs")),
-    (CheckId::SystemUuid, "system UUID", Some("sharedValues.systemUUIDs")),
+    (
+        CheckId::MachineId,
+        "machine-id",
+        Some("sharedValues.machineIDs"),
+    ),
+    (
+        CheckId::SystemUuid,
+        "system UUID",
+        Some("sharedValues.systemUUIDs"),
+    ),
     (CheckId::ProviderId, "provider ID", None),
-    (CheckId::Hostname, "hostname", Some("sharedValues.hostnames")),
-    (CheckId::InternalIp, "InternalIP", Some("sharedValues.addresses")),
+    (
+        CheckId::Hostname,
+        "hostname",
+        Some("sharedValues.hostnames"),
+    ),
+    (
+        CheckId::InternalIp,
+        "InternalIP",
+        Some("sharedValues.addresses"),
+    ),
 ];
 
 fn field_reports(inventory: &Inventory, config: &Config, nodes: usize) -> Vec<FieldReport> {

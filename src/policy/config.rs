@@ -105,7 +105,11 @@ impl Mode {
             Mode::Warn => 1,
             Mode::Enforce => 2,
         };
-        if rank(other) < rank(self) { other } else { self }
+        if rank(other) < rank(self) {
+            other
+        } else {
+            self
+        }
     }
 
     pub fn as_str(self) -> &'static str {
@@ -312,18 +316,24 @@ impl LabelSelector {
 
     /// Whether a node with these labels matches.
     pub fn matches<'a>(&self, labels: impl Fn(&str) -> Option<&'a str>) -> bool {
-        self.requirements.iter().all(|requirement| match requirement {
-            Requirement::In(key, values) => labels(key).is_some_and(|v| values.contains(v)),
-            Requirement::NotIn(key, values) => labels(key).is_none_or(|v| !values.contains(v)),
-            Requirement::Exists(key) => labels(key).is_some(),
-            Requirement::DoesNotExist(key) => labels(key).is_none(),
-        })
+        self.requirements
+            .iter()
+            .all(|requirement| match requirement {
+                Requirement::In(key, values) => labels(key).is_some_and(|v| values.contains(v)),
+                Requirement::NotIn(key, values) => labels(key).is_none_or(|v| !values.contains(v)),
+                Requirement::Exists(key) => labels(key).is_some(),
+                Requirement::DoesNotExist(key) => labels(key).is_none(),
+            })
     }
 
     /// As `kubectl get -l` writes it.
     pub fn describe(&self) -> String {
         let set = |values: &BTreeSet<String>| {
-            values.iter().map(String::as_str).collect::<Vec<_>>().join(",")
+            values
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
         };
         self.requirements
             .iter()
@@ -551,19 +561,39 @@ impl Config {
         };
         lines.push(format!(
             "shared machine-ids: {}",
-            sorted(self.shared_machine_ids.iter().map(|v| v.as_str().to_string()).collect())
+            sorted(
+                self.shared_machine_ids
+                    .iter()
+                    .map(|v| v.as_str().to_string())
+                    .collect()
+            )
         ));
         lines.push(format!(
             "shared system UUIDs: {}",
-            sorted(self.shared_system_uuids.iter().map(|v| v.as_str().to_string()).collect())
+            sorted(
+                self.shared_system_uuids
+                    .iter()
+                    .map(|v| v.as_str().to_string())
+                    .collect()
+            )
         ));
         lines.push(format!(
             "shared addresses: {}",
-            list(self.shared_addresses.iter().map(ToString::to_string).collect())
+            list(
+                self.shared_addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            )
         ));
         lines.push(format!(
             "shared hostnames: {}",
-            sorted(self.shared_hostnames.iter().map(|v| v.as_str().to_string()).collect())
+            sorted(
+                self.shared_hostnames
+                    .iter()
+                    .map(|v| v.as_str().to_string())
+                    .collect()
+            )
         ));
         lines.push(format!(
             "heartbeat timeout: {}",

@@ -61,7 +61,11 @@ pub struct NodeReview {
 
 impl NodeReview {
     /// A write without labels to match.
-    pub fn new(operation: Operation, object: Option<NodeClaim>, old_object: Option<NodeClaim>) -> Self {
+    pub fn new(
+        operation: Operation,
+        object: Option<NodeClaim>,
+        old_object: Option<NodeClaim>,
+    ) -> Self {
         Self {
             operation,
             object,

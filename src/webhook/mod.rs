@@ -31,8 +31,8 @@ use crate::admin::Metrics;
 use crate::admin::events::{self, EventQueue, Notice};
 use crate::inventory::SharedInventory;
 use crate::policy::{CheckId, Effect, Finding, Operation, Verdict};
-pub use settings::SharedConfig;
 use review::{ReviewAnswer, ReviewError};
+pub use settings::SharedConfig;
 
 /// The webhook server's flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -174,15 +174,21 @@ fn answer(
 /// contradicts the identity of the node it names.
 pub fn event_reason(check: CheckId) -> &'static str {
     match check {
-        CheckId::NameTakeover | CheckId::IdentityDrift | CheckId::TwoKubelets | CheckId::CsrFormat => {
-            events::CONFLICT_REASON
-        }
+        CheckId::NameTakeover
+        | CheckId::IdentityDrift
+        | CheckId::TwoKubelets
+        | CheckId::CsrFormat => events::CONFLICT_REASON,
         _ => events::COLLISION_REASON,
     }
 }
 
 /// One Event per finding, about the Node (or the CSR, when its node does not exist).
-fn notices(state: &AppState, webhook: Webhook, subject: Subject<'_>, verdict: &Verdict) -> Vec<Notice> {
+fn notices(
+    state: &AppState,
+    webhook: Webhook,
+    subject: Subject<'_>,
+    verdict: &Verdict,
+) -> Vec<Notice> {
     if verdict.findings.is_empty() {
         return Vec::new();
     }
@@ -204,7 +210,10 @@ fn notices(state: &AppState, webhook: Webhook, subject: Subject<'_>, verdict: &V
 }
 
 /// The notice of one finding about `regarding`.
-pub fn notice_of(finding: &Finding, regarding: k8s_openapi::api::core::v1::ObjectReference) -> Notice {
+pub fn notice_of(
+    finding: &Finding,
+    regarding: k8s_openapi::api::core::v1::ObjectReference,
+) -> Notice {
     Notice {
         regarding,
         related: finding

@@ -13,31 +13,33 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
     let Some(holder) = others.names.first() else {
         return Vec::new();
     };
-    vec![Finding::deny(
-        CheckId::KeyFingerprint,
-        format!(
-            "nodeguard [key-fingerprint]: the key of this CSR (SHA-256 {}) is already bound to \
+    vec![
+        Finding::deny(
+            CheckId::KeyFingerprint,
+            format!(
+                "nodeguard [key-fingerprint]: the key of this CSR (SHA-256 {}) is already bound to \
              node \"{holder}\"; this machine carries {holder}'s kubelet credentials: remove \
              /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, then \
              re-join with a bootstrap token",
-            claim.fingerprint
-        ),
-        format!(
-            "nodeguard [key-fingerprint]: key {}… is already bound to node \"{holder}\"",
-            claim.fingerprint.short()
-        ),
-    )
-    .with_collision(Collision {
-        field: "kubelet key",
-        value: claim.fingerprint.to_string(),
-        kind: if others.count == 1 {
-            CollisionKind::Clone
-        } else {
-            CollisionKind::Shared
-        },
-        holder_count: others.count,
-        holders: others.names.iter().map(|n| n.to_string()).collect(),
-    })]
+                claim.fingerprint
+            ),
+            format!(
+                "nodeguard [key-fingerprint]: key {}… is already bound to node \"{holder}\"",
+                claim.fingerprint.short()
+            ),
+        )
+        .with_collision(Collision {
+            field: "kubelet key",
+            value: claim.fingerprint.to_string(),
+            kind: if others.count == 1 {
+                CollisionKind::Clone
+            } else {
+                CollisionKind::Shared
+            },
+            holder_count: others.count,
+            holders: others.names.iter().map(|n| n.to_string()).collect(),
+        }),
+    ]
 }
 
 #[cfg(test)]
