@@ -705,4 +705,68 @@ mod tests {
             ConfigError::BadHeartbeatTimeout("30s".into())
         );
     }
+
+    #[test]
+    fn a_global_mode_caps_every_check_and_never_raises_one() {
+        let config =
+            Config::from_yaml("mode: warn\nchecks:\n  hostname: off\n  internal-ip: enforce\n")
+                .unwrap();
+        assert_eq!(config.mode(CheckId::MachineId), Mode::Warn);
+        assert_eq!(config.mode(CheckId::InternalIp), Mode::Warn);
+        assert_eq!(config.check_mode(CheckId::InternalIp), Mode::Enforce);
+        assert_eq!(config.mode(CheckId::Hostname), Mode::Off);
+        let off = Config::from_yaml("mode: off\n").unwrap();
+        assert!(CheckId::ALL.iter().all(|id| off.mode(*id) == Mode::Off));
+        assert_eq!(
+            Config::from_yaml("mode: audit\n").unwrap_err(),
+            ConfigError::UnknownMode("audit".into())
+        );
+        assert!(config.summary().contains(
+            &"check internal-ip: warn (set to enforce, capped by mode: warn)".to_string()
+        ));
+    }
+
+    #[test]
+    fn exemptions_match_names_and_label_selectors_as_kubernetes_does() {
+        let config = Config::from_yaml(
+            "exemptions:\n  nodes: [lab-0]\n  nodeSelector:\n    matchLabels: {pool: kiosk}\n    matchExpressions:\n      - {key: tier, operator: NotIn, values: [prod]}\n      - {key: nodeguard.io/checked, operator: DoesNotExist}\n",
+        )
+        .unwrap();
+        let labels = |pairs: &'static [(&'static str, &'static str)]| {
+            move |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        };
+        assert!(config.is_exempt("lab-0", |_| None));
+        assert!(config.is_exempt("kiosk-7", labels(&[("pool", "kiosk")])));
+        assert!(config.is_exempt("kiosk-7", labels(&[("pool", "kiosk"), ("tier", "dev")])));
+        assert!(!config.is_exempt("kiosk-8", labels(&[("pool", "kiosk"), ("tier", "prod")])));
+        assert!(!config.is_exempt(
+            "kiosk-9",
+            labels(&[("pool", "kiosk"), ("nodeguard.io/checked", "")])
+        ));
+        assert!(!config.is_exempt("worker-1", labels(&[("pool", "general")])));
+        assert_eq!(
+            config.exempt_selector().unwrap().describe(),
+            "pool=kiosk,tier notin (prod),!nodeguard.io/checked"
+        );
+        for (yaml, error) in [
+            (
+                "exemptions:\n  nodeSelector: {}\n",
+                "exemptions.nodeSelector: an empty selector would exempt every node; to stop checking, set mode: off",
+            ),
+            (
+                "exemptions:\n  nodeSelector:\n    matchExpressions: [{key: a, operator: Equals, values: [b]}]\n",
+                "exemptions.nodeSelector: a: unknown operator \"Equals\"; use In, NotIn, Exists or DoesNotExist",
+            ),
+            (
+                "exemptions:\n  nodeSelector:\n    matchExpressions: [{key: a, operator: In}]\n",
+                "exemptions.nodeSelector: a: operator In needs at least one value",
+            ),
+        ] {
+            assert_eq!(Config::from_yaml(yaml).unwrap_err().to_string(), error);
+        }
+        assert!(
+            Config::from_yaml("exemptions:\n  node: [a]\n").is_err(),
+            "a typo is an error"
+        );
+    }
 }
