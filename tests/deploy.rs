@@ -24,6 +24,7 @@ fn base() -> Vec<Value> {
         "namespace.yaml",
         "crd.yaml",
         "rbac.yaml",
+        "config.yaml",
         "deployment.yaml",
         "webhook.yaml",
     ]
@@ -159,7 +160,7 @@ fn the_cluster_role_grants_only_what_nodeguard_uses() {
 }
 
 #[test]
-fn the_webhooks_fail_open_have_no_side_effects_and_answer_fast() {
+fn the_webhooks_fail_open_write_nothing_on_a_dry_run_and_answer_fast() {
     let objects = base();
     let configuration = one(&objects, "ValidatingWebhookConfiguration", "nodeguard");
     let webhooks = configuration["webhooks"].as_array().unwrap();
@@ -177,7 +178,8 @@ fn the_webhooks_fail_open_have_no_side_effects_and_answer_fast() {
     );
     let service = one(&objects, "Service", "nodeguard");
     for webhook in webhooks {
-        assert_eq!(webhook["sideEffects"], "None");
+        // Events are posted for real requests only.
+        assert_eq!(webhook["sideEffects"], "NoneOnDryRun");
         assert_eq!(webhook["failurePolicy"], "Ignore");
         assert_eq!(webhook["matchPolicy"], "Equivalent");
         assert_eq!(
@@ -404,4 +406,191 @@ fn the_static_overlay_makes_the_secret_and_every_ca_bundle_from_the_files_of_nod
         replacement["targets"][0]["fieldPaths"],
         serde_json::json!(["webhooks.*.clientConfig.caBundle"])
     );
+}
+
+#[test]
+fn the_shipped_configuration_is_mounted_whole_and_is_the_built_in_default() {
+    let objects = base();
+    let map = one(&objects, "ConfigMap", "nodeguard-config");
+    let text = map["data"]["config.yaml"].as_str().unwrap();
+    assert_eq!(
+        nodeguard::policy::Config::from_yaml(text).unwrap(),
+        nodeguard::policy::Config::default(),
+        "the ConfigMap spells out the defaults"
+    );
+    let deployment = one(&objects, "Deployment", "nodeguard");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let file = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--config="))
+        .expect("--config");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["configMap"]["name"] == "nodeguard-config")
+        .expect("a volume of the ConfigMap");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("mounted");
+    // A subPath mount never sees an edit of the ConfigMap.
+    assert!(mount["subPath"].is_null());
+    assert_eq!(
+        file,
+        format!("{}/config.yaml", mount["mountPath"].as_str().unwrap())
+    );
+}
+
+/// Every metric name an expression uses: identifiers followed by `{`, `[` or `)`,
+/// or standing alone, that start with `nodeguard_`.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes: Vec<char> = expr.chars().collect();
+    let mut i = 0;
+    while i < bytes.len() {
+        if expr[expr.char_indices().nth(i).map_or(0, |(b, _)| b)..].starts_with("nodeguard_")
+            && (i == 0 || !(bytes[i - 1].is_alphanumeric() || bytes[i - 1] == '_'))
+        {
+            let name: String = bytes[i..]
+                .iter()
+                .take_while(|c| c.is_alphanumeric() || **c == '_')
+                .collect();
+            i += name.len();
+            names.insert(name);
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// The series names nodeguard exports (counters with `_total`, histograms with
+/// `_bucket`, `_sum`, `_count`).
+fn exported_series() -> BTreeSet<String> {
+    use nodeguard::policy::{CheckId, Config, Finding, Operation, Verdict};
+    let metrics = nodeguard::admin::Metrics::new();
+    // A family appears once it has a series: make one in each.
+    let verdict = Verdict::from_findings(
+        [Finding::deny(CheckId::MachineId, "m".into(), "w".into())],
+        &Config::default(),
+    );
+    let webhook = nodeguard::webhook::Webhook::Nodes;
+    metrics.observe_verdict(
+        webhook,
+        Operation::Create,
+        &verdict,
+        std::time::Duration::ZERO,
+    );
+    metrics.observe_conflict_recorded("two-kubelets");
+    metrics.observe_ledger_write("written");
+    metrics.observe_event("NodeIdentityCollision", "posted");
+    metrics.set_audit_findings([("machine-id".to_string(), "clone", 1)]);
+    metrics.set_config_in_force("", "enforce");
+    let text = metrics.encode().unwrap();
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            match kind {
+                "counter" => {
+                    names.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        names.insert(format!("{name}{suffix}"));
+                    }
+                }
+                _ => {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_monitoring_component_scrapes_the_metrics_port_and_uses_only_exported_metrics() {
+    let objects = base();
+    let service = one(&objects, "Service", "nodeguard");
+    let monitor = &documents("deploy/components/monitoring/servicemonitor.yaml")[0];
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(
+            &service["metadata"]["labels"][key], value,
+            "the Service carries {key}"
+        );
+    }
+    let port = monitor["spec"]["endpoints"][0]["port"].as_str().unwrap();
+    let service_port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == port)
+        .expect("the Service names the monitored port");
+    let deployment = one(&objects, "Deployment", "nodeguard");
+    let admin = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == service_port["targetPort"])
+        .expect("the port exists on the container");
+    assert_eq!(admin["containerPort"], 8080);
+
+    let exported = exported_series();
+    let rules = &documents("deploy/components/monitoring/prometheusrule.yaml")[0];
+    let mut alerts = Vec::new();
+    for rule in rules["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        let expr = rule["expr"].as_str().unwrap();
+        for name in metric_names(expr) {
+            assert!(
+                exported.contains(&name),
+                "{}: {name} is not exported",
+                rule["alert"]
+            );
+        }
+        assert!(!rule["labels"]["severity"].is_null());
+        assert!(!rule["annotations"]["summary"].is_null());
+        alerts.push(rule["alert"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        alerts,
+        [
+            "NodeguardLedgerConflict",
+            "NodeguardRefusing",
+            "NodeguardServingCertificateExpiring",
+            "NodeguardInventoryNotCurrent",
+            "NodeguardReplicaNotReady",
+            "NodeguardDown",
+            "NodeguardConfigurationRefused",
+            "NodeguardAuditFindings",
+            "NodeguardEventsDropped",
+        ]
+    );
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/components/monitoring/nodeguard-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut used = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            used.extend(metric_names(target["expr"].as_str().unwrap()));
+        }
+    }
+    let missing: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(missing.is_empty(), "the dashboard uses {missing:?}");
+    assert!(used.len() >= 12, "{used:?}");
 }
