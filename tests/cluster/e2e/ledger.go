@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -321,6 +322,9 @@ type EventExpect struct {
 	Reason string  `json:"reason"`
 	Type   string  `json:"type"`
 	Note   *string `json:"note,omitempty"`
+	Action *string `json:"action,omitempty"`
+	// Count is the Event's series count (1 for an Event with no series).
+	Count *int64 `json:"count,omitempty"`
 }
 
 // NodeIdentityExpect is the state of one NodeIdentity after the step.
@@ -332,13 +336,13 @@ type NodeIdentityExpect struct {
 }
 
 type seenEvent struct {
-	namespace, node, reason, typ, note, controller string
-	count                                          int64
+	namespace, node, reason, typ, note, controller, action string
+	count                                                  int64
 }
 
 func (e seenEvent) String() string {
-	return fmt.Sprintf("{namespace: %s, node: %s, reason: %s, type: %s, note: %q, reportingController: %s, count: %d}",
-		e.namespace, e.node, e.reason, e.typ, e.note, e.controller, e.count)
+	return fmt.Sprintf("{namespace: %s, node: %s, reason: %s, type: %s, action: %s, note: %q, reportingController: %s, count: %d}",
+		e.namespace, e.node, e.reason, e.typ, e.action, e.note, e.controller, e.count)
 }
 
 // nodeEvents are nodeguard's Events (reportingController nodeguard) whose regarding
@@ -357,7 +361,7 @@ func (r *Runner) nodeEvents() (nodes []seenEvent, others int) {
 		}
 		nodes = append(nodes, seenEvent{
 			namespace: str("metadata", "namespace"), node: str("regarding", "name"), reason: str("reason"),
-			typ: str("type"), note: str("note"), controller: str("reportingController"), count: count,
+			typ: str("type"), note: str("note"), controller: str("reportingController"), action: str("action"), count: count,
 		})
 	}
 	return nodes, others
@@ -383,6 +387,9 @@ func matchEvents(want []EventExpect, notes []string, got []seenEvent) (missing [
 			if w.Note != nil && notes[i] != g.note {
 				continue
 			}
+			if (w.Action != nil && *w.Action != g.action) || (w.Count != nil && *w.Count != g.count) {
+				continue
+			}
 			used[j], found = true, true
 			break
 		}
@@ -390,6 +397,12 @@ func matchEvents(want []EventExpect, notes []string, got []seenEvent) (missing [
 			note := "any note"
 			if w.Note != nil {
 				note = fmt.Sprintf("note %q", notes[i])
+			}
+			if w.Action != nil {
+				note += ", action " + *w.Action
+			}
+			if w.Count != nil {
+				note += fmt.Sprintf(", count %d", *w.Count)
 			}
 			missing = append(missing, fmt.Sprintf("{node: %s, reason: %s, type: %s, %s}", w.Node, w.Reason, w.Type, note))
 		}
@@ -447,12 +460,19 @@ func (r *Runner) checkEvents(want []EventExpect) (details, info []string) {
 }
 
 // describeShows checks that `kubectl describe node` shows each expected event in its
-// Events section, which is where an administrator looks.
+// Events section, which is where an administrator looks; for a Node that does not exist
+// (a registration refused), that `kubectl get events` lists it against node/NAME.
 func (r *Runner) describeShows(want []EventExpect) (details []string) {
 	for _, w := range want {
 		cx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
 		out, err := exec.CommandContext(cx, r.kubectl, "--kubeconfig", r.cluster.adminKubeconfig, "describe", "node", w.Node).CombinedOutput()
 		cancel()
+		if err != nil && strings.Contains(string(out), "NotFound") {
+			if d := r.getEventsShows(w); d != "" {
+				details = append(details, d)
+			}
+			continue
+		}
 		if err != nil {
 			details = append(details, fmt.Sprintf("kubectl describe node %s: %v: %s", w.Node, err, out))
 			continue
@@ -473,6 +493,25 @@ func (r *Runner) describeShows(want []EventExpect) (details []string) {
 		}
 	}
 	return details
+}
+
+// getEventsShows checks that `kubectl get events` lists the event against node/NAME;
+// it says what is wrong, or nothing.
+func (r *Runner) getEventsShows(w EventExpect) string {
+	cx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(cx, r.kubectl, "--kubeconfig", r.cluster.adminKubeconfig, "get", "events", "-n", "default",
+		"--field-selector", "involvedObject.kind=Node,involvedObject.name="+w.Node).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("kubectl get events for node %s: %v: %s", w.Node, err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 4 && f[1] == w.Type && f[2] == w.Reason && f[3] == "node/"+w.Node {
+			return ""
+		}
+	}
+	return fmt.Sprintf("kubectl get events does not list the %s %s event of node/%s:\n%s", w.Type, w.Reason, w.Node, indent(string(out), "  | "))
 }
 
 // checkNodeIdentity polls until the NodeIdentity is as expected.
@@ -505,9 +544,49 @@ func (r *Runner) checkNodeIdentity(e *NodeIdentityExpect) (details, info []strin
 
 // forget runs `nodeguard forget NODE` as the cluster's administrator.
 func (r *Runner) forget(node string, e *Expect) StepResult {
+	res, _ := r.command(e, "forget", node, "--kubeconfig", r.cluster.adminKubeconfig)
+	return res
+}
+
+// CollisionExpect is one collision `nodeguard audit --output json` reports.
+type CollisionExpect struct {
+	Check string   `json:"check"`
+	Kind  string   `json:"kind"`
+	Nodes []string `json:"nodes"`
+}
+
+// audit runs `nodeguard audit` against the live cluster as the administrator and
+// checks its exit code and the collisions of its JSON report.
+func (r *Runner) audit(args []string, e *Expect) StepResult {
+	argv := append([]string{"audit", "--kubeconfig", r.cluster.adminKubeconfig, "--output", "json"}, args...)
+	res, out := r.command(e, argv...)
+	if e == nil || e.Collisions == nil {
+		return res
+	}
+	var report struct {
+		Collisions []CollisionExpect `json:"collisions"`
+	}
+	if err := json.Unmarshal([]byte(out), &report); err != nil {
+		res.Pass = false
+		res.Details = append(res.Details, "the report is not JSON: "+err.Error())
+		return res
+	}
+	if report.Collisions == nil {
+		report.Collisions = []CollisionExpect{}
+	}
+	if !reflect.DeepEqual(report.Collisions, *e.Collisions) {
+		res.Pass = false
+		res.Details = append(res.Details, fmt.Sprintf("collisions:\n        expected %+v\n        got      %+v", *e.Collisions, report.Collisions))
+	}
+	return res
+}
+
+// command runs the nodeguard binary with args, checks its exit code and (when given)
+// its whole output against e, and returns its standard output.
+func (r *Runner) command(e *Expect, args ...string) (StepResult, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
 	defer cancel()
-	argv := []string{r.ng.binary, "forget", node, "--kubeconfig", r.cluster.adminKubeconfig}
+	argv := append([]string{r.ng.binary}, args...)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -517,14 +596,18 @@ func (r *Runner) forget(node string, e *Expect) StepResult {
 	if err != nil {
 		ee, ok := err.(*exec.ExitError)
 		if !ok || ctx.Err() != nil {
-			return StepResult{Details: []string{fmt.Sprintf("running %s: %v (stderr: %s)", strings.Join(argv, " "), err, strings.TrimSpace(stderr.String()))}}
+			return StepResult{Details: []string{fmt.Sprintf("running %s: %v (stderr: %s)", strings.Join(argv, " "), err, strings.TrimSpace(stderr.String()))}}, ""
 		}
 		code = ee.ExitCode()
 	}
 	out := strings.TrimSpace(stdout.String())
+	shown := out
+	if len(shown) > 2000 {
+		shown = shown[:2000] + "…"
+	}
 	res := StepResult{Pass: true, Info: []string{
 		fmt.Sprintf("ran: %s", strings.Join(argv, " ")),
-		fmt.Sprintf("exit status %d; stdout %q", code, out),
+		fmt.Sprintf("exit status %d; stdout %q", code, shown),
 	}}
 	if s := strings.TrimSpace(stderr.String()); s != "" {
 		res.Info = append(res.Info, "stderr:\n"+indent(s, "  | "))
@@ -548,5 +631,5 @@ func (r *Runner) forget(node string, e *Expect) StepResult {
 		}
 	}
 	r.settle()
-	return res
+	return res, out
 }

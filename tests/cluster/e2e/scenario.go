@@ -65,9 +65,11 @@ type Expect struct {
 	Error    *string   `json:"error,omitempty"`
 	Warnings *[]string `json:"warnings,omitempty"`
 	Reached  *bool     `json:"reached,omitempty"`
-	// forget.
+	// forget and audit.
 	ExitCode *int    `json:"exitCode,omitempty"`
 	Output   *string `json:"output,omitempty"`
+	// audit: exactly these collisions, in the report's order.
+	Collisions *[]CollisionExpect `json:"collisions,omitempty"`
 	// Any step: the store after it.
 	Events       *[]EventExpect      `json:"events,omitempty"`
 	NodeIdentity *NodeIdentityExpect `json:"nodeIdentity,omitempty"`
@@ -96,6 +98,13 @@ type Step struct {
 	Nodeguard        string        `json:"nodeguard,omitempty"`
 	WaitFor          *WaitFor      `json:"waitFor,omitempty"`
 	Forget           string        `json:"forget,omitempty"`
+	// Audit runs `nodeguard audit` against the cluster with these extra arguments.
+	Audit *[]string `json:"audit,omitempty"`
+	// Repeat makes an admitted write this many times in all (a kubelet retrying); every
+	// answer must be the same, and the expectations hold after the last.
+	Repeat int `json:"repeat,omitempty"`
+	// DryRun sends an admitted write with dryRun=All.
+	DryRun bool `json:"dryRun,omitempty"`
 
 	Expect *Expect `json:"expect,omitempty"`
 }
@@ -128,6 +137,9 @@ func (s *Step) action() (string, bool) {
 	}
 	if s.WaitFor != nil {
 		names = append(names, "waitFor")
+	}
+	if s.Audit != nil {
+		names = append(names, "audit")
 	}
 	if s.Forget != "" {
 		names = append(names, "forget")
@@ -291,8 +303,10 @@ func loadScenario(f string, raw []byte) (*Scenario, error) {
 			switch {
 			case e.admission() && !st.admitted():
 				return nil, fmt.Errorf("%s: expect.allowed, code, error, warnings and reached are only for createNode, updateNodeStatus, updateNode and createCSR", where)
-			case (e.ExitCode != nil || e.Output != nil) && st.Forget == "":
-				return nil, fmt.Errorf("%s: expect.exitCode and output are only for forget", where)
+			case (e.ExitCode != nil || e.Output != nil) && st.Forget == "" && st.Audit == nil:
+				return nil, fmt.Errorf("%s: expect.exitCode and output are only for forget and audit", where)
+			case e.Collisions != nil && st.Audit == nil:
+				return nil, fmt.Errorf("%s: expect.collisions is only for audit", where)
 			case e.NodeIdentity != nil && e.NodeIdentity.Name == "":
 				return nil, fmt.Errorf("%s: expect.nodeIdentity: name is required", where)
 			}
@@ -497,6 +511,14 @@ func isApproved(csr *certificatesv1.CertificateSigningRequest) bool {
 	return false
 }
 
+// dryRun is the dryRun option of the step's write.
+func dryRun(st *Step) []string {
+	if st.DryRun {
+		return []string{metav1.DryRunAll}
+	}
+	return nil
+}
+
 func isKubeletClient(csr *certificatesv1.CertificateSigningRequest) bool {
 	return csr.Spec.SignerName == signerClientKubelet
 }
@@ -543,6 +565,8 @@ func (r *Runner) act(st *Step) StepResult {
 		return r.waitFor(st.WaitFor)
 	case st.Forget != "":
 		return r.forget(st.Forget, st.Expect)
+	case st.Audit != nil:
+		return r.audit(*st.Audit, st.Expect)
 	case st.Nodeguard == "stop":
 		if err := r.ng.Stop(); err != nil {
 			return StepResult{Details: []string{err.Error()}}
@@ -655,7 +679,7 @@ func (r *Runner) admit(st *Step) StepResult {
 		}
 		request = "POST nodes " + node.Name
 		write = func() error {
-			_, err := client.CoreV1().Nodes().Create(cx, node, metav1.CreateOptions{})
+			_, err := client.CoreV1().Nodes().Create(cx, node, metav1.CreateOptions{DryRun: dryRun(st)})
 			return err
 		}
 	case st.UpdateNodeStatus != nil, st.UpdateNode != nil:
@@ -711,7 +735,7 @@ func (r *Runner) admit(st *Step) StepResult {
 		}
 		request = fmt.Sprintf("PATCH nodes %s%s (strategic merge) %s", name, subSuffix(strings.Join(sub, "")), patch)
 		write = func() error {
-			_, err := client.CoreV1().Nodes().Patch(cx, name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, sub...)
+			_, err := client.CoreV1().Nodes().Patch(cx, name, types.StrategicMergePatchType, patch, metav1.PatchOptions{DryRun: dryRun(st)}, sub...)
 			return err
 		}
 	case st.CreateCSR != nil:
@@ -721,7 +745,7 @@ func (r *Runner) admit(st *Step) StepResult {
 		}
 		request = "POST certificatesigningrequests " + csr.Name
 		write = func() error {
-			_, err := client.CertificatesV1().CertificateSigningRequests().Create(cx, csr, metav1.CreateOptions{})
+			_, err := client.CertificatesV1().CertificateSigningRequests().Create(cx, csr, metav1.CreateOptions{DryRun: dryRun(st)})
 			return err
 		}
 	}
@@ -731,6 +755,14 @@ func (r *Runner) admit(st *Step) StepResult {
 	before := r.ng.RequestsTotal()
 	werr := write()
 	out := outcomeOf(werr, r.warnings.Take())
+	var repeatErrors []string
+	for i := 1; i < st.Repeat; i++ {
+		again := outcomeOf(write(), r.warnings.Take())
+		if again.Allowed != out.Allowed || again.Err != out.Err {
+			repeatErrors = append(repeatErrors, fmt.Sprintf("write %d of %d answered otherwise: %v", i+1, st.Repeat, again.Err))
+		}
+		out = again
+	}
 	after := r.ng.RequestsTotal()
 	reached := before >= 0 && after > before
 	if out.Allowed {
@@ -738,8 +770,8 @@ func (r *Runner) admit(st *Step) StepResult {
 	}
 	failedOpen, celErrors := r.cluster.WebhookTrouble(logOffset)
 
-	var details []string
-	pass := true
+	details := repeatErrors
+	pass := len(repeatErrors) == 0
 	if len(failedOpen) > 0 && r.ng.Running() {
 		pass = false
 		details = append(details, "the call to nodeguard failed while it was running, and failurePolicy Ignore let the request through: "+strings.Join(failedOpen, "; "))
