@@ -1,6 +1,9 @@
 //! `nodeguard audit` over the shipped example dump and the real fixtures: what it finds,
 //! its JSON shape, its exit codes, and that its verdicts are the webhook's own.
 
+#[path = "support/fake_api.rs"]
+mod fake_api;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -416,4 +419,111 @@ async fn the_webhook_answers_every_node_of_the_dump_as_the_audit_says() {
         outcomes.into_iter().collect::<Vec<_>>(),
         vec!["allowed", "denied", "warned"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_it_reads_the_cluster_of_the_context_it_is_given_page_by_page() {
+    let api = fake_api::FakeApi::new();
+    let list: Value = serde_json::from_slice(&std::fs::read(DUMP).unwrap()).unwrap();
+    for item in list["items"].as_array().unwrap() {
+        let path = match item["kind"].as_str().unwrap() {
+            "Node" => "/api/v1/nodes",
+            "CertificateSigningRequest" => {
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+            }
+            _ => "/apis/nodeguard.io/v1alpha1/nodeidentities",
+        };
+        api.insert(path, item.clone());
+    }
+    let addr = api.serve_http().await;
+    let dir = std::env::temp_dir().join(format!("nodeguard-audit-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    // The current context points nowhere; `--context fake` is the cluster.
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: elsewhere\n\
+             clusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+             - name: elsewhere\n  cluster:\n    server: http://127.0.0.1:9\n\
+             users:\n- name: admin\n  user: {{}}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: admin\n\
+             - name: elsewhere\n  context:\n    cluster: elsewhere\n    user: admin\n"
+        ),
+    )
+    .unwrap();
+    let run = |context: Option<&'static str>| {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodeguard"));
+            command
+                .args(["audit", "--output", "json", "--kubeconfig"])
+                .arg(&kubeconfig);
+            if let Some(context) = context {
+                command.args(["--context", context]);
+            }
+            command.output().await.unwrap()
+        }
+    };
+    let output = run(Some("fake")).await;
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["read"]["nodes"], 6);
+    assert_eq!(report["read"]["boundCSRs"], 3);
+    assert_eq!(report["read"]["nodeIdentities"], 7);
+    assert_eq!(report["ledger"]["conflicts"][0]["node"], "worker-3");
+    let checks: Vec<&str> = report["collisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            "machine-id",
+            "system-uuid",
+            "internal-ip",
+            "key-fingerprint"
+        ]
+    );
+    let lists: Vec<String> = api
+        .requests()
+        .into_iter()
+        .map(|(_, path)| path)
+        .filter(|path| path.contains("limit=500"))
+        .collect();
+    assert_eq!(lists.len(), 3, "{lists:?}");
+
+    let unreachable = run(None).await;
+    assert_eq!(unreachable.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn installed_as_kubectl_nodeguard_it_speaks_as_a_kubectl_plugin() {
+    let dir = std::env::temp_dir().join(format!("nodeguard-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugin = dir.join("kubectl-nodeguard");
+    let _ = std::fs::remove_file(&plugin);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_nodeguard"), &plugin).unwrap();
+    let help = Command::new(&plugin)
+        .args(["audit", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    assert!(text.contains("Usage: kubectl nodeguard audit"), "{text}");
+    assert!(text.contains("--context <NAME>"), "{text}");
+    let audit = Command::new(&plugin)
+        .args(["audit", "-f", DUMP])
+        .output()
+        .unwrap();
+    assert_eq!(audit.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -451,3 +451,63 @@ fn config_check_prints_what_would_be_in_force_or_why_not() {
     assert!(text.contains("unknown check \"machine-ids\""), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_leaders_audit_leaves_out_nodes_exempt_by_label() {
+    let api = fake_api::FakeApi::new();
+    let text = std::fs::read_to_string("examples/cluster-dump.json").unwrap();
+    let mut list: Value = serde_json::from_str(&text).unwrap();
+    for item in list["items"].as_array_mut().unwrap() {
+        if item["kind"] == "Node" {
+            if item["metadata"]["name"] == "worker-5" {
+                item["metadata"]["labels"]["pool"] = "lab".into();
+            }
+            api.insert("/api/v1/nodes", item.clone());
+        }
+    }
+    let mut cluster = nodeguard::audit::load::Cluster::default();
+    cluster.add_list(list.to_string().as_bytes()).unwrap();
+    let config = SharedConfig::new(
+        nodeguard::policy::Config::from_yaml(
+            "exemptions:\n  nodeSelector:\n    matchLabels: {pool: lab}\n",
+        )
+        .unwrap(),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let mut recorder = nodeguard::ledger::recorder::Recorder::new(
+        api.client(),
+        SharedInventory::new(cluster.inventory),
+        Arc::clone(&metrics),
+        "nodeguard-0",
+    )
+    .auditing(config);
+    let report = recorder.audit().await.unwrap();
+    let worker5 = report
+        .verdicts
+        .iter()
+        .find(|v| v.node == "worker-5")
+        .unwrap();
+    assert_eq!(worker5.as_new.outcome(), nodeguard::policy::Outcome::Exempt);
+    assert_eq!(
+        worker5.restart.outcome(),
+        nodeguard::policy::Outcome::Exempt
+    );
+    // worker-2 still collides with the exempt node's values, and is told so.
+    let on: Vec<String> = api
+        .objects(NODE_EVENTS)
+        .iter()
+        .map(|e| e["regarding"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(on.iter().any(|n| n == "worker-2"), "{on:?}");
+    assert!(
+        !on.iter().any(|n| n == "worker-5"),
+        "no Event on an exempt node: {on:?}"
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .any(|(_, path)| path.contains("labelSelector=pool%3Dlab")),
+        "{:?}",
+        api.requests()
+    );
+}

@@ -219,13 +219,14 @@ impl Recorder {
     /// concern every node alike.
     pub async fn audit(&mut self) -> Option<Audit> {
         let config = self.auditing.as_ref()?.current();
+        let labels = self.exempt_by_label(&config).await;
         let now = Timestamp::now();
         let (report, uids) = self.inventory.read(|inventory| {
             let report = audit::audit(AuditInput {
                 inventory,
                 config: &config,
                 now,
-                labels: None,
+                labels: labels.as_ref(),
             });
             let uids: HashMap<String, Option<String>> = inventory
                 .nodes()
@@ -241,12 +242,22 @@ impl Recorder {
         );
         let reference =
             |name: &str| events::node_reference(name, uids.get(name).and_then(|u| u.as_deref()));
+        let exempt: std::collections::HashSet<&str> = report
+            .verdicts
+            .iter()
+            .filter(|v| v.restart.exempt)
+            .map(|v| v.node.as_str())
+            .collect();
         let mut notices: Vec<(String, Notice)> = Vec::new();
         for collision in &report.collisions {
             if collision.kind == CollisionKind::Shared {
                 continue;
             }
-            for node in &collision.nodes {
+            for node in collision
+                .nodes
+                .iter()
+                .filter(|n| !exempt.contains(n.as_str()))
+            {
                 let others: Vec<&str> = collision
                     .nodes
                     .iter()
@@ -470,6 +481,38 @@ impl Recorder {
     fn failed(&self, name: &str, error: &kube::Error) {
         self.metrics.observe_ledger_write("failed");
         tracing::warn!(node = %name, %error, "could not write NodeIdentity; retried at the next resync");
+    }
+
+    /// The labels of the nodes an exemption's selector matches, as the API server
+    /// selects them (the inventory keeps no labels); `None` without a selector, or if the
+    /// list fails (then those nodes are audited as if not exempt, and a warning says so).
+    async fn exempt_by_label(
+        &self,
+        config: &crate::policy::Config,
+    ) -> Option<HashMap<String, Vec<(String, String)>>> {
+        let selector = config.exempt_selector()?.describe();
+        let params = kube::api::ListParams::default().labels(&selector);
+        match self.nodes.list_metadata(&params).await {
+            Ok(list) => Some(
+                list.items
+                    .into_iter()
+                    .filter_map(|node| {
+                        let name = node.metadata.name?;
+                        let labels = node
+                            .metadata
+                            .labels
+                            .unwrap_or_default()
+                            .into_iter()
+                            .collect();
+                        Some((name, labels))
+                    })
+                    .collect(),
+            ),
+            Err(error) => {
+                tracing::warn!(%error, %selector, "cannot list the nodes exempt by label; auditing them as not exempt");
+                None
+            }
+        }
     }
 
     /// A new conflict: a Warning Event on the Node, a metric and a log line.

@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Refused rather than answered wrongly: subresources (404), patches other than JSON
-//! merge patches (415), label and field selectors (400), `generateName` (422). Ignored:
+//! merge patches (415), field selectors and set-based label selectors (400), label
+//! selectors on watches (400), `generateName` (422). Lists take equality-based label
+//! selectors (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated). Ignored:
 //! delete options (a delete is immediate; there are no finalizers) and a list's
 //! `resourceVersion` (lists serve the latest state, which satisfies the watcher's
 //! "not older than"). Watches replay from any resourceVersion, so a 410 never comes.
@@ -853,7 +855,10 @@ impl Shared {
         collection: &Collection,
         query: &BTreeMap<String, String>,
     ) -> Result<Response<Body>, Failure> {
-        refuse_selectors(query)?;
+        let mut rest = query.clone();
+        let selector = rest.remove("labelSelector").unwrap_or_default();
+        refuse_selectors(&rest)?;
+        let selector = LabelSelector::parse(&selector)?;
         let limit = match query.get("limit").map(|limit| limit.parse::<usize>()) {
             None | Some(Ok(0)) => usize::MAX,
             Some(Ok(limit)) => limit,
@@ -866,6 +871,7 @@ impl Shared {
             .list(collection)
             .into_iter()
             .filter(|(key, _)| after.is_none_or(|after| key > after))
+            .filter(|(_, object)| selector.matches(object))
             .map(|(key, object)| (key, object.clone()))
             .collect();
         let mut metadata = json!({ "resourceVersion": state.revision.to_string() });
@@ -991,6 +997,48 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
     let mut line = json!({ "type": kind, "object": object }).to_string();
     line.push('\n');
     Bytes::from(line)
+}
+
+/// An equality-based label selector, as lists take it.
+struct LabelSelector(Vec<(String, Option<String>, bool)>);
+
+impl LabelSelector {
+    fn parse(text: &str) -> Result<Self, Failure> {
+        let mut requirements = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part.contains(" in ") || part.contains(" notin ") || part.contains('(') {
+                return Err(bad_request(format!(
+                    "the fake API serves no set-based label selector ({part})"
+                )));
+            }
+            let requirement = if let Some((key, value)) = part.split_once("!=") {
+                (key.trim().to_owned(), Some(value.trim().to_owned()), false)
+            } else if let Some((key, value)) =
+                part.split_once("==").or_else(|| part.split_once('='))
+            {
+                (key.trim().to_owned(), Some(value.trim().to_owned()), true)
+            } else if let Some(key) = part.strip_prefix('!') {
+                (key.trim().to_owned(), None, false)
+            } else {
+                (part.to_owned(), None, true)
+            };
+            requirements.push(requirement);
+        }
+        Ok(Self(requirements))
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        let labels = &object["metadata"]["labels"];
+        self.0.iter().all(|(key, value, positive)| {
+            let actual = labels.get(key).and_then(Value::as_str);
+            match (value, positive) {
+                (Some(value), true) => actual == Some(value.as_str()),
+                (Some(value), false) => actual != Some(value.as_str()),
+                (None, true) => actual.is_some(),
+                (None, false) => actual.is_none(),
+            }
+        })
+    }
 }
 
 /// Selectors are refused rather than ignored, which would answer wrongly.
