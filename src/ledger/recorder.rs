@@ -36,6 +36,9 @@ const MIN_WRITE_GAP: Duration = Duration::from_millis(20);
 
 pub const CONFLICT_REASON: &str = events::CONFLICT_REASON;
 
+/// Nodes audited per hold of the inventory's lock (about 1 ms of decisions).
+const AUDIT_SLICE: usize = 100;
+
 /// An audit finding is posted again after this long: Events expire after an hour.
 const AUDIT_REPOST_EVERY: Duration = Duration::from_secs(55 * 60);
 
@@ -221,13 +224,36 @@ impl Recorder {
         let config = self.auditing.as_ref()?.current();
         let labels = self.exempt_by_label(&config).await;
         let now = Timestamp::now();
-        let (report, uids) = self.inventory.read(|inventory| {
-            let report = audit::audit(AuditInput {
+        let (config, labels) = (&*config, labels.as_ref());
+        fn input<'a>(
+            inventory: &'a crate::inventory::Inventory,
+            config: &'a crate::policy::Config,
+            now: Timestamp,
+            labels: Option<&'a HashMap<String, Vec<(String, String)>>>,
+        ) -> AuditInput<'a> {
+            AuditInput {
                 inventory,
-                config: &config,
+                config,
                 now,
-                labels: labels.as_ref(),
-            });
+                labels,
+            }
+        }
+        // In slices, letting go of the inventory between them: watchers waiting to
+        // write, and the reviews behind them, wait for one slice, not the whole audit.
+        let mut names: Vec<String> = self
+            .inventory
+            .read(|inv| inv.nodes().map(|n| n.name.to_string()).collect());
+        names.sort_unstable();
+        let mut verdicts = Vec::with_capacity(names.len());
+        for slice in names.chunks(AUDIT_SLICE) {
+            let slice: Vec<&str> = slice.iter().map(String::as_str).collect();
+            verdicts.extend(self.inventory.read(|inventory| {
+                audit::node_verdicts(input(inventory, config, now, labels), &slice)
+            }));
+            tokio::task::yield_now().await;
+        }
+        let (report, uids) = self.inventory.read(|inventory| {
+            let report = audit::assemble(input(inventory, config, now, labels), verdicts);
             let uids: HashMap<String, Option<String>> = inventory
                 .nodes()
                 .map(|n| (n.name.to_string(), n.uid.as_deref().map(str::to_string)))

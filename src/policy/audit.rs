@@ -148,32 +148,51 @@ pub fn registration(claim: &NodeClaim, labels: Vec<(String, String)>) -> NodeRev
 
 /// Audits the inventory under the configuration.
 pub fn audit(input: AuditInput<'_>) -> Audit {
+    let mut names: Vec<&str> = input.inventory.nodes().map(|n| &*n.name).collect();
+    names.sort_unstable();
+    let verdicts = node_verdicts(input, &names);
+    assemble(input, verdicts)
+}
+
+/// What the webhook would answer for each of these nodes (those the inventory holds), in
+/// their order. A caller holding a lock can audit a large inventory in slices of names
+/// and [`assemble`] the whole once: each slice is the same call.
+pub fn node_verdicts(input: AuditInput<'_>, names: &[&str]) -> Vec<NodeVerdicts> {
     let AuditInput {
         inventory,
         config,
         now,
         labels,
     } = input;
-    let mut nodes: Vec<&NodeClaim> = inventory.nodes().collect();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let labels_of = |name: &str| {
-        labels
-            .and_then(|l| l.get(name))
-            .cloned()
-            .unwrap_or_default()
-    };
-
-    let verdicts: Vec<NodeVerdicts> = nodes
+    names
         .iter()
+        .filter_map(|name| inventory.node(name))
         .map(|claim| {
-            let review = registration(claim, labels_of(&claim.name));
+            let labels = labels
+                .and_then(|l| l.get(&*claim.name))
+                .cloned()
+                .unwrap_or_default();
+            let review = registration(claim, labels);
             NodeVerdicts {
                 node: claim.name.to_string(),
                 restart: decide_node(&review, inventory, config, now),
                 as_new: decide_node_against(&review, None, inventory, config, now),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The report from every node's verdicts: collisions gathered from them and from the
+/// bound keys, field statistics and the ledger, as the inventory holds them now.
+pub fn assemble(input: AuditInput<'_>, mut verdicts: Vec<NodeVerdicts>) -> Audit {
+    let AuditInput {
+        inventory,
+        config,
+        now,
+        ..
+    } = input;
+    verdicts.sort_by(|a, b| a.node.cmp(&b.node));
+    let nodes = inventory.nodes().count();
 
     let mut groups = Groups::default();
     for verdicts in &verdicts {
@@ -231,9 +250,9 @@ pub fn audit(input: AuditInput<'_>) -> Audit {
     }
 
     Audit {
-        nodes: nodes.len(),
+        nodes,
         collisions: groups.finish(),
-        fields: field_reports(inventory, config, nodes.len()),
+        fields: field_reports(inventory, config, nodes),
         conflicts,
         orphans,
         verdicts,
