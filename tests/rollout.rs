@@ -511,3 +511,63 @@ async fn the_leaders_audit_leaves_out_nodes_exempt_by_label() {
         api.requests()
     );
 }
+
+// Paused: the buckets refill with tokio's clock, which stands still here.
+#[tokio::test(start_paused = true)]
+async fn distinct_events_are_limited_per_object_and_overall() {
+    use nodeguard::admin::events::{self, Notice};
+    let api = fake_api::FakeApi::new();
+    let metrics = Arc::new(Metrics::new());
+    let mut poster = EventPoster::new(api.client(), "nodeguard-0", Arc::clone(&metrics));
+    let notice = |regarding, check: &'static str| Notice {
+        regarding,
+        related: None,
+        reason: events::COLLISION_REASON,
+        action: "Denied",
+        check,
+        note: format!("nodeguard [{check}]: …"),
+    };
+    // One node, refused by every check there is: 11 kinds, well within one object's 25.
+    for check in nodeguard::policy::CheckId::ALL {
+        poster
+            .handle(notice(
+                events::node_reference("worker-4", None),
+                check.as_str(),
+            ))
+            .await;
+    }
+    assert_eq!(api.objects(NODE_EVENTS).len(), 11);
+    // 20 more about it, each naming another holder: 25 about one object, then no more.
+    for i in 0..20 {
+        let mut more = notice(events::node_reference("worker-4", None), "machine-id");
+        more.related = Some(events::node_reference(&format!("holder-{i}"), None));
+        poster.handle(more).await;
+    }
+    assert_eq!(
+        api.objects(NODE_EVENTS).len(),
+        events::OBJECT_BURST as usize
+    );
+    // Made-up CSR names, each refused once: the overall burst of 100 in all, then none.
+    for i in 0..150 {
+        poster
+            .handle(notice(
+                events::csr_reference(&format!("csr-{i:03}")),
+                "key-fingerprint",
+            ))
+            .await;
+    }
+    assert_eq!(
+        api.objects(NODE_EVENTS).len(),
+        events::GLOBAL_BURST as usize
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "nodeguard_events_total{reason=\"NodeIdentityCollision\",result=\"rate_limited\"}"
+        ),
+        vec![
+            "nodeguard_events_total{reason=\"NodeIdentityCollision\",result=\"rate_limited\"} 81"
+                .to_string()
+        ]
+    );
+}

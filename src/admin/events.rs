@@ -41,6 +41,13 @@ pub const SERIES_FINISH: Duration = Duration::from_secs(6 * 60);
 pub const OBJECT_BURST: u32 = 25;
 /// Then one more per this long (the spam filter: one per 5 min).
 pub const OBJECT_REFILL: Duration = Duration::from_secs(5 * 60);
+/// New Events across all objects: a burst of this many, then one per
+/// [`GLOBAL_REFILL`], so a flood of distinct refusals (CSRs under made-up names) cannot
+/// turn into a flood of writes to the API server.
+pub const GLOBAL_BURST: u32 = 100;
+pub const GLOBAL_REFILL: Duration = Duration::from_millis(200);
+/// Series remembered at once; a new one beyond this is not posted.
+pub const MAX_SERIES: usize = 4096;
 /// The API server refuses a longer note.
 const MAX_NOTE_BYTES: usize = 1024;
 /// Cluster-scoped objects' Events live here, as the kubelet's own do.
@@ -146,22 +153,36 @@ struct Series {
     last_written: Instant,
 }
 
-/// Tokens for new Events about one object.
+/// Tokens for new Events: `burst` at once, one more every `every`.
 #[derive(Debug)]
 struct Bucket {
     tokens: u32,
     refilled: Instant,
+    burst: u32,
+    every: Duration,
 }
 
 impl Bucket {
+    fn full(now: Instant, burst: u32, every: Duration) -> Self {
+        Self {
+            tokens: burst,
+            refilled: now,
+            burst,
+            every,
+        }
+    }
+
     fn take(&mut self, now: Instant) -> bool {
-        let gained = now.duration_since(self.refilled).as_secs() / OBJECT_REFILL.as_secs().max(1);
+        let every = self.every.as_millis().max(1);
+        let gained = now.duration_since(self.refilled).as_millis() / every;
         if gained > 0 {
             self.tokens = self
                 .tokens
                 .saturating_add(u32::try_from(gained).unwrap_or(u32::MAX))
-                .min(OBJECT_BURST);
-            self.refilled = now;
+                .min(self.burst);
+            // Keep the remainder: a refill every `every`, not every call.
+            let used = self.every * u32::try_from(gained).unwrap_or(u32::MAX);
+            self.refilled = self.refilled.checked_add(used).unwrap_or(now).min(now);
         }
         if self.tokens == 0 {
             return false;
@@ -179,6 +200,7 @@ pub struct EventPoster {
     metrics: Arc<Metrics>,
     series: HashMap<SeriesKey, Series>,
     buckets: HashMap<(Option<String>, Option<String>), Bucket>,
+    global: Bucket,
 }
 
 impl EventPoster {
@@ -191,6 +213,7 @@ impl EventPoster {
             metrics,
             series: HashMap::new(),
             buckets: HashMap::new(),
+            global: Bucket::full(Instant::now(), GLOBAL_BURST, GLOBAL_REFILL),
         }
     }
 
@@ -228,11 +251,11 @@ impl EventPoster {
             return;
         }
         let object = (notice.regarding.kind.clone(), notice.regarding.name.clone());
-        let bucket = self.buckets.entry(object).or_insert(Bucket {
-            tokens: OBJECT_BURST,
-            refilled: now,
-        });
-        if !bucket.take(now) {
+        let bucket = self
+            .buckets
+            .entry(object)
+            .or_insert_with(|| Bucket::full(now, OBJECT_BURST, OBJECT_REFILL));
+        if self.series.len() >= MAX_SERIES || !bucket.take(now) || !self.global.take(now) {
             self.metrics.observe_event(notice.reason, "rate_limited");
             return;
         }
@@ -296,6 +319,7 @@ impl EventPoster {
             }
             self.series.remove(&key);
         }
+        // A bucket refilled to its burst is the same as none.
         self.buckets
             .retain(|_, bucket| now.duration_since(bucket.refilled) < OBJECT_REFILL * OBJECT_BURST);
     }
@@ -378,4 +402,35 @@ fn within_bytes(text: &str, max: usize) -> String {
         end -= 1;
     }
     text[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_one_per_period() {
+        let start = Instant::now();
+        let mut bucket = Bucket::full(start, 3, Duration::from_secs(10));
+        assert!((0..3).all(|_| bucket.take(start)));
+        assert!(!bucket.take(start));
+        assert!(!bucket.take(start + Duration::from_secs(9)));
+        assert!(bucket.take(start + Duration::from_secs(10)));
+        assert!(!bucket.take(start + Duration::from_secs(15)));
+        // The remainder carries over: the next token is due at 20 s, not 25 s.
+        assert!(bucket.take(start + Duration::from_secs(20)));
+        // A long quiet refills to the burst, no more.
+        let later = start + Duration::from_secs(3600);
+        assert!((0..3).all(|_| bucket.take(later)));
+        assert!(!bucket.take(later));
+    }
+
+    #[test]
+    fn a_note_is_cut_on_a_character_boundary_within_the_api_servers_limit() {
+        let note = "é".repeat(600);
+        let cut = within_bytes(&note, MAX_NOTE_BYTES);
+        assert!(cut.len() <= MAX_NOTE_BYTES);
+        assert!(note.starts_with(&cut));
+        assert_eq!(within_bytes("short", MAX_NOTE_BYTES), "short");
+    }
 }
