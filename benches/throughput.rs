@@ -302,6 +302,7 @@ fn main() -> anyhow::Result<()> {
         inventory,
         config: nodeguard::webhook::SharedConfig::default(),
         events: None,
+        readiness: None,
         metrics: Arc::clone(&metrics),
     };
 

@@ -20,7 +20,7 @@ use crate::inventory::SharedInventory;
 use crate::ledger::lease::{self, LeaseConfig};
 use crate::ledger::recorder::{self, Recorder};
 use crate::policy::Config;
-use crate::watch::{self, Readiness};
+use crate::watch::{self, Readiness, Views};
 use crate::webhook::settings::{ConfigReloader, ConfigSource};
 use crate::webhook::{self, AppState, SharedConfig, WebhookArgs};
 
@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// gone. E.g. `5s`, `1500ms`, `0` (none).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
+    /// How long a watched view (Nodes, CSRs, NodeIdentities) may go without an event or
+    /// a bookmark (the API server sends one a minute) before the inventory counts as not
+    /// current: `/readyz` answers 503 and reviews are let through unchecked.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    pub stale_after: Duration,
 }
 
 /// A duration in jiff's friendly format (`5s`, `1m30s`, `1500ms`) or ISO 8601, or a
@@ -175,7 +180,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
 
     let inventory = SharedInventory::default();
-    let readiness = Readiness::new();
+    let views = Views::new(args.stale_after);
+    let readiness = Readiness::new().with_views(views.clone());
     let metrics = Arc::new(Metrics::new());
     // Puts each valid new configuration file in force; keeps the last good one.
     let reloading_config = tokio::spawn(
@@ -206,7 +212,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (observations, observed) = recorder::observations();
     let (leading, leadership) = lease::leadership_channel();
     let mut watcher = tokio::spawn(watch::run(
-        client.clone(),
+        views.wrap(client.clone()),
         inventory.clone(),
         readiness.clone(),
         Some(observations),
@@ -236,6 +242,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config,
         metrics: Arc::clone(&metrics),
         events: Some(event_queue),
+        readiness: Some(readiness.clone()),
     });
     let mut webhook_server = tokio::spawn(webhook::server::serve_tls_draining(
         webhook_listener,

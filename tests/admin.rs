@@ -122,6 +122,7 @@ async fn start() -> Servers {
         inventory: inventory.clone(),
         config: nodeguard::webhook::SharedConfig::default(),
         events: None,
+        readiness: None,
         metrics,
     });
     tokio::spawn(webhook::serve_tls(
@@ -181,7 +182,7 @@ async fn readyz_follows_the_inventory_sync() {
         assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             response.body,
-            "not ready: the node and CSR inventory has not completed its sync with the API server"
+            "not ready: the inventory has not completed its first sync with the API server"
         );
 
         servers.readiness.set(true);

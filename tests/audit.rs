@@ -341,6 +341,7 @@ async fn webhook_answer(cluster: Cluster, node: &Value) -> Value {
         config: SharedConfig::default(),
         metrics: std::sync::Arc::new(nodeguard::admin::Metrics::new()),
         events: None,
+        readiness: None,
     });
     let name = node["metadata"]["name"].as_str().unwrap();
     let review = kubelet::node_review(

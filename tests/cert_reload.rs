@@ -248,6 +248,7 @@ impl Server {
             inventory: SharedInventory::default(),
             config: nodeguard::webhook::SharedConfig::default(),
             events: None,
+            readiness: None,
             metrics: Arc::clone(&metrics),
         });
         let (stop, stopped) = oneshot::channel::<()>();

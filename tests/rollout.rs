@@ -91,6 +91,7 @@ async fn a_reloaded_file_changes_answers_without_a_restart_and_a_bad_one_is_refu
         config: config.clone(),
         metrics: Arc::clone(&metrics),
         events: None,
+        readiness: None,
     });
     let clone = clone_of(&original);
 
@@ -207,6 +208,7 @@ fn with_events(
         config: SharedConfig::default(),
         metrics: Arc::clone(&metrics),
         events: Some(queue),
+        readiness: None,
     });
     (router, metrics, posting)
 }
@@ -310,6 +312,7 @@ async fn a_full_queue_drops_and_counts_rather_than_waits() {
         config: SharedConfig::default(),
         metrics: Arc::clone(&metrics),
         events: Some(queue),
+        readiness: None,
     });
     for attempt in 0..3 {
         let answer = ask(

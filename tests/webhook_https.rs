@@ -135,6 +135,7 @@ impl TestServer {
             inventory: SharedInventory::new(inventory),
             config: nodeguard::webhook::SharedConfig::default(),
             events: None,
+            readiness: None,
             metrics: Arc::new(Metrics::new()),
         })
         .layer(axum::middleware::from_fn(

@@ -65,6 +65,13 @@ pub struct Metrics {
     config_in_force: Family<ConfigLabels, Gauge>,
     events: Family<EventLabels, Counter>,
     audit_findings: Family<AuditLabels, Gauge>,
+    view_age: Family<ViewLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    view_errors: Family<ViewLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ViewLabels {
+    view: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -140,6 +147,8 @@ impl Metrics {
         let config_in_force = Family::<ConfigLabels, Gauge>::default();
         let events = Family::<EventLabels, Counter>::default();
         let audit_findings = Family::<AuditLabels, Gauge>::default();
+        let view_age = Family::<ViewLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let view_errors = Family::<ViewLabels, Gauge>::default();
 
         let mut registry = Registry::default();
         registry.register(
@@ -230,8 +239,21 @@ impl Metrics {
             audit_findings.clone(),
         );
 
+        registry.register(
+            "nodeguard_inventory_view_age_seconds",
+            "Seconds since the last list or watch data of each view (nodes, CSRs, node identities); -1 before any",
+            view_age.clone(),
+        );
+        registry.register(
+            "nodeguard_inventory_view_errors",
+            "Failed lists, watches and streams of each view since its last success",
+            view_errors.clone(),
+        );
+
         Self {
             registry,
+            view_age,
+            view_errors,
             config_reloads,
             config_in_force,
             events,
@@ -264,6 +286,21 @@ impl Metrics {
         self.serving_certificate_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
+    }
+
+    /// Each view's age and run of errors, at scrape time.
+    pub fn set_views(&self, views: &[crate::watch::freshness::ViewStatus]) {
+        for status in views {
+            let labels = ViewLabels {
+                view: status.view.as_str(),
+            };
+            self.view_age
+                .get_or_create(&labels)
+                .set(status.age.map_or(-1.0, |age| age.as_secs_f64()));
+            self.view_errors
+                .get_or_create(&labels)
+                .set(i64::from(status.errors));
+        }
     }
 
     /// One changed configuration file: [`RELOAD_LOADED`] or [`RELOAD_REJECTED`].

@@ -62,20 +62,18 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready once the inventory has completed its first full sync: a replica that has not
-/// synced would allow clones it cannot see. Unready for good once shutdown starts, so
-/// that the Service stops routing here while the webhook still answers.
+/// Ready while the inventory is synced and current: a replica that has not synced, or
+/// whose view of the cluster has gone stale, would decide on values that may not exist
+/// anymore. Unready for good once shutdown starts, so that the Service stops routing here
+/// while the webhook still answers.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    if state.readiness.is_shutting_down() {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down").into_response()
-    } else if state.readiness.is_ready() {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        (
+    match state.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the node and CSR inventory has not completed its sync with the API server",
+            format!("not ready: {reason}"),
         )
-            .into_response()
+            .into_response(),
     }
 }
 
@@ -83,7 +81,12 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     let size = state.inventory.read(|inventory| inventory.size());
     state
         .metrics
-        .set_inventory(size, state.readiness.is_ready());
+        .set_inventory(size, state.readiness.current().is_ok());
+    if let Some(views) = state.readiness.views() {
+        state
+            .metrics
+            .set_views(&views.status(std::time::Instant::now()));
+    }
     match state.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
         Err(error) => {

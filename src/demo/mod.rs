@@ -78,6 +78,7 @@ impl LocalWebhook {
             inventory: inventory.clone(),
             config: crate::webhook::SharedConfig::new(config),
             events: None,
+            readiness: None,
             metrics: metrics.clone(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;

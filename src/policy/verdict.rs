@@ -4,6 +4,10 @@ use super::config::{CheckId, Config, Mode};
 
 /// Longest warning the API server passes on intact.
 pub const MAX_WARNING_CHARS: usize = 120;
+/// The warning of a write let through unchecked.
+pub const UNCHECKED_WARNING: &str =
+    "nodeguard: not checked: this replica's view of the cluster is not current";
+
 /// Longest denial message: one line a person reads in the kubelet log.
 pub const MAX_MESSAGE_CHARS: usize = 512;
 
@@ -95,12 +99,15 @@ pub enum Outcome {
     Denied,
     /// Allowed unchecked: the node is exempt by configuration.
     Exempt,
+    /// Allowed unchecked: the inventory is not current, so nothing can be decided on it.
+    Unchecked,
 }
 
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Exempt => "exempt",
+            Outcome::Unchecked => "unchecked",
             Outcome::Allowed => "allowed",
             Outcome::Warned => "warned",
             Outcome::Denied => "denied",
@@ -115,6 +122,8 @@ pub struct Verdict {
     pub findings: Vec<Finding>,
     /// The node is exempt: nothing was checked.
     pub exempt: bool,
+    /// Nothing was checked because the inventory is not current: why.
+    pub unchecked: Option<String>,
 }
 
 impl Verdict {
@@ -135,14 +144,25 @@ impl Verdict {
         Self {
             findings,
             exempt: false,
+            unchecked: None,
         }
     }
 
     /// The answer for an exempt node: allowed, nothing checked.
     pub fn exempt() -> Self {
         Self {
-            findings: Vec::new(),
             exempt: true,
+            ..Self::default()
+        }
+    }
+
+    /// The answer while the inventory is not current: allowed, nothing checked (with
+    /// `failurePolicy: Ignore` the write would pass anyway; refusing on a stale view could
+    /// refuse a healthy node).
+    pub fn unchecked(reason: String) -> Self {
+        Self {
+            unchecked: Some(reason),
+            ..Self::default()
         }
     }
 
@@ -151,7 +171,9 @@ impl Verdict {
     }
 
     pub fn outcome(&self) -> Outcome {
-        if self.exempt {
+        if self.unchecked.is_some() {
+            Outcome::Unchecked
+        } else if self.exempt {
             Outcome::Exempt
         } else if !self.allowed() {
             Outcome::Denied
@@ -191,6 +213,9 @@ impl Verdict {
     /// Warnings to return with an allowed request (a denied one carries its message).
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings: Vec<String> = Vec::new();
+        if self.unchecked.is_some() {
+            warnings.push(UNCHECKED_WARNING.to_string());
+        }
         for finding in self.findings.iter().filter(|f| f.effect == Effect::Warn) {
             if !warnings.contains(&finding.warning) {
                 warnings.push(finding.warning.clone());

@@ -3,10 +3,12 @@
 //! readiness once all three have completed their first full list.
 
 pub mod feed;
+pub mod freshness;
 pub mod objects;
 pub mod readiness;
 
 pub use feed::{Feed, Watched};
+pub use freshness::{View, Views};
 pub use objects::{WatchedCsr, WatchedNode};
 pub use readiness::Readiness;
 

@@ -1,13 +1,20 @@
 //! Readiness as a fact the code waits on: set once the inventory has finished its
 //! first full sync, observed by `/readyz` and by anyone who must wait for it. Shutting
 //! down is a second, one-way fact: `/readyz` reports it over the sync, and the watchers,
-//! which only ever set the sync, cannot undo it.
+//! which only ever set the sync, cannot undo it. With [`Views`], the sync also has to be
+//! current: a view with nothing received for longer than its bound makes the inventory
+//! unknown again until it is.
+
+use std::time::Instant;
 
 use tokio::sync::watch;
+
+use super::freshness::Views;
 
 #[derive(Debug, Clone)]
 pub struct Readiness {
     sender: std::sync::Arc<watch::Sender<State>>,
+    views: Option<Views>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,7 +34,47 @@ impl Readiness {
     pub fn new() -> Self {
         Self {
             sender: std::sync::Arc::new(watch::channel(State::default()).0),
+            views: None,
         }
+    }
+
+    /// Also requires every view to be current.
+    #[must_use]
+    pub fn with_views(mut self, views: Views) -> Self {
+        self.views = Some(views);
+        self
+    }
+
+    pub fn views(&self) -> Option<&Views> {
+        self.views.as_ref()
+    }
+
+    /// Whether decisions can be made on the inventory now: synced, and every view
+    /// current. `Err` says why not. Shutting down does not change it: the webhook keeps
+    /// deciding while it drains.
+    pub fn current(&self) -> Result<(), String> {
+        if !self.is_ready() {
+            return Err(
+                "the inventory has not completed its first sync with the API server".to_string(),
+            );
+        }
+        match self
+            .views
+            .as_ref()
+            .and_then(|views| views.stale(Instant::now()))
+        {
+            Some(stale) => Err(format!("the inventory is not current: {stale}")),
+            None => Ok(()),
+        }
+    }
+
+    /// What `/readyz` answers: `Err` with the reason while shutting down or while the
+    /// inventory is not current.
+    pub fn check(&self) -> Result<(), String> {
+        if self.is_shutting_down() {
+            return Err("shutting down".to_string());
+        }
+        self.current()
     }
 
     /// Whether the inventory is in sync with the API server.

@@ -12,7 +12,7 @@ use super::review::Request;
 use super::{AppState, Subject, Webhook, accept, answer, read_body};
 use crate::identity::KubeletSigner;
 use crate::identity::csr::CsrDoc;
-use crate::policy::{self, CsrReview, KubeletCsr};
+use crate::policy::{self, CsrReview, KubeletCsr, Verdict};
 
 #[tracing::instrument(
     name = "review",
@@ -41,9 +41,12 @@ pub(super) async fn validate(
         }
     }
     let config = state.config.current();
-    let verdict = state
-        .inventory
-        .read(|inventory| policy::decide_csr(&review, inventory, &config, Timestamp::now()));
+    let verdict = match state.inventory_current() {
+        Err(reason) => Verdict::unchecked(reason),
+        Ok(()) => state
+            .inventory
+            .read(|inventory| policy::decide_csr(&review, inventory, &config, Timestamp::now())),
+    };
     let node = review
         .kubelet
         .as_ref()

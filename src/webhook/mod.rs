@@ -59,6 +59,17 @@ pub struct AppState {
     /// Where refusals and warnings go as Events, after the answer; none in tests that
     /// post nothing.
     pub events: Option<EventQueue>,
+    /// Whether the inventory is current; without it (tests, the demo) it always is.
+    pub readiness: Option<crate::watch::Readiness>,
+}
+
+impl AppState {
+    /// `Err` with the reason when decisions cannot be made on the inventory now.
+    fn inventory_current(&self) -> Result<(), String> {
+        self.readiness
+            .as_ref()
+            .map_or(Ok(()), crate::watch::Readiness::current)
+    }
 }
 
 /// Which endpoint answered: a metrics label and a log field.

@@ -10,7 +10,7 @@ use tracing::Span;
 use super::{AppState, Subject, Webhook, accept, answer, read_body};
 use crate::identity::NodeClaim;
 use crate::identity::node::NodeDoc;
-use crate::policy::{self, NodeReview};
+use crate::policy::{self, NodeReview, Verdict};
 
 #[tracing::instrument(
     name = "review",
@@ -40,9 +40,12 @@ pub(super) async fn validate(
     if config.exempts_by_label() {
         review.labels = labels_of(request.object.as_ref());
     }
-    let verdict = state
-        .inventory
-        .read(|inventory| policy::decide_node(&review, inventory, &config, Timestamp::now()));
+    let verdict = match state.inventory_current() {
+        Err(reason) => Verdict::unchecked(reason),
+        Ok(()) => state
+            .inventory
+            .read(|inventory| policy::decide_node(&review, inventory, &config, Timestamp::now())),
+    };
     Ok(answer(
         &state,
         Webhook::Nodes,

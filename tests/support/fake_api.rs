@@ -198,6 +198,32 @@ impl FakeApi {
         self.shared.lock().faults.clear();
     }
 
+    /// Watches that ask for bookmarks get one every `every`, as the API server's watch
+    /// cache sends them (every minute) to a quiet watch.
+    pub fn bookmark_every(&self, every: Duration) {
+        self.shared.lock().bookmark_every = Some(every);
+        self.shared.revisions.send_modify(|_| {});
+    }
+
+    /// The API server stops answering: open watches go silent (connections stay open),
+    /// new requests hang, until [`FakeApi::resume`].
+    pub fn stall(&self) {
+        self.shared.lock().stalled = true;
+    }
+
+    /// Ends every open watch, as the API server does at a watch's timeout or when it
+    /// restarts; clients watch again.
+    pub fn end_watches(&self) {
+        self.shared.lock().watch_epoch += 1;
+        self.shared.revisions.send_modify(|_| {});
+    }
+
+    /// Open watches carry on from where they were; new requests are answered again.
+    pub fn resume(&self) {
+        self.shared.lock().stalled = false;
+        self.shared.revisions.send_modify(|_| {});
+    }
+
     /// Right before the next write (POST, PUT, PATCH or DELETE) of the object at `path`
     /// is processed, `change` modifies the stored object as a concurrent writer would (a
     /// new resourceVersion), so a write carrying the version read before gets a 409. If
@@ -377,6 +403,13 @@ struct State {
     hooks: Vec<Hook>,
     partitioned: Vec<String>,
     closed: bool,
+    /// Watches that asked for bookmarks get one this often (the API server: a minute).
+    bookmark_every: Option<Duration>,
+    /// While set, open watches send nothing and new requests are not answered: an API
+    /// server that stopped answering mid-watch.
+    stalled: bool,
+    /// Bumped to end every open watch.
+    watch_epoch: u64,
 }
 
 struct Change {
@@ -604,6 +637,13 @@ impl Shared {
     ) -> Response<Body> {
         if client.is_some_and(|client| self.lock().partitioned.contains(&client)) {
             return std::future::pending().await;
+        }
+        // A stalled server answers a request once it resumes.
+        let mut revisions = self.revisions.subscribe();
+        while self.lock().stalled {
+            if revisions.changed().await.is_err() {
+                return std::future::pending().await;
+            }
         }
         let (parts, body) = request.into_parts();
         let target = parts
@@ -943,12 +983,51 @@ impl Shared {
             };
             (lines, seen)
         };
+        let bookmarks = query
+            .get("allowWatchBookmarks")
+            .is_some_and(|value| value == "true");
+        let api_version = collection.api_version();
+        let kind = self.lock().kind(&collection);
         let (sender, receiver) = mpsc::channel::<Bytes>(64);
         let shared = self.clone();
+        let epoch = self.lock().watch_epoch;
         tokio::spawn(async move {
             let mut revisions = shared.revisions.subscribe();
+            let mut next_bookmark: Option<tokio::time::Instant> = None;
             loop {
                 revisions.borrow_and_update();
+                let (closed, stalled, every) = {
+                    let state = shared.lock();
+                    if state.watch_epoch != epoch {
+                        return;
+                    }
+                    (
+                        state.closed,
+                        state.stalled,
+                        state.bookmark_every.filter(|_| bookmarks),
+                    )
+                };
+                if stalled && !closed {
+                    tokio::select! {
+                        changed = revisions.changed() => if changed.is_err() { return },
+                        () = sleep_until(deadline) => return,
+                        () = sender.closed() => return,
+                    }
+                    continue;
+                }
+                let now = tokio::time::Instant::now();
+                if let Some(every) = every {
+                    let due = *next_bookmark.get_or_insert(now + every);
+                    if due <= now {
+                        let bookmark = json!({
+                            "apiVersion": api_version,
+                            "kind": kind,
+                            "metadata": { "resourceVersion": seen.to_string() },
+                        });
+                        lines.push(event_line("BOOKMARK", &bookmark));
+                        next_bookmark = Some(now + every);
+                    }
+                }
                 let closed = {
                     let state = shared.lock();
                     let from = seen;
@@ -972,6 +1051,7 @@ impl Shared {
                     changed = revisions.changed() => if changed.is_err() { return },
                     () = sleep_until(deadline) => return,
                     () = sender.closed() => return,
+                    () = sleep_until(next_bookmark) => {}
                 }
             }
         });
