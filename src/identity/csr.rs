@@ -131,6 +131,14 @@ pub enum CsrError {
     NotANode(String),
     #[error("subject O is {0}; a kubelet sends exactly O=system:nodes")]
     Organization(String),
+    #[error(
+        "the node name {0:?} is not a valid Node name (a DNS subdomain: at most 253 lowercase letters, digits, '-' and '.')"
+    )]
+    NodeName(String),
+    #[error(
+        "the key is {0}, too weak for a kubelet credential (a kubelet makes ECDSA P-256; RSA needs 2048 bits or more)"
+    )]
+    WeakKey(String),
 }
 
 /// The subject of a certificate or request as Kubernetes reads it (Go's crypto/x509):
@@ -175,6 +183,9 @@ impl Subject {
             .strip_prefix(NODE_CN_PREFIX)
             .filter(|name| !name.is_empty())
             .ok_or_else(|| CsrError::NotANode(super::text::clip(cn, 80)))?;
+        if !is_dns_subdomain(node) {
+            return Err(CsrError::NodeName(super::text::clip(node, 80)));
+        }
         if self.organizations.len() != 1 || self.organizations[0] != NODES_GROUP {
             let shown = if self.organizations.is_empty() {
                 "missing".to_string()
@@ -194,6 +205,19 @@ impl Subject {
             .filter(|name| !name.is_empty())
             .map(NodeName::from)
     }
+}
+
+/// What the API server accepts as a Node's name (RFC 1123 subdomain): no Node can be
+/// registered under anything else, so no kubelet asks for it.
+fn is_dns_subdomain(name: &str) -> bool {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.starts_with(alphanumeric)
+                && label.ends_with(alphanumeric)
+                && label.chars().all(|c| alphanumeric(c) || c == '-')
+        })
 }
 
 /// Values quoted for a message, each clipped, at most three.
@@ -233,6 +257,8 @@ impl CsrClaim {
 
     pub fn from_der(der: &[u8]) -> Result<Self, CsrError> {
         let csr = parse_request(der)?;
+        // Before the signature: a weak key's signature may not even be checkable.
+        refuse_weak_key(&csr.certification_request_info.subject_pki)?;
         csr.verify_signature()
             .map_err(|e| CsrError::Signature(e.to_string()))?;
         let info = &csr.certification_request_info;
@@ -258,6 +284,22 @@ impl CsrClaim {
             ip_sans,
             dns_sans,
         })
+    }
+}
+
+/// Keys anyone could break: RSA under 2048 bits, elliptic curves under 256, DSA.
+fn refuse_weak_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), CsrError> {
+    use x509_parser::public_key::PublicKey;
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) if rsa.key_size() < 2048 => {
+            Err(CsrError::WeakKey(format!("RSA-{}", rsa.key_size())))
+        }
+        Ok(PublicKey::EC(ec)) if ec.key_size() < 256 => Err(CsrError::WeakKey(format!(
+            "an elliptic-curve key of {} bits",
+            ec.key_size()
+        ))),
+        Ok(PublicKey::DSA(_)) => Err(CsrError::WeakKey("DSA".to_string())),
+        _ => Ok(()),
     }
 }
 
