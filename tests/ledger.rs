@@ -774,3 +774,67 @@ async fn records_no_node_claimed_within_an_hour_are_removed_and_no_others() {
             .any(|l| l == "nodeguard_ledger_writes_total{result=\"removed\"} 1")
     );
 }
+
+/// The recorder of a cluster of `nodes` Nodes with no records yet, in its own task.
+fn leader_with_a_resync_to_do(
+    api: &FakeApi,
+    nodes: u8,
+) -> (
+    nodeguard::ledger::lease::LeaderSender,
+    tokio::sync::mpsc::UnboundedSender<Observation>,
+    JoinHandle<()>,
+) {
+    let machines: Vec<Machine> = (0..nodes)
+        .map(|i| Machine::new(&format!("node-{i:03}"), i, &format!("10.1.0.{i}")))
+        .collect();
+    let inventory = SharedInventory::new(nodeguard::demo::scenarios::inventory_of(&machines));
+    let recorder = Recorder::new(
+        api.client(),
+        inventory,
+        Arc::new(Metrics::new()),
+        "nodeguard-0",
+    );
+    let (leading, leadership) = nodeguard::ledger::lease::leadership_channel();
+    let (sender, observed) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(recorder.run(observed, leadership));
+    (leading, sender, task)
+}
+
+#[tokio::test]
+async fn losing_the_lease_mid_resync_stops_the_writes_at_once() {
+    let api = FakeApi::new();
+    // 100 records to write at 50 a second: two seconds of resync.
+    let (leading, _observations, task) = leader_with_a_resync_to_do(&api, 100);
+    leading.set(true);
+    eventually("the resync has started", || ledger_writes(&api) >= 10).await;
+    leading.set(false);
+    let at_loss = ledger_writes(&api);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // At most the one write already on the wire when the lease went.
+    assert!(
+        ledger_writes(&api) <= at_loss + 1,
+        "{} writes after losing the lease",
+        ledger_writes(&api) - at_loss
+    );
+    assert!(ledger_writes(&api) < 100);
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_election_that_ends_leaves_the_recorder_writing_nothing() {
+    let api = FakeApi::new();
+    let (leading, _observations, task) = leader_with_a_resync_to_do(&api, 100);
+    leading.set(true);
+    eventually("the resync has started", || ledger_writes(&api) >= 10).await;
+    // The election task stops (or crashes) while leading: its last word was "leading",
+    // but it holds the Lease no longer.
+    drop(leading);
+    let at_end = ledger_writes(&api);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        ledger_writes(&api) <= at_end + 1,
+        "{} writes after the election ended",
+        ledger_writes(&api) - at_end
+    );
+    task.abort();
+}

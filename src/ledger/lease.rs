@@ -9,6 +9,7 @@
 //! lease so that another replica takes over at once instead of waiting for expiry.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -82,47 +83,51 @@ impl LeaseConfig {
     }
 }
 
-/// Whether this replica currently leads, as the rest of the program sees it.
+/// Whether this replica currently leads, as the rest of the program sees it. An
+/// election that has ended (its task stopped or crashed) holds no lease: from then on
+/// this replica does not lead, whatever it last heard.
 #[derive(Clone, Debug)]
 pub struct Leadership {
     leading: watch::Receiver<bool>,
+    /// Keeps a fixed answer's channel open (`always`, `never`).
+    _fixed: Option<Arc<watch::Sender<bool>>>,
 }
 
 impl Leadership {
     pub fn is_leader(&self) -> bool {
-        *self.leading.borrow()
+        self.leading.has_changed().is_ok() && *self.leading.borrow()
     }
 
     /// Resolves when this replica leads (at once if it does now); never, once the
     /// election has ended.
     pub async fn wait_until_leader(&mut self) {
-        self.wait_for(true).await;
-    }
-
-    /// Resolves when this replica does not lead (at once if it does not now).
-    pub async fn wait_until_not_leader(&mut self) {
-        self.wait_for(false).await;
-    }
-
-    async fn wait_for(&mut self, leading: bool) {
-        if self.leading.wait_for(|now| *now == leading).await.is_err() {
-            // The election is over, so the answer can no longer change.
+        if self.leading.wait_for(|now| *now).await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves when this replica does not lead: at once if it does not now, or if the
+    /// election has ended.
+    pub async fn wait_until_not_leader(&mut self) {
+        let _ = self.leading.wait_for(|now| !*now).await;
+    }
+
+    fn fixed(leading: bool) -> Self {
+        let (sender, receiver) = watch::channel(leading);
+        Self {
+            leading: receiver,
+            _fixed: Some(Arc::new(sender)),
         }
     }
 
     /// Never leads: for tests and a disabled recorder.
     pub fn never() -> Self {
-        Self {
-            leading: watch::channel(false).1,
-        }
+        Self::fixed(false)
     }
 
     /// Always leads: for tests and the single-replica demo.
     pub fn always() -> Self {
-        Self {
-            leading: watch::channel(true).1,
-        }
+        Self::fixed(true)
     }
 }
 
@@ -136,11 +141,12 @@ impl LeaderSender {
     pub fn subscribe(&self) -> Leadership {
         Leadership {
             leading: self.leading.subscribe(),
+            _fixed: None,
         }
     }
 
     /// Returns whether this changed anything, so that only transitions are logged.
-    fn set(&self, leading: bool) -> bool {
+    pub fn set(&self, leading: bool) -> bool {
         self.leading
             .send_if_modified(|now| std::mem::replace(now, leading) != leading)
     }
@@ -148,7 +154,13 @@ impl LeaderSender {
 
 pub fn leadership_channel() -> (LeaderSender, Leadership) {
     let (leading, receiver) = watch::channel(false);
-    (LeaderSender { leading }, Leadership { leading: receiver })
+    (
+        LeaderSender { leading },
+        Leadership {
+            leading: receiver,
+            _fixed: None,
+        },
+    )
 }
 
 /// Runs the election until `shutdown` resolves; then, if leading, steps down and releases

@@ -95,6 +95,8 @@ pub fn observations() -> (Observations, mpsc::UnboundedReceiver<Observation>) {
 enum WriteError {
     /// Another writer changed the record (409): read again and redo.
     Stale,
+    /// This replica no longer holds the Lease: it writes nothing more.
+    NotLeading,
     Api(kube::Error),
 }
 
@@ -111,6 +113,10 @@ pub struct Recorder {
     auditing: Option<SharedConfig>,
     /// Audit notices posted while leading, and when.
     announced: HashMap<String, tokio::time::Instant>,
+    /// Checked before every write: once the Lease is lost (or the election has ended),
+    /// not one more write, a resync's included. `None` outside `run` (tests driving the
+    /// recorder directly).
+    fence: Option<Leadership>,
 }
 
 impl Recorder {
@@ -130,7 +136,13 @@ impl Recorder {
             synced: None,
             auditing: None,
             announced: HashMap::new(),
+            fence: None,
         }
+    }
+
+    /// Whether this replica may write the ledger now.
+    fn may_write(&self) -> bool {
+        self.fence.as_ref().is_none_or(Leadership::is_leader)
     }
 
     /// Audits the inventory under `config` after every resync: exports
@@ -155,6 +167,7 @@ impl Recorder {
         mut observations: mpsc::UnboundedReceiver<Observation>,
         mut leadership: Leadership,
     ) {
+        self.fence = Some(leadership.clone());
         if let Some(synced) = self.synced.take() {
             loop {
                 tokio::select! {
@@ -210,10 +223,16 @@ impl Recorder {
                 .collect()
         });
         for observation in &pending {
+            if !self.may_write() {
+                tracing::info!("the lease is lost: the resync stops here");
+                return;
+            }
             self.record(observation).await;
         }
         self.remove_unclaimed().await;
-        self.audit().await;
+        if self.may_write() {
+            self.audit().await;
+        }
     }
 
     /// The webhook's verdicts over the whole inventory (see [`audit`]): counted, and
@@ -371,6 +390,9 @@ impl Recorder {
         });
         for (name, preconditions) in unclaimed {
             self.pace().await;
+            if !self.may_write() {
+                return;
+            }
             let params = DeleteParams {
                 preconditions: Some(preconditions),
                 ..DeleteParams::default()
@@ -445,6 +467,10 @@ impl Recorder {
                     self.failed(&name, &error);
                     return;
                 }
+                Err(WriteError::NotLeading) => {
+                    tracing::debug!(node = %name, "not written: the lease is lost");
+                    return;
+                }
             }
         }
         self.metrics.observe_ledger_write("failed");
@@ -481,6 +507,9 @@ impl Recorder {
         record: &NodeIdentity,
     ) -> Result<NodeIdentity, WriteError> {
         self.pace().await;
+        if !self.may_write() {
+            return Err(WriteError::NotLeading);
+        }
         let name = record.metadata.name.as_deref().unwrap_or_default();
         let params = PostParams::default();
         let result = if exists {
