@@ -12,5 +12,6 @@ pub mod inventory;
 pub mod ledger;
 pub mod policy;
 pub mod serve;
+pub mod supervise;
 pub mod watch;
 pub mod webhook;

@@ -20,6 +20,7 @@ use crate::inventory::SharedInventory;
 use crate::ledger::lease::{self, LeaseConfig};
 use crate::ledger::recorder::{self, Recorder};
 use crate::policy::Config;
+use crate::supervise::Supervisor;
 use crate::watch::{self, Readiness, Views};
 use crate::webhook::settings::{ConfigReloader, ConfigSource};
 use crate::webhook::{self, AppState, SharedConfig, WebhookArgs};
@@ -166,7 +167,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         heartbeat_timeout = %loaded.config.describe_heartbeat_timeout(),
         "check modes"
     );
-    let config = SharedConfig::new(loaded.config.clone());
+    let config = SharedConfig::loaded(loaded.clone());
     let (tls, serving_certificate) =
         webhook::tls::server_config_from_files(&args.webhook.tls_cert, &args.webhook.tls_key)?;
     let client = args.kube.client().await?;
@@ -183,20 +184,37 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let views = Views::new(args.stale_after);
     let readiness = Readiness::new().with_views(views.clone());
     let metrics = Arc::new(Metrics::new());
+    let mut tasks = Supervisor::new(Arc::clone(&metrics));
     // Puts each valid new configuration file in force; keeps the last good one.
-    let reloading_config = tokio::spawn(
-        ConfigReloader::new(source, &loaded, config.clone(), Arc::clone(&metrics)).run(),
-    );
+    tasks.restartable(CONFIG_RELOADER, {
+        let (config, metrics) = (config.clone(), Arc::clone(&metrics));
+        move || {
+            ConfigReloader::new(
+                source.clone(),
+                &config.in_force(),
+                config.clone(),
+                Arc::clone(&metrics),
+            )
+            .run()
+        }
+    });
     // Puts each valid rotated pair in place for new handshakes; sets the expiry gauge.
-    let reloading = tokio::spawn(
-        webhook::reload::CertificateReloader::new(
+    tasks.restartable(CERTIFICATE_RELOADER, {
+        let (cert, key, metrics) = (
             args.webhook.tls_cert.clone(),
             args.webhook.tls_key.clone(),
-            serving_certificate,
             Arc::clone(&metrics),
-        )
-        .run(),
-    );
+        );
+        move || {
+            webhook::reload::CertificateReloader::new(
+                cert.clone(),
+                key.clone(),
+                Arc::clone(&serving_certificate),
+                Arc::clone(&metrics),
+            )
+            .run()
+        }
+    });
     // The first signal; then the webhook server's end, after which the admin server,
     // which kubelet probes until the end, stops too.
     let drain = Trigger::new();
@@ -206,17 +224,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let identity = args.ledger.identity();
     // Refusals and warnings become Events after their answers, from a bounded queue.
     let (event_queue, notices) = EventQueue::new(Arc::clone(&metrics));
-    let mut posting = tokio::spawn(
-        EventPoster::new(client.clone(), &identity, Arc::clone(&metrics)).run(notices),
-    );
+    let poster = EventPoster::new(client.clone(), &identity, Arc::clone(&metrics));
+    tasks.essential(EVENT_POSTER, async move {
+        poster.run(notices).await;
+        Ok(())
+    });
     let (observations, observed) = recorder::observations();
     let (leading, leadership) = lease::leadership_channel();
-    let mut watcher = tokio::spawn(watch::run(
-        views.wrap(client.clone()),
-        inventory.clone(),
-        readiness.clone(),
-        Some(observations),
-    ));
+    tasks.essential(
+        WATCHERS,
+        watch::run(
+            views.wrap(client.clone()),
+            inventory.clone(),
+            readiness.clone(),
+            Some(observations),
+        ),
+    );
     let recorder = Recorder::new(
         client.clone(),
         inventory.clone(),
@@ -225,18 +248,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .after_sync(readiness.clone())
     .auditing(config.clone());
-    let recording = tokio::spawn(recorder.run(observed, leadership));
+    tasks.essential(RECORDER, async move {
+        recorder.run(observed, leadership).await;
+        Ok(())
+    });
     let lease_config = LeaseConfig::new(
         args.ledger.namespace.clone(),
         args.ledger.lease_name.clone(),
         identity,
     );
-    let mut election = tokio::spawn(lease::run_election(
-        client,
-        lease_config,
-        leading,
-        drain.signaled(),
-    ));
+    tasks.essential(
+        ELECTION,
+        lease::run_election(client, lease_config, leading, drain.signaled()),
+    );
     let webhook_router = webhook::router(AppState {
         inventory: inventory.clone(),
         config,
@@ -244,52 +268,55 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         events: Some(event_queue),
         readiness: Some(readiness.clone()),
     });
-    let mut webhook_server = tokio::spawn(webhook::server::serve_tls_draining(
-        webhook_listener,
-        tls,
-        webhook_router,
-        drain.signaled(),
-        args.shutdown_delay,
-    ));
+    tasks.essential(
+        WEBHOOK_SERVER,
+        webhook::server::serve_tls_draining(
+            webhook_listener,
+            tls,
+            webhook_router,
+            drain.signaled(),
+            args.shutdown_delay,
+        ),
+    );
     let admin_router = admin::router(AdminState {
         inventory,
         readiness: readiness.clone(),
         metrics,
     });
-    let mut admin_server = tokio::spawn(admin::serve(
-        admin_listener,
-        admin_router,
-        webhook_stopped.signaled(),
-    ));
+    tasks.essential(
+        ADMIN_SERVER,
+        admin::serve(admin_listener, admin_router, webhook_stopped.signaled()),
+    );
 
-    let failure = tokio::select! {
-        () = signals.next() => {
+    let failure = tasks
+        .watch(async {
+            signals.next().await;
             tracing::info!("signal received: shutting down (a second signal stops at once)");
-            None
-        }
-        outcome = &mut watcher => Some(stopped("the cluster watchers", outcome)),
-        outcome = &mut webhook_server => Some(stopped("the webhook server", outcome)),
-        outcome = &mut admin_server => Some(stopped("the admin server", outcome)),
-    };
+        })
+        .await
+        .err();
     readiness.shut_down();
     tracing::info!("/readyz now answers 503, so that the Service stops routing here");
     // The webhook starts its drain delay; the election releases the lease at once, so
     // another replica records while this one still answers.
     drain.start();
-    recording.abort();
+    if let Some(recording) = tasks.take(RECORDER) {
+        recording.abort();
+    }
     let stopping = async {
         // A task that already stopped has nothing more to report: its failure, if it
         // mattered, is the one being returned.
-        finish(&mut webhook_server).await;
+        finish(tasks.take(WEBHOOK_SERVER)).await;
         // The watchers keep the inventory current for as long as the webhook answers.
-        watcher.abort();
-        reloading.abort();
-        reloading_config.abort();
+        if let Some(watchers) = tasks.take(WATCHERS) {
+            watchers.abort();
+        }
+        tasks.abort_restartable();
         // Its queue's last sender went with the webhook: it writes its series and ends.
-        finish(&mut posting).await;
+        finish(tasks.take(EVENT_POSTER)).await;
         webhook_stopped.start();
-        finish(&mut admin_server).await;
-        finish(&mut election).await;
+        finish(tasks.take(ADMIN_SERVER)).await;
+        finish(tasks.take(ELECTION)).await;
     };
     tokio::select! {
         () = stopping => tracing::info!("stopped"),
@@ -301,9 +328,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Waits for `task` to end, unless it already has.
-async fn finish<T>(task: &mut tokio::task::JoinHandle<T>) {
-    if !task.is_finished() {
+// The supervised tasks, by the names their logs and metrics give them.
+const WATCHERS: &str = "the cluster watchers";
+const RECORDER: &str = "the recorder";
+const ELECTION: &str = "the recorder's Lease election";
+const EVENT_POSTER: &str = "the Event poster";
+const WEBHOOK_SERVER: &str = "the webhook server";
+const ADMIN_SERVER: &str = "the admin server";
+const CERTIFICATE_RELOADER: &str = "certificate-reloader";
+const CONFIG_RELOADER: &str = "config-reloader";
+
+/// Waits for `task` to end, unless it already has (or is not there: it ended the run).
+async fn finish<T>(task: Option<tokio::task::JoinHandle<T>>) {
+    if let Some(task) = task {
         let _ = task.await;
     }
 }
@@ -336,20 +373,6 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
-}
-
-/// The error to exit with when a part that should run forever stops.
-fn stopped(
-    part: &str,
-    outcome: Result<anyhow::Result<()>, tokio::task::JoinError>,
-) -> anyhow::Error {
-    let error = match outcome {
-        Ok(Ok(())) => anyhow::anyhow!("{part} stopped"),
-        Ok(Err(error)) => error.context(format!("{part} failed")),
-        Err(join_error) => anyhow::anyhow!("{part} crashed: {join_error}"),
-    };
-    tracing::error!(error = format!("{error:#}"), "shutting down");
-    error
 }
 
 /// A one-way signal: started once, awaited by any number of tasks.

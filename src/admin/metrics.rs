@@ -67,6 +67,12 @@ pub struct Metrics {
     audit_findings: Family<AuditLabels, Gauge>,
     view_age: Family<ViewLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     view_errors: Family<ViewLabels, Gauge>,
+    task_restarts: Family<TaskLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TaskLabels {
+    task: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -149,6 +155,7 @@ impl Metrics {
         let audit_findings = Family::<AuditLabels, Gauge>::default();
         let view_age = Family::<ViewLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let view_errors = Family::<ViewLabels, Gauge>::default();
+        let task_restarts = Family::<TaskLabels, Counter>::default();
 
         let mut registry = Registry::default();
         registry.register(
@@ -250,8 +257,15 @@ impl Metrics {
             view_errors.clone(),
         );
 
+        registry.register(
+            "nodeguard_task_restarts",
+            "Restarts of a task that ended or panicked (the certificate and configuration reloaders)",
+            task_restarts.clone(),
+        );
+
         Self {
             registry,
+            task_restarts,
             view_age,
             view_errors,
             config_reloads,
@@ -286,6 +300,11 @@ impl Metrics {
         self.serving_certificate_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
+    }
+
+    /// A supervised task made again after it ended.
+    pub fn observe_task_restart(&self, task: &'static str) {
+        self.task_restarts.get_or_create(&TaskLabels { task }).inc();
     }
 
     /// Each view's age and run of errors, at scrape time.

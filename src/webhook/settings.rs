@@ -22,27 +22,48 @@ use crate::policy::config::parse_heartbeat_timeout;
 /// The configuration every request reads: swapped whole, never changed in place, so a
 /// request decides on one configuration from start to end.
 #[derive(Debug, Clone)]
-pub struct SharedConfig(Arc<RwLock<Arc<Config>>>);
+pub struct SharedConfig(Arc<RwLock<(Arc<Config>, String)>>);
 
 impl SharedConfig {
     pub fn new(config: Config) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(config))))
+        Self(Arc::new(RwLock::new((Arc::new(config), String::new()))))
+    }
+
+    /// The configuration as loaded, with the SHA-256 of its file.
+    pub fn loaded(loaded: Loaded) -> Self {
+        Self(Arc::new(RwLock::new((
+            Arc::new(loaded.config),
+            loaded.sha256,
+        ))))
     }
 
     pub fn current(&self) -> Arc<Config> {
-        match self.0.read() {
-            Ok(config) => Arc::clone(&config),
-            // A writer that panicked left a whole Arc in place: still a valid config.
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        // A writer that panicked left a whole value in place: still a valid config.
+        let slot = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(&slot.0)
+    }
+
+    /// What is in force, as a reloader starting now must know it.
+    pub fn in_force(&self) -> Loaded {
+        let slot = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Loaded {
+            config: (*slot.0).clone(),
+            sha256: slot.1.clone(),
         }
     }
 
-    pub fn replace(&self, config: Config) {
-        let config = Arc::new(config);
-        match self.0.write() {
-            Ok(mut slot) => *slot = config,
-            Err(poisoned) => *poisoned.into_inner() = config,
-        }
+    pub fn replace(&self, loaded: Loaded) {
+        let value = (Arc::new(loaded.config), loaded.sha256);
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
     }
 }
 
@@ -203,7 +224,7 @@ impl ConfigReloader {
                 self.metrics
                     .set_config_in_force(&loaded.sha256, loaded.config.global_mode().as_str());
                 self.metrics.observe_config_reload(RELOAD_LOADED);
-                self.shared.replace(loaded.config);
+                self.shared.replace(loaded);
                 ReloadOutcome::Loaded
             }
             Err(error) => {
