@@ -781,7 +781,7 @@ fn leader_with_a_resync_to_do(
     nodes: u8,
 ) -> (
     nodeguard::ledger::lease::LeaderSender,
-    tokio::sync::mpsc::UnboundedSender<Observation>,
+    nodeguard::ledger::recorder::Observations,
     JoinHandle<()>,
 ) {
     let machines: Vec<Machine> = (0..nodes)
@@ -795,7 +795,7 @@ fn leader_with_a_resync_to_do(
         "nodeguard-0",
     );
     let (leading, leadership) = nodeguard::ledger::lease::leadership_channel();
-    let (sender, observed) = tokio::sync::mpsc::unbounded_channel();
+    let (sender, observed) = recorder::observations();
     let task = tokio::spawn(recorder.run(observed, leadership));
     (leading, sender, task)
 }
