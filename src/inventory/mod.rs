@@ -120,6 +120,36 @@ pub struct Inventory {
     ledger_conflicts: usize,
 }
 
+/// Every node and its field indexes, built apart from an inventory (see
+/// [`Inventory::install_nodes`]).
+#[derive(Debug, Default)]
+pub struct NodeTable {
+    nodes: HashMap<NodeName, NodeClaim>,
+    by: NodeIndexes,
+}
+
+impl NodeTable {
+    pub fn build(claims: impl IntoIterator<Item = NodeClaim>) -> Self {
+        let mut table = Self::default();
+        for claim in claims {
+            if let Some(old) = table.nodes.remove(&claim.name) {
+                table.by.remove(&old);
+            }
+            table.by.add(&claim);
+            table.nodes.insert(claim.name.clone(), claim);
+        }
+        table
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
 /// One index per identity field of a Node.
 #[derive(Debug, Default)]
 struct NodeIndexes {
@@ -219,10 +249,16 @@ impl Inventory {
 
     /// Replaces all nodes at once, after a full list.
     pub fn replace_nodes(&mut self, claims: impl IntoIterator<Item = NodeClaim>) {
-        self.nodes.clear();
-        self.by = NodeIndexes::default();
-        for claim in claims {
-            self.apply_node(claim);
+        drop(self.install_nodes(NodeTable::build(claims)));
+    }
+
+    /// Makes `table` the whole of the nodes and returns the table it replaces: built
+    /// and dropped by the caller outside any lock, so a relist of 50,000 Nodes holds the
+    /// inventory for the swap alone.
+    pub fn install_nodes(&mut self, table: NodeTable) -> NodeTable {
+        NodeTable {
+            nodes: std::mem::replace(&mut self.nodes, table.nodes),
+            by: std::mem::replace(&mut self.by, table.by),
         }
     }
 
@@ -426,6 +462,30 @@ mod tests {
 
     fn machine_id(m: &Machine) -> MachineId {
         MachineId::parse(&m.machine_id).unwrap()
+    }
+
+    #[test]
+    fn a_table_built_apart_replaces_every_node_and_hands_back_the_old_one() {
+        let (a, b, c) = (
+            Machine::new("worker-1", 1, "10.0.0.11"),
+            Machine::new("worker-2", 2, "10.0.0.12"),
+            Machine::new("worker-3", 3, "10.0.0.13"),
+        );
+        let mut inventory = Inventory::new();
+        inventory.apply_node(claim(&a));
+        inventory.apply_node(claim(&b));
+        // A name listed twice keeps its last claim, as a relist's apply would.
+        let mut b_again = b.clone();
+        b_again.machine_id = "0123456789abcdef0123456789abcdef".into();
+        let table = NodeTable::build([claim(&b), claim(&c), claim(&b_again)]);
+        assert_eq!(table.len(), 2);
+        let old = inventory.install_nodes(table);
+        assert_eq!(old.len(), 2);
+        assert!(inventory.node("worker-1").is_none());
+        assert!(inventory.machine_id(&machine_id(&a)).is_empty());
+        assert!(inventory.machine_id(&machine_id(&b)).is_empty());
+        assert_eq!(inventory.machine_id(&machine_id(&b_again)).len(), 1);
+        assert_eq!(inventory.machine_id(&machine_id(&c)).len(), 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::objects::{WatchedCsr, WatchedNode};
 use crate::identity::{KeyBinding, NodeClaim};
-use crate::inventory::{Inventory, SharedInventory};
+use crate::inventory::{Inventory, NodeTable, SharedInventory};
 use crate::ledger::NodeIdentity;
 use crate::ledger::record::{KeyObservation, NodeObservation};
 use crate::ledger::recorder::{Observation, Observations};
@@ -31,6 +31,14 @@ pub trait Watched:
 
     /// Makes `records` the whole of this kind in the inventory.
     fn replace(inventory: &mut Inventory, records: Vec<Self::Record>);
+
+    /// A completed list as it will be installed, prepared outside the inventory's lock.
+    type Prepared: Send;
+
+    fn prepare(records: Vec<Self::Record>) -> Self::Prepared;
+
+    /// Installs a prepared list; returns what it replaced, to be dropped outside the lock.
+    fn install(inventory: &mut Inventory, prepared: Self::Prepared) -> Replaced;
 
     /// Whether a completed list of this kind gives the recorder something to compare.
     const FEEDS_LEDGER: bool;
@@ -68,6 +76,16 @@ impl Watched for WatchedNode {
         inventory.replace_nodes(claims);
     }
 
+    type Prepared = NodeTable;
+
+    fn prepare(claims: Vec<NodeClaim>) -> NodeTable {
+        NodeTable::build(claims)
+    }
+
+    fn install(inventory: &mut Inventory, table: NodeTable) -> Replaced {
+        Replaced(Some(Box::new(inventory.install_nodes(table))))
+    }
+
     const FEEDS_LEDGER: bool = true;
 }
 
@@ -96,6 +114,17 @@ impl Watched for WatchedCsr {
 
     fn replace(inventory: &mut Inventory, records: Vec<Self::Record>) {
         inventory.replace_csrs(records);
+    }
+
+    type Prepared = Vec<Self::Record>;
+
+    fn prepare(records: Vec<Self::Record>) -> Self::Prepared {
+        records
+    }
+
+    fn install(inventory: &mut Inventory, records: Self::Prepared) -> Replaced {
+        Self::replace(inventory, records);
+        Replaced(None)
     }
 
     const FEEDS_LEDGER: bool = true;
@@ -127,7 +156,31 @@ impl Watched for NodeIdentity {
         inventory.replace_identities(records);
     }
 
+    type Prepared = Vec<Self::Record>;
+
+    fn prepare(records: Vec<Self::Record>) -> Self::Prepared {
+        records
+    }
+
+    fn install(inventory: &mut Inventory, records: Self::Prepared) -> Replaced {
+        Self::replace(inventory, records);
+        Replaced(None)
+    }
+
     const FEEDS_LEDGER: bool = false;
+}
+
+/// What a relist replaced, dropped once the inventory's lock is released.
+pub struct Replaced(Option<Box<dyn Send>>);
+
+impl std::fmt::Debug for Replaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Replaced(..)"
+        } else {
+            "Replaced(nothing)"
+        })
+    }
 }
 
 /// One kind's event stream as seen by the inventory. A (re)list is buffered and applied
@@ -178,10 +231,12 @@ impl<K: Watched> Feed<K> {
             Event::InitDone => {
                 let records = std::mem::take(&mut self.listing);
                 let listed = records.len();
-                let size = inventory.write(|inv| {
-                    K::replace(inv, records);
-                    inv.size()
+                let prepared = K::prepare(records);
+                let (replaced, size) = inventory.write(|inv| {
+                    let replaced = K::install(inv, prepared);
+                    (replaced, inv.size())
                 });
+                drop(replaced);
                 tracing::info!(
                     resource = %K::plural(&()),
                     listed,
