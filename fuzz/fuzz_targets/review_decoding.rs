@@ -3,9 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use nodeguard::identity::NodeClaim;
 use nodeguard::identity::csr::CsrDoc;
 use nodeguard::identity::node::NodeDoc;
-use nodeguard::identity::NodeClaim;
 use nodeguard::inventory::Inventory;
 use nodeguard::policy::{self, Config, NodeReview};
 use nodeguard::webhook::review;
@@ -17,7 +17,12 @@ fuzz_target!(|body: &[u8]| {
             request.object.as_ref().and_then(NodeClaim::from_doc),
             request.old_object.as_ref().and_then(NodeClaim::from_doc),
         );
-        let verdict = policy::decide_node(&review, &Inventory::new(), &Config::default(), jiff::Timestamp::UNIX_EPOCH);
+        let verdict = policy::decide_node(
+            &review,
+            &Inventory::new(),
+            &Config::default(),
+            jiff::Timestamp::UNIX_EPOCH,
+        );
         let _ = verdict.denial_message();
     }
     let _ = review::decode::<CsrDoc<'_>>(body, &review::CSRS);
