@@ -185,6 +185,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let readiness = Readiness::new().with_views(views.clone());
     let metrics = Arc::new(Metrics::new());
     let mut tasks = Supervisor::new(Arc::clone(&metrics));
+    tasks.restartable(READINESS_REPORTER, {
+        let readiness = readiness.clone();
+        move || watch::readiness::report_changes(readiness.clone(), Duration::from_secs(5))
+    });
     // Puts each valid new configuration file in force; keeps the last good one.
     tasks.restartable(CONFIG_RELOADER, {
         let (config, metrics) = (config.clone(), Arc::clone(&metrics));
@@ -337,6 +341,7 @@ const WEBHOOK_SERVER: &str = "the webhook server";
 const ADMIN_SERVER: &str = "the admin server";
 const CERTIFICATE_RELOADER: &str = "certificate-reloader";
 const CONFIG_RELOADER: &str = "config-reloader";
+const READINESS_REPORTER: &str = "readiness-reporter";
 
 /// Waits for `task` to end, unless it already has (or is not there: it ended the run).
 async fn finish<T>(task: Option<tokio::task::JoinHandle<T>>) {

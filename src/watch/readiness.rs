@@ -103,3 +103,32 @@ impl Readiness {
         let _ = receiver.wait_for(|state| state.synced).await;
     }
 }
+
+/// Logs each change of [`Readiness::current`] after the first sync, checked every
+/// `every`: a view going stale (at warn, with the reason) and coming back (at info).
+/// Runs until aborted.
+pub async fn report_changes(readiness: Readiness, every: std::time::Duration) {
+    let (mut ever_current, mut current) = (false, false);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match readiness.current() {
+            Ok(()) => {
+                if ever_current && !current {
+                    tracing::info!("the inventory is current again: reviews are decided");
+                }
+                (ever_current, current) = (true, true);
+            }
+            Err(reason) => {
+                if current {
+                    tracing::warn!(
+                        %reason,
+                        "the inventory is not current: reviews are let through unchecked and /readyz answers 503"
+                    );
+                }
+                current = false;
+            }
+        }
+    }
+}
