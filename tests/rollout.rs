@@ -426,11 +426,14 @@ fn config_check_prints_what_would_be_in_force_or_why_not() {
     let dir = temp_dir("check");
     let good = dir.join("good.yaml");
     std::fs::write(&good, "mode: warn\nexemptions:\n  nodes: [lab-0]\n").unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nodeguard"))
-        .args(["config", "check"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let check = |file: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_nodeguard"))
+            .args(["config", "check"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let output = check(&good);
     assert_eq!(output.status.code(), Some(0));
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains(": valid (sha256 "), "{text}");
@@ -443,11 +446,7 @@ fn config_check_prints_what_would_be_in_force_or_why_not() {
 
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "checks:\n  machine-ids: warn\n").unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nodeguard"))
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let output = check(&bad);
     assert_eq!(output.status.code(), Some(1));
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("refused: in "), "{text}");

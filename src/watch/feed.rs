@@ -29,9 +29,6 @@ pub trait Watched:
 
     fn delete(&self, inventory: &mut Inventory);
 
-    /// Makes `records` the whole of this kind in the inventory.
-    fn replace(inventory: &mut Inventory, records: Vec<Self::Record>);
-
     /// A completed list as it will be installed, prepared outside the inventory's lock.
     type Prepared: Send;
 
@@ -72,10 +69,6 @@ impl Watched for WatchedNode {
         }
     }
 
-    fn replace(inventory: &mut Inventory, claims: Vec<NodeClaim>) {
-        inventory.replace_nodes(claims);
-    }
-
     type Prepared = NodeTable;
 
     fn prepare(claims: Vec<NodeClaim>) -> NodeTable {
@@ -112,10 +105,6 @@ impl Watched for WatchedCsr {
         }
     }
 
-    fn replace(inventory: &mut Inventory, records: Vec<Self::Record>) {
-        inventory.replace_csrs(records);
-    }
-
     type Prepared = Vec<Self::Record>;
 
     fn prepare(records: Vec<Self::Record>) -> Self::Prepared {
@@ -123,7 +112,7 @@ impl Watched for WatchedCsr {
     }
 
     fn install(inventory: &mut Inventory, records: Self::Prepared) -> Replaced {
-        Self::replace(inventory, records);
+        inventory.replace_csrs(records);
         Replaced(None)
     }
 
@@ -152,10 +141,6 @@ impl Watched for NodeIdentity {
         }
     }
 
-    fn replace(inventory: &mut Inventory, records: Vec<NodeIdentity>) {
-        inventory.replace_identities(records);
-    }
-
     type Prepared = Vec<Self::Record>;
 
     fn prepare(records: Vec<Self::Record>) -> Self::Prepared {
@@ -163,7 +148,7 @@ impl Watched for NodeIdentity {
     }
 
     fn install(inventory: &mut Inventory, records: Self::Prepared) -> Replaced {
-        Self::replace(inventory, records);
+        inventory.replace_identities(records);
         Replaced(None)
     }
 

@@ -323,35 +323,19 @@ impl CertificateReloader {
     /// debounced burst of events in their directories and every `recheck_every`. Never
     /// fails: a watch that cannot be set up leaves the periodic re-check.
     pub async fn run(mut self) {
-        let (events, mut triggered) = mpsc::channel::<()>(1);
-        // Held for as long as the loop runs: dropping it stops the watch.
-        let _watcher = if self.watch_events {
-            self.watch_directories(events)
-        } else {
-            drop(events);
-            None
-        };
+        let dirs = watched_directories(&self.cert_path, &self.key_path);
+        let mut rechecks = Rechecks::new(
+            self.watch_events.then_some(&dirs),
+            "the serving certificate",
+            self.recheck_every,
+            self.debounce,
+        );
         // After the watch is in place, so that a set gauge means no event can be missed.
         let current = self.certificate.current();
         observe_serving_certificate(&self.metrics, &current);
         log_current(&current, &self.cert_path);
-        let mut events_open = self.watch_events;
-        let mut recheck = tokio::time::interval(self.recheck_every);
-        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                received = triggered.recv(), if events_open => {
-                    if received.is_none() {
-                        // The watcher is gone (it failed to start): periodic re-checks only.
-                        events_open = false;
-                        continue;
-                    }
-                    tokio::time::sleep(self.debounce).await;
-                    while triggered.try_recv().is_ok() {}
-                    tracing::debug!("serving certificate directory changed");
-                }
-                _ = recheck.tick() => {}
-            }
+            rechecks.next().await;
             self.check().await;
         }
     }
@@ -433,15 +417,58 @@ impl CertificateReloader {
         certified_key_from_pem(cert, cert_source, key, key_source)
             .is_ok_and(|pair| pair.cert == self.certificate.current().cert)
     }
+}
 
-    /// Watches the directories of both files; `None` (after a warning) if it cannot.
-    fn watch_directories(&self, events: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-        watch_directories(
-            &watched_directories(&self.cert_path, &self.key_path),
-            events,
-            "the serving certificate",
-            self.recheck_every,
-        )
+/// When to look at watched files again: at once, after each debounced burst of events in
+/// their directories, and every `every` in case an event is missed (no inotify on the
+/// filesystem, the watch limit reached, the directory itself replaced).
+pub(crate) struct Rechecks {
+    triggered: mpsc::Receiver<()>,
+    /// Held for as long as the rechecks are: dropping it stops the watch.
+    _watcher: Option<notify::RecommendedWatcher>,
+    events_open: bool,
+    interval: tokio::time::Interval,
+    debounce: Duration,
+}
+
+impl Rechecks {
+    /// Watches `dirs` (none: periodic rechecks only), naming `what` in warnings.
+    pub(crate) fn new(
+        dirs: Option<&BTreeSet<PathBuf>>,
+        what: &str,
+        every: Duration,
+        debounce: Duration,
+    ) -> Self {
+        let (events, triggered) = mpsc::channel::<()>(1);
+        let watcher = dirs.and_then(|dirs| watch_directories(dirs, events, what, every));
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            triggered,
+            events_open: watcher.is_some(),
+            _watcher: watcher,
+            interval,
+            debounce,
+        }
+    }
+
+    /// Resolves when the files should be read again.
+    pub(crate) async fn next(&mut self) {
+        loop {
+            tokio::select! {
+                received = self.triggered.recv(), if self.events_open => {
+                    if received.is_none() {
+                        // The watcher is gone: periodic re-checks only.
+                        self.events_open = false;
+                        continue;
+                    }
+                    tokio::time::sleep(self.debounce).await;
+                    while self.triggered.try_recv().is_ok() {}
+                    return;
+                }
+                _ = self.interval.tick() => return,
+            }
+        }
     }
 }
 

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
 
-use super::reload::{DEFAULT_DEBOUNCE, DEFAULT_RECHECK_EVERY, watch_directories};
+use super::reload::{DEFAULT_DEBOUNCE, DEFAULT_RECHECK_EVERY, Rechecks};
 use crate::admin::Metrics;
 use crate::admin::metrics::{RELOAD_LOADED, RELOAD_REJECTED};
 use crate::policy::Config;
@@ -170,32 +169,18 @@ impl ConfigReloader {
         let Some(file) = self.source.file.clone() else {
             return std::future::pending().await;
         };
-        let (events, mut triggered) = mpsc::channel::<()>(1);
         let dir = match file.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let _watcher = watch_directories(
-            &[dir].into(),
-            events,
+        let mut rechecks = Rechecks::new(
+            Some(&[dir].into()),
             "the configuration",
             self.recheck_every,
+            DEFAULT_DEBOUNCE,
         );
-        let mut events_open = true;
-        let mut recheck = tokio::time::interval(self.recheck_every);
-        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                received = triggered.recv(), if events_open => {
-                    if received.is_none() {
-                        events_open = false;
-                        continue;
-                    }
-                    tokio::time::sleep(DEFAULT_DEBOUNCE).await;
-                    while triggered.try_recv().is_ok() {}
-                }
-                _ = recheck.tick() => {}
-            }
+            rechecks.next().await;
             self.check();
         }
     }
