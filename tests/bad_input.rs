@@ -3,6 +3,9 @@
 //! kubelet signer, a denial with the reason; none makes the server panic or stop, and a
 //! good review is answered after each.
 
+#[path = "support/tls.rs"]
+mod tls;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -676,7 +679,6 @@ async fn every_kind_of_bad_input_gets_a_clear_answer_and_the_server_keeps_servin
 /// server answers 408 once the request's time is up, and serves others meanwhile.
 #[tokio::test]
 async fn a_slow_client_is_cut_off_and_never_holds_up_the_others() {
-    use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let pki = generate_dev_pki(&DEV_DNS_NAMES).unwrap();
@@ -695,18 +697,7 @@ async fn a_slow_client_is_cut_off_and_never_holds_up_the_others() {
         let _ = stopped.await;
     }));
 
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
-        roots.add(certificate.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tls::connector(pki.ca_pem.as_bytes());
     let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(DEV_DNS_NAMES[0].to_string()).unwrap();
     let mut slow = connector.connect(name, tcp).await.unwrap();

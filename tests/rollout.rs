@@ -202,15 +202,19 @@ fn with_events(
     let (queue, notices) = EventQueue::new(Arc::clone(&metrics));
     let poster = EventPoster::new(api.client(), "nodeguard-0", Arc::clone(&metrics));
     let posting = tokio::spawn(poster.run(notices));
+    (posting_to(queue, &metrics), metrics, posting)
+}
+
+/// The webhook over [`cluster`], its Events going to `queue`.
+fn posting_to(queue: EventQueue, metrics: &Arc<Metrics>) -> axum::Router {
     let (_, inventory) = cluster();
-    let router = webhook::router(AppState {
+    webhook::router(AppState {
         inventory,
         config: SharedConfig::default(),
-        metrics: Arc::clone(&metrics),
+        metrics: Arc::clone(metrics),
         events: Some(queue),
         readiness: None,
-    });
-    (router, metrics, posting)
+    })
 }
 
 async fn settle(api: &fake_api::FakeApi, expected_requests: usize) {
@@ -306,14 +310,8 @@ async fn a_full_queue_drops_and_counts_rather_than_waits() {
     let metrics = Arc::new(Metrics::new());
     // Nobody receives: the queue fills at once.
     let (queue, _notices) = EventQueue::with_capacity(Arc::clone(&metrics), 1);
-    let (original, inventory) = cluster();
-    let router = webhook::router(AppState {
-        inventory,
-        config: SharedConfig::default(),
-        metrics: Arc::clone(&metrics),
-        events: Some(queue),
-        readiness: None,
-    });
+    let (original, _) = cluster();
+    let router = posting_to(queue, &metrics);
     for attempt in 0..3 {
         let answer = ask(
             &router,

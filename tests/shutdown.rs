@@ -6,6 +6,8 @@
 
 #[path = "support/fake_api.rs"]
 mod fake_api;
+#[path = "support/tls.rs"]
+mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,9 +27,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use nodeguard::certs::{DEV_DNS_NAMES, DEV_SERVER_NAME, write_dev_pki};
 use nodeguard::demo::kubelet::{self, Machine, Write};
-use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -113,7 +113,7 @@ impl Replica {
             process,
             webhook,
             admin,
-            tls: tls_connector(&ca_pem),
+            tls: tls::connector(&ca_pem),
             dir,
             api,
         };
@@ -205,22 +205,6 @@ impl Replica {
 fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
-}
-
-/// Trusts the dev CA only, as the webhook configuration's `caBundle` does.
-fn tls_connector(ca_pem: &[u8]) -> TlsConnector {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
 }
 
 fn with_alpn(connector: &TlsConnector, alpn: &[u8]) -> TlsConnector {

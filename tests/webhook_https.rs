@@ -3,6 +3,9 @@
 //! `nodeguard.nodeguard.svc`, verified against the CA), with reviews shaped like the
 //! API server's wrapping objects shaped like a kubelet's.
 
+#[path = "support/tls.rs"]
+mod tls;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -811,25 +814,13 @@ async fn after_shutdown_the_server_accepts_nothing_more() {
 
 #[tokio::test]
 async fn a_review_in_flight_when_shutdown_starts_is_still_answered() {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     with_hang_guard(async {
         let mut server = TestServer::ecdsa(cluster().inventory).await;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let mut tls = tls::connector(server.ca_pem.as_bytes())
             .connect(ServerName::try_from(DEV_SERVER_NAME).unwrap(), tcp)
             .await
             .unwrap();

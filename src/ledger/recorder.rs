@@ -407,19 +407,6 @@ impl Recorder {
         let labels = self.exempt_by_label(&config).await;
         let now = Timestamp::now();
         let (config, labels) = (&*config, labels.as_ref());
-        fn input<'a>(
-            inventory: &'a crate::inventory::Inventory,
-            config: &'a crate::policy::Config,
-            now: Timestamp,
-            labels: Option<&'a HashMap<String, Vec<(String, String)>>>,
-        ) -> AuditInput<'a> {
-            AuditInput {
-                inventory,
-                config,
-                now,
-                labels,
-            }
-        }
         // In slices, letting go of the inventory between them: watchers waiting to
         // write, and the reviews behind them, wait for one slice, not the whole audit.
         let mut names: Vec<String> = self
@@ -430,12 +417,24 @@ impl Recorder {
         for slice in names.chunks(AUDIT_SLICE) {
             let slice: Vec<&str> = slice.iter().map(String::as_str).collect();
             verdicts.extend(self.inventory.read(|inventory| {
-                audit::node_verdicts(input(inventory, config, now, labels), &slice)
+                let input = AuditInput {
+                    inventory,
+                    config,
+                    now,
+                    labels,
+                };
+                audit::node_verdicts(input, &slice)
             }));
             tokio::task::yield_now().await;
         }
         let (report, uids) = self.inventory.read(|inventory| {
-            let report = audit::assemble(input(inventory, config, now, labels), verdicts);
+            let input = AuditInput {
+                inventory,
+                config,
+                now,
+                labels,
+            };
+            let report = audit::assemble(input, verdicts);
             let uids: HashMap<String, Option<String>> = inventory
                 .nodes()
                 .map(|n| (n.name.to_string(), n.uid.as_deref().map(str::to_string)))
