@@ -51,7 +51,7 @@ fn inventory(nodes: u32) -> Inventory {
             .into_iter()
             .collect();
         inventory.apply_node(c);
-        inventory.apply_identity(ledger_record(&m, i));
+        inventory.apply_identity(ledger_record(&m, i).entry().unwrap());
     }
     inventory
 }

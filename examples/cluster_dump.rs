@@ -22,7 +22,7 @@ use nodeguard::identity::csr::CsrDoc;
 use nodeguard::identity::node::NodeDoc;
 use nodeguard::identity::{KeyBinding, NodeClaim};
 use nodeguard::ledger::NodeIdentity;
-use nodeguard::ledger::record::{Evidence, KeyObservation, NodeObservation};
+use nodeguard::record::{Evidence, KeyObservation, NodeObservation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

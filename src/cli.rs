@@ -118,7 +118,7 @@ impl Cli {
                 Ok(0)
             }
             Command::Crd => {
-                print!("{}", crate::ledger::record::crd_yaml()?);
+                print!("{}", crate::record::crd_yaml()?);
                 Ok(0)
             }
         }

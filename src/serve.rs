@@ -18,9 +18,10 @@ use crate::admin::events::{EventPoster, EventQueue};
 use crate::admin::{self, AdminArgs, AdminState, Metrics};
 use crate::inventory::SharedInventory;
 use crate::ledger::lease::{self, LeaseConfig};
-use crate::ledger::recorder::{self, Recorder};
+use crate::ledger::recorder::Recorder;
 use crate::policy::Config;
 use crate::supervise::Supervisor;
+use crate::watch::observations;
 use crate::watch::{self, Readiness, Views};
 use crate::webhook::settings::{ConfigReloader, ConfigSource};
 use crate::webhook::{self, AppState, SharedConfig, WebhookArgs};
@@ -233,7 +234,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         poster.run(notices).await;
         Ok(())
     });
-    let (observations, observed) = recorder::observations();
+    let (observations, observed) = observations::observations();
     let (leading, leadership) = lease::leadership_channel();
     tasks.essential(
         WATCHERS,

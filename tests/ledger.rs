@@ -17,12 +17,13 @@ use nodeguard::demo::LocalWebhook;
 use nodeguard::demo::kubelet::{self, Machine, Requester, Write};
 use nodeguard::demo::scenarios::Endpoint;
 use nodeguard::identity::KeyFingerprint;
-use nodeguard::inventory::SharedInventory;
+use nodeguard::inventory::{LedgerEntry, SharedInventory};
 use nodeguard::ledger::forget::{Forgotten, forget};
 use nodeguard::ledger::lease::Leadership;
-use nodeguard::ledger::recorder::{self, Observation, Recorder};
+use nodeguard::ledger::recorder::Recorder;
 use nodeguard::ledger::{KeyObservation, NodeIdentity};
 use nodeguard::policy::Config;
+use nodeguard::watch::observations::{self, Observation};
 use nodeguard::watch::{self, Readiness};
 
 /// Guards against hangs only; nothing here measures time.
@@ -49,7 +50,7 @@ impl Replica {
         let webhook = LocalWebhook::start(Config::default()).await.unwrap();
         let inventory = webhook.inventory.clone();
         let readiness = Readiness::new();
-        let (observations, observed) = recorder::observations();
+        let (observations, observed) = observations::observations();
         let watcher = tokio::spawn({
             let (client, inventory, readiness) =
                 (api.client(), inventory.clone(), readiness.clone());
@@ -80,10 +81,10 @@ impl Replica {
     }
 
     /// Waits until this replica's view of the ledger satisfies `condition`.
-    async fn until_ledger(&self, what: &str, condition: impl Fn(Option<&NodeIdentity>) -> bool) {
+    async fn until_ledger(&self, what: &str, condition: impl Fn(Option<&LedgerEntry>) -> bool) {
         let inventory = self.inventory().clone();
         eventually(what, || {
-            inventory.read(|inv| condition(inv.identity("worker-1").map(|r| &**r)))
+            inventory.read(|inv| condition(inv.identity("worker-1")))
         })
         .await;
     }
@@ -115,13 +116,8 @@ fn stored_identity(api: &FakeApi, name: &str) -> Option<NodeIdentity> {
         .map(|v| serde_json::from_value(v).unwrap())
 }
 
-fn boots(record: &NodeIdentity) -> Vec<&str> {
-    record
-        .spec
-        .boots
-        .iter()
-        .map(|b| b.boot_id.as_str())
-        .collect()
+fn boots(record: &LedgerEntry) -> Vec<&str> {
+    record.boots.iter().map(|b| b.as_str()).collect()
 }
 
 /// A registered Node as the API server stores it.
@@ -368,7 +364,10 @@ async fn a_reboot_is_no_conflict_and_a_kubelet_restart_records_nothing() {
         "a restart within one boot was written"
     );
     let record = stored_identity(&api, "worker-1").unwrap();
-    assert_eq!(boots(&record), [worker1.boot_id.as_str(), BOOT_B]);
+    assert_eq!(
+        boots(&record.entry().unwrap()),
+        [worker1.boot_id.as_str(), BOOT_B]
+    );
     assert!(record.conflict().is_none());
     assert!(api.objects(NODE_EVENTS).is_empty());
     replica.stop().await;
@@ -576,7 +575,10 @@ async fn forget_clears_the_conflict_and_earlier_boots_even_over_a_concurrent_wri
     ));
     let record = stored_identity(&api, "worker-1").unwrap();
     assert!(record.conflict().is_none());
-    assert_eq!(boots(&record), ["11a0427b-40ea-4cf5-9f24-53d6e200ef11"]);
+    assert_eq!(
+        boots(&record.entry().unwrap()),
+        ["11a0427b-40ea-4cf5-9f24-53d6e200ef11"]
+    );
     assert_eq!(
         record.spec.keys.len(),
         1,
@@ -649,7 +651,7 @@ async fn a_new_leader_resyncing_from_a_lagging_watch_records_no_conflict() {
         let text = before.to_string();
         let doc: nodeguard::identity::NodeDoc<'_> = serde_json::from_str(&text).unwrap();
         inv.apply_node(nodeguard::identity::NodeClaim::from_doc(&doc).unwrap());
-        inv.apply_identity(stored_identity(&api, "worker-1").unwrap());
+        inv.apply_identity(stored_identity(&api, "worker-1").unwrap().entry().unwrap());
     });
     let mut new_leader = Recorder::new(api.client(), inventory, metrics, "nodeguard-1");
     new_leader.resync().await;
@@ -739,7 +741,8 @@ async fn records_no_node_claimed_within_an_hour_are_removed_and_no_others() {
     let inventory = SharedInventory::default();
     inventory.write(|inv| {
         for record in &stored {
-            inv.apply_identity(serde_json::from_value(record.clone()).unwrap());
+            let record: NodeIdentity = serde_json::from_value(record.clone()).unwrap();
+            inv.apply_identity(record.entry().unwrap());
         }
         let node = stored_node(&worker1, "6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f");
         let text = node.to_string();
@@ -781,7 +784,7 @@ fn leader_with_a_resync_to_do(
     nodes: u8,
 ) -> (
     nodeguard::ledger::lease::LeaderSender,
-    nodeguard::ledger::recorder::Observations,
+    nodeguard::watch::observations::Observations,
     JoinHandle<()>,
 ) {
     let machines: Vec<Machine> = (0..nodes)
@@ -795,7 +798,7 @@ fn leader_with_a_resync_to_do(
         "nodeguard-0",
     );
     let (leading, leadership) = nodeguard::ledger::lease::leadership_channel();
-    let (sender, observed) = recorder::observations();
+    let (sender, observed) = observations::observations();
     let task = tokio::spawn(recorder.run(observed, leadership));
     (leading, sender, task)
 }

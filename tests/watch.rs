@@ -22,7 +22,7 @@ use nodeguard::identity::{
     BootId, CsrClaim, Hostname, KeyFingerprint, MachineId, ProviderId, SystemUuid,
 };
 use nodeguard::inventory::{Holders, Inventory, SharedInventory};
-use nodeguard::ledger::recorder::{self, Observation};
+use nodeguard::watch::observations::{self, Observation};
 use nodeguard::watch::{self, Readiness};
 
 /// Guards against hangs only; nothing here measures time.
@@ -48,7 +48,7 @@ struct Cluster {
     csrs: mpsc::UnboundedReceiver<Call>,
     ledger: mpsc::UnboundedReceiver<Call>,
     /// What the watchers pass to the ledger's recorder.
-    observed: nodeguard::ledger::recorder::Observed,
+    observed: nodeguard::watch::observations::Observed,
     run: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -74,7 +74,7 @@ impl Cluster {
         let client = kube::Client::new(service, "default");
         let inventory = SharedInventory::new(Inventory::new());
         let readiness = Readiness::new();
-        let (observations, observed) = recorder::observations();
+        let (observations, observed) = observations::observations();
         let run = tokio::spawn(watch::run(
             client,
             inventory.clone(),

@@ -13,13 +13,28 @@ use prometheus_client::registry::Registry;
 
 use crate::inventory::InventorySize;
 use crate::policy::{Effect, Operation, Verdict};
-use crate::webhook::Webhook;
 
 /// Latency buckets, in seconds: the request path aims for well under a millisecond, and
 /// anything near a second is already a problem for the kubelet's 10 s budget.
 const DURATION_BUCKETS: [f64; 13] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
+
+/// Which admission endpoint answered: a metrics label and a log field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Webhook {
+    Nodes,
+    Csrs,
+}
+
+impl Webhook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Webhook::Nodes => "nodes",
+            Webhook::Csrs => "csrs",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {

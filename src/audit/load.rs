@@ -148,7 +148,9 @@ impl Cluster {
             }
             "NodeIdentity" => {
                 let record = NodeIdentity::deserialize(item).map_err(|e| bad(e.to_string()))?;
-                self.inventory.apply_identity(record);
+                if let Some(entry) = record.entry() {
+                    self.inventory.apply_identity(entry);
+                }
                 self.counts.identities += 1;
                 self.ledger_read = true;
             }

@@ -2,7 +2,7 @@
 //! CA, then replays the clone scenarios as the API server would send them and prints
 //! what the kubelet on each machine would log. Needs no cluster.
 
-pub mod kubelet;
+pub use nodeguard_core::sample as kubelet;
 pub mod kubelet_log;
 pub mod scenarios;
 

@@ -294,7 +294,9 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
     // worker-1's boot, then the copy's, then worker-1's again.
     let copy = worker1.rebooted("d8f2c1a0-1b2c-4d3e-8f4a-5b6c7d8e9f00");
     let mut inventory = cluster.inventory()?;
-    inventory.apply_identity(ledger_after(&[&worker1, &copy, &worker1]));
+    if let Some(entry) = ledger_after(&[&worker1, &copy, &worker1]).entry() {
+        inventory.apply_identity(entry);
+    }
     scenarios.push(Scenario {
         key: 'h',
         title: "a perfect copy of worker-1 and worker-1 take turns writing worker-1's status",

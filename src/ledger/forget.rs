@@ -4,7 +4,7 @@
 
 use kube::api::{Api, PostParams};
 
-use super::record::{Conflict, NodeIdentity};
+use crate::record::{Conflict, NodeIdentity};
 
 const MAX_ATTEMPTS: usize = 5;
 

@@ -7,11 +7,11 @@ use kube::runtime::watcher::Event;
 use serde::de::DeserializeOwned;
 
 use super::objects::{WatchedCsr, WatchedNode};
+use super::observations::{Observation, Observations};
 use crate::identity::{KeyBinding, NodeClaim};
+use crate::inventory::LedgerEntry;
 use crate::inventory::{Inventory, NodeTable, SharedInventory};
-use crate::ledger::NodeIdentity;
-use crate::ledger::record::{KeyObservation, NodeObservation};
-use crate::ledger::recorder::{Observation, Observations};
+use crate::record::{KeyObservation, NodeIdentity, NodeObservation};
 
 /// A watched kind and how its objects enter and leave the inventory.
 pub trait Watched:
@@ -120,18 +120,15 @@ impl Watched for WatchedCsr {
 }
 
 impl Watched for NodeIdentity {
-    type Record = NodeIdentity;
+    /// The compact entry: the object itself is dropped as soon as it is decoded.
+    type Record = LedgerEntry;
 
-    fn into_record(self) -> Option<NodeIdentity> {
-        self.metadata
-            .name
-            .as_deref()
-            .is_some_and(|n| !n.is_empty())
-            .then_some(self)
+    fn into_record(self) -> Option<LedgerEntry> {
+        self.entry()
     }
 
-    fn apply(inventory: &mut Inventory, record: NodeIdentity) -> Option<Observation> {
-        inventory.apply_identity(record);
+    fn apply(inventory: &mut Inventory, entry: LedgerEntry) -> Option<Observation> {
+        inventory.apply_identity(entry);
         None
     }
 

@@ -5,6 +5,7 @@
 pub mod feed;
 pub mod freshness;
 pub mod objects;
+pub mod observations;
 pub mod readiness;
 
 pub use feed::{Feed, Watched};
@@ -20,8 +21,8 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
 
 use crate::inventory::SharedInventory;
-use crate::ledger::NodeIdentity;
-use crate::ledger::recorder::Observations;
+use crate::record::NodeIdentity;
+use observations::Observations;
 
 /// Watches Nodes, CSRs and NodeIdentities until the process ends, keeping `inventory`
 /// current, passing changes to `observations` (the recorder), and setting `readiness`

@@ -72,26 +72,13 @@ impl AppState {
     }
 }
 
-/// Which endpoint answered: a metrics label and a log field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Webhook {
-    Nodes,
-    Csrs,
-}
+pub use crate::admin::metrics::Webhook;
 
-impl Webhook {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Webhook::Nodes => "nodes",
-            Webhook::Csrs => "csrs",
-        }
-    }
-
-    fn reviewed(self) -> &'static review::Reviewed {
-        match self {
-            Webhook::Nodes => &review::NODES,
-            Webhook::Csrs => &review::CSRS,
-        }
+/// What the endpoint reviews.
+fn reviewed(webhook: Webhook) -> &'static review::Reviewed {
+    match webhook {
+        Webhook::Nodes => &review::NODES,
+        Webhook::Csrs => &review::CSRS,
     }
 }
 
@@ -137,7 +124,7 @@ fn accept<'b, O: serde::Deserialize<'b> + review::Typed>(
         Ok(body) => &body.bytes,
         Err(error) => return Err(unreadable_body(state, webhook, error, started)),
     };
-    let request = review::decode::<O>(body, webhook.reviewed())
+    let request = review::decode::<O>(body, reviewed(webhook))
         .map_err(|error| bad_request(state, webhook, &error, started))?;
     let span = tracing::Span::current();
     span.record("uid", &*request.uid);
@@ -171,7 +158,7 @@ fn answer(
     state
         .metrics
         .observe_verdict(webhook, operation, verdict, started.elapsed());
-    let refusal = review::Refusal::of(webhook.reviewed(), operation);
+    let refusal = review::Refusal::of(reviewed(webhook), operation);
     let response = axum::Json(ReviewAnswer::refusing_as(uid, verdict, refusal)).into_response();
     if !dry_run && let Some(queue) = &state.events {
         for notice in notices(state, webhook, subject, verdict) {

@@ -11,8 +11,7 @@
 
 use super::{abbreviate, prefix};
 use crate::identity::BootId;
-use crate::ledger::NodeIdentity;
-use crate::ledger::record::conflict_message;
+use crate::inventory::LedgerEntry;
 use crate::policy::{CheckId, Finding, NodeInput, Operation};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
@@ -53,12 +52,12 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
 /// The boot kept over `boot`, if `boot` is refused: recorded as the refused side of a
 /// conflict, or coming back after an earlier boot has come back.
 fn refused_in_favour_of(
-    record: &NodeIdentity,
+    record: &LedgerEntry,
     boot: &BootId,
     before: Option<&BootId>,
 ) -> Option<String> {
     if let Some(conflict) = record.conflict() {
-        return (conflict.refused_boot == boot.as_str()).then(|| conflict.kept_boot.clone());
+        return (&*conflict.refused_boot == boot.as_str()).then(|| conflict.kept_boot.to_string());
     }
     let before = before.filter(|b| *b != boot)?;
     let returning = record.boot_index(boot)?;
@@ -66,29 +65,65 @@ fn refused_in_favour_of(
     (returning > reported).then(|| before.to_string())
 }
 
+/// The denial for a write from the refused machine: names both boots and the remedy.
+/// The ledger's recorded conflict carries the same text.
+pub fn conflict_message(node: &str, refused_boot: &str, kept_boot: &str) -> String {
+    format!(
+        "nodeguard [two-kubelets]: two machines are writing node \"{node}\" with its \
+         credentials: boot {refused_boot} (this machine) and boot {kept_boot}, which \
+         registered first and is kept; stop this machine's kubelet and give it its own \
+         identity (hostname, rm /etc/machine-id && systemd-machine-id-setup, remove \
+         /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join \
+         with a bootstrap token), then run nodeguard forget {node}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
-    use crate::demo::kubelet::Machine;
-    use crate::inventory::Inventory;
-    use crate::ledger::record::{Evidence, NodeIdentity, NodeObservation};
+    use super::conflict_message;
+    use crate::identity::BootId;
+    use crate::inventory::{Inventory, LedgerConflict, LedgerEntry};
     use crate::policy::{CheckId, Outcome};
+    use crate::sample::Machine;
 
     const BOOT_B: &str = "b2b2b2b2-5b7a-4d8e-a6f1-0b2c3d4e5f60";
 
-    /// The cluster after the Node reported `history` in that order, as the recorder
-    /// would have written it, with the Node now at the last boot of `history`.
+    /// The cluster after the Node reported `history` in that order, with the ledger's
+    /// entry as the recorder keeps it: boots in first-seen order and, once an earlier
+    /// boot came back, a conflict keeping the first-seen one. The Node is now at the
+    /// last boot of `history`.
     fn after_boots(original: &Machine, history: &[&str]) -> Inventory {
-        let mut record = NodeIdentity::blank(&original.name);
-        let mut at = now() - jiff::SignedDuration::from_mins(30);
-        let mut node = original.clone();
-        for boot in history {
-            node = original.rebooted(boot);
-            record.observe_node(&NodeObservation::of(&claim(&node)), at, Evidence::Confirmed);
-            at += jiff::SignedDuration::from_secs(10);
+        let mut entry = LedgerEntry::named(&original.name);
+        let mut boots: Vec<BootId> = Vec::new();
+        for raw in history {
+            let boot = BootId::parse(raw).unwrap();
+            let seen = boots.iter().position(|b| *b == boot);
+            let left = entry
+                .current_boot
+                .as_ref()
+                .and_then(|c| boots.iter().position(|b| b == c));
+            match (seen, left) {
+                (None, _) => boots.push(boot.clone()),
+                (Some(seen), Some(left)) if seen != left && entry.conflict.is_none() => {
+                    let kept = boots[seen.min(left)].to_string();
+                    let refused = boots[seen.max(left)].to_string();
+                    entry.conflict = Some(Box::new(LedgerConflict {
+                        check: "two-kubelets".into(),
+                        message: conflict_message(&original.name, &refused, &kept).into(),
+                        kept_boot: kept.into(),
+                        refused_boot: refused.into(),
+                        detected: now(),
+                    }));
+                }
+                _ => {}
+            }
+            entry.current_boot = Some(boot);
         }
+        entry.boots = boots.into();
+        let node = original.rebooted(history.last().unwrap());
         let mut inventory = cluster(&[&node, &worker(2)]);
-        inventory.apply_identity(record);
+        inventory.apply_identity(entry);
         inventory
     }
 
@@ -174,16 +209,8 @@ mod tests {
         let original = worker(1);
         let clone = original.rebooted(BOOT_B);
         let mut inventory = after_boots(&original, &[&original.boot_id, BOOT_B, &original.boot_id]);
-        let mut record = (**inventory.identity("worker-1").unwrap()).clone();
-        record.metadata.owner_references = Some(vec![
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                api_version: "v1".into(),
-                kind: "Node".into(),
-                name: "worker-1".into(),
-                uid: "0b7e3c55-0000-4000-8000-000000000001".into(),
-                ..Default::default()
-            },
-        ]);
+        let mut record = inventory.identity("worker-1").unwrap().clone();
+        record.owner = Some("0b7e3c55-0000-4000-8000-000000000001".into());
         inventory.apply_identity(record);
         let mut registered = claim(&original);
         registered.uid = Some("0b7e3c55-0000-4000-8000-000000000002".into());

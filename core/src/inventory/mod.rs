@@ -12,7 +12,10 @@ use std::sync::{Arc, RwLock};
 use crate::identity::{
     Hostname, KeyBinding, KeyFingerprint, MachineId, NodeClaim, NodeName, ProviderId, SystemUuid,
 };
-use crate::ledger::NodeIdentity;
+
+pub mod ledger;
+
+pub use ledger::{LedgerConflict, LedgerEntry, RecordedDigests, UNCLAIMED_RECORD_TTL};
 
 /// Value → holders, each holder with the number of times it holds the value (a node
 /// may hold a key through several CSRs).
@@ -116,7 +119,7 @@ pub struct Inventory {
     /// Keys bound by CSRs still stored and by the ledger: a node holds a key while
     /// either remembers it.
     keys: Index<KeyFingerprint>,
-    ledger: HashMap<NodeName, Arc<NodeIdentity>>,
+    ledger: HashMap<NodeName, LedgerEntry>,
     ledger_conflicts: usize,
 }
 
@@ -306,50 +309,44 @@ impl Inventory {
         self.csrs.iter().map(|(name, binding)| (&**name, binding))
     }
 
-    /// Records the ledger's NodeIdentity for a node, replacing the previous one.
-    pub fn apply_identity(&mut self, mut record: NodeIdentity) {
-        // The API server's field-ownership records are as large as the record and nothing
-        // here reads them; a write that omits them leaves them as they are.
-        record.metadata.managed_fields = None;
-        let Some(name) = record.metadata.name.as_deref() else {
-            return;
-        };
-        let name = NodeName::from(name);
+    /// Records the ledger's entry for a node, replacing the previous one.
+    pub fn apply_identity(&mut self, entry: LedgerEntry) {
+        let name = entry.name.clone();
         self.delete_identity(&name);
-        for fingerprint in record.key_fingerprints() {
-            self.keys.add(&fingerprint, &name);
+        for fingerprint in entry.key_fingerprints() {
+            self.keys.add(fingerprint, &name);
         }
-        self.ledger_conflicts += usize::from(record.conflict().is_some());
-        self.ledger.insert(name, Arc::new(record));
+        self.ledger_conflicts += usize::from(entry.conflict.is_some());
+        self.ledger.insert(name, entry);
     }
 
     pub fn delete_identity(&mut self, name: &str) {
         if let Some((name, old)) = self.ledger.remove_entry(name) {
             for fingerprint in old.key_fingerprints() {
-                self.keys.remove(&fingerprint, &name);
+                self.keys.remove(fingerprint, &name);
             }
-            self.ledger_conflicts -= usize::from(old.conflict().is_some());
+            self.ledger_conflicts -= usize::from(old.conflict.is_some());
         }
     }
 
-    /// Replaces all ledger records at once, after a full list.
-    pub fn replace_identities(&mut self, records: impl IntoIterator<Item = NodeIdentity>) {
+    /// Replaces all ledger entries at once, after a full list.
+    pub fn replace_identities(&mut self, entries: impl IntoIterator<Item = LedgerEntry>) {
         let names: Vec<NodeName> = self.ledger.keys().cloned().collect();
         for name in names {
             self.delete_identity(&name);
         }
-        for record in records {
-            self.apply_identity(record);
+        for entry in entries {
+            self.apply_identity(entry);
         }
     }
 
-    /// The ledger's record of a node name.
-    pub fn identity(&self, name: &str) -> Option<&Arc<NodeIdentity>> {
+    /// The ledger's entry for a node name.
+    pub fn identity(&self, name: &str) -> Option<&LedgerEntry> {
         self.ledger.get(name)
     }
 
-    /// Every ledger record, in no particular order.
-    pub fn identities(&self) -> impl Iterator<Item = &Arc<NodeIdentity>> {
+    /// Every ledger entry, in no particular order.
+    pub fn identities(&self) -> impl Iterator<Item = &LedgerEntry> {
         self.ledger.values()
     }
 
@@ -452,8 +449,8 @@ impl SharedInventory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::kubelet::{self, Machine};
     use crate::identity::{KubeletSigner, NodeDoc};
+    use crate::sample::{self as kubelet, Machine};
 
     fn claim(machine: &Machine) -> NodeClaim {
         let text = kubelet::node_object(machine).to_string();
@@ -585,14 +582,9 @@ mod tests {
     #[test]
     fn a_relist_of_csrs_keeps_the_keys_the_ledger_binds() {
         let mut inventory = Inventory::new();
-        let mut record = NodeIdentity::blank("worker-1");
-        record.spec.keys.push(crate::ledger::BoundKey {
-            fingerprint: hex::encode([9u8; 32]),
-            signer: KubeletSigner::Client.name().into(),
-            first_seen: jiff::Timestamp::UNIX_EPOCH,
-            csr: None,
-        });
-        inventory.apply_identity(record);
+        let mut entry = LedgerEntry::named("worker-1");
+        entry.keys = vec![(KeyFingerprint([9; 32]), KubeletSigner::Client)].into();
+        inventory.apply_identity(entry);
         let binding = KeyBinding {
             node: NodeName::from("worker-2"),
             fingerprint: KeyFingerprint([7; 32]),

@@ -52,8 +52,8 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
-    use crate::demo::kubelet::{self, Requester};
     use crate::policy::{CheckId, Outcome};
+    use crate::sample::{self as kubelet, Requester};
 
     fn serving_csr(node: &str, ips: &[&str]) -> serde_json::Value {
         let pem = kubelet::csr_pem(&kubelet::kubelet_key().unwrap(), node, ips, &[node]).unwrap();
@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn an_external_ip_shared_behind_nat_is_not_another_nodes_address() {
-        let mut object = crate::demo::kubelet::node_object(&worker(1));
+        let mut object = crate::sample::node_object(&worker(1));
         object["status"]["addresses"]
             .as_array_mut()
             .unwrap()

@@ -31,7 +31,7 @@ mod tests {
     use super::super::testing::*;
     use crate::policy::Outcome;
 
-    fn on_instance(n: u8, instance: &str) -> crate::demo::kubelet::Machine {
+    fn on_instance(n: u8, instance: &str) -> crate::sample::Machine {
         let mut machine = worker(n);
         machine.provider_id = Some(format!("aws:///eu-west-1a/{instance}"));
         machine

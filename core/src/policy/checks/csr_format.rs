@@ -18,8 +18,8 @@ pub fn check(signer: KubeletSigner, error: &CsrError) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
-    use crate::demo::kubelet::{self, Requester};
     use crate::policy::{CheckId, Outcome};
+    use crate::sample::{self as kubelet, Requester};
 
     fn with_request(signer: &str, request: &str) -> serde_json::Value {
         let mut csr = kubelet::csr_object(

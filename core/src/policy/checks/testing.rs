@@ -3,12 +3,12 @@
 
 use jiff::Timestamp;
 
-use crate::demo::kubelet::{self, Machine, Requester};
 use crate::identity::{CsrDoc, KeyBinding, KubeletSigner, NodeClaim, NodeDoc};
 use crate::inventory::Inventory;
 use crate::policy::{
     Config, CsrReview, KubeletCsr, NodeReview, Operation, Verdict, decide_csr, decide_node,
 };
+use crate::sample::{self as kubelet, Machine, Requester};
 
 pub fn now() -> Timestamp {
     "2026-11-27T12:00:00Z".parse().unwrap()

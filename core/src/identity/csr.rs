@@ -475,7 +475,7 @@ impl Requester {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::kubelet::{self, Requester};
+    use crate::sample::{self as kubelet, Requester};
 
     fn binding_of(csr: &serde_json::Value) -> Option<KeyBinding> {
         let text = csr.to_string();

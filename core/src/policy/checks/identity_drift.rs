@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn identity_reported_for_the_first_time_is_not_drift() {
         let node = worker(1);
-        let mut bare = crate::demo::kubelet::node_object(&node);
+        let mut bare = crate::sample::node_object(&node);
         bare["status"]["nodeInfo"] = serde_json::json!({});
         let review = crate::policy::NodeReview {
             labels: Vec::new(),

@@ -1,8 +1,10 @@
 //! The NodeIdentity record and how an observation changes it. Pure: no I/O, time is
 //! passed in. The recorder applies these functions to the latest stored object and
-//! writes the result; the policy reads the same records.
+//! writes the result; every replica keeps of each record only the compact
+//! [`LedgerEntry`] made by [`NodeIdentity::entry`], which is what the policy reads.
 
 use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -11,7 +13,10 @@ use kube::core::ObjectMeta;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{BootId, KeyBinding, KeyFingerprint, NodeClaim};
+use crate::identity::{BootId, KeyBinding, KeyFingerprint, KubeletSigner, NodeClaim};
+pub use crate::inventory::UNCLAIMED_RECORD_TTL;
+use crate::inventory::{LedgerConflict, LedgerEntry, RecordedDigests};
+pub use crate::policy::checks::two_kubelets::conflict_message;
 
 /// The id of the check whose conflicts the ledger records.
 pub const TWO_KUBELETS: &str = "two-kubelets";
@@ -29,12 +34,6 @@ pub const MAX_CREDENTIAL_IDS: usize = 16;
 /// How stale `lastSeen` may get before the recorder refreshes it: a bounded write rate
 /// (at most one write per node per interval), not one per heartbeat.
 pub const LAST_SEEN_INTERVAL: SignedDuration = SignedDuration::from_hours(1);
-
-/// How long a record made from a CSR may wait for its Node to register: a kubelet
-/// registers seconds after its certificate is issued, and the API server deletes
-/// issued CSRs after an hour. A record with no Node after this long is removed, so that
-/// CSRs for names that never register cannot fill the ledger.
-pub const UNCLAIMED_RECORD_TTL: SignedDuration = SignedDuration::from_hours(1);
 
 /// What the ledger knows about one node name: the machine that holds it, the keys and
 /// certificates issued to it, its boots, and a conflict once two machines were seen
@@ -305,18 +304,6 @@ fn older_or_same(a: Option<&str>, b: Option<&str>) -> bool {
     }
 }
 
-/// The denial for a write from the refused machine: names both boots and the remedy.
-pub fn conflict_message(node: &str, refused_boot: &str, kept_boot: &str) -> String {
-    format!(
-        "nodeguard [two-kubelets]: two machines are writing node \"{node}\" with its \
-         credentials: boot {refused_boot} (this machine) and boot {kept_boot}, which \
-         registered first and is kept; stop this machine's kubelet and give it its own \
-         identity (hostname, rm /etc/machine-id && systemd-machine-id-setup, remove \
-         /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join \
-         with a bootstrap token), then run nodeguard forget {node}"
-    )
-}
-
 /// The note of the Warning Event on the Node: for `kubectl describe node`.
 pub fn conflict_note(node: &str, conflict: &Conflict) -> String {
     format!(
@@ -391,6 +378,75 @@ impl NodeIdentity {
             .keys
             .iter()
             .filter_map(|k| parse_fingerprint(&k.fingerprint))
+    }
+
+    /// What a replica keeps of this record: `None` for a record without a name.
+    pub fn entry(&self) -> Option<LedgerEntry> {
+        let name = self.metadata.name.as_deref().filter(|n| !n.is_empty())?;
+        let boxed = |value: &Option<String>| value.as_deref().map(Box::<str>::from);
+        let status = self.status.as_ref();
+        let current = self.current_boot();
+        let keys = self
+            .spec
+            .keys
+            .iter()
+            .filter_map(|key| {
+                let signer = KubeletSigner::from_name(&key.signer)?;
+                Some((parse_fingerprint(&key.fingerprint)?, signer))
+            })
+            .collect();
+        let refresh_due = self
+            .spec
+            .boots
+            .iter()
+            .find(|b| Some(b.boot_id.as_str()) == current)
+            .and_then(|b| b.last_seen.checked_add(LAST_SEEN_INTERVAL).ok());
+        let consistent = status.is_some_and(|status| {
+            usize::try_from(status.boots).ok() == Some(self.spec.boots.len())
+                && usize::try_from(status.keys).ok() == Some(self.spec.keys.len())
+        });
+        Some(LedgerEntry {
+            name: name.into(),
+            uid: boxed(&self.metadata.uid),
+            resource_version: boxed(&self.metadata.resource_version),
+            created: self.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            owner: self.owner_uid().map(Box::from),
+            boots: self
+                .spec
+                .boots
+                .iter()
+                .filter_map(|b| BootId::parse(&b.boot_id))
+                .collect(),
+            current_boot: current.and_then(BootId::parse),
+            keys,
+            conflict: self.conflict().map(|c| {
+                Box::new(LedgerConflict {
+                    check: c.check.as_str().into(),
+                    kept_boot: c.kept_boot.as_str().into(),
+                    refused_boot: c.refused_boot.as_str().into(),
+                    detected: c.detected,
+                    message: c.message.as_str().into(),
+                })
+            }),
+            digests: RecordedDigests {
+                machine: machine_digest(MachineFields {
+                    owner: self.owner_uid(),
+                    machine_id: self.spec.machine_id.as_deref(),
+                    system_uuid: self.spec.system_uuid.as_deref(),
+                    provider_id: self.spec.provider_id.as_deref(),
+                    addresses: &self.spec.addresses,
+                    boot: current,
+                }),
+                refresh_due,
+                credentials: self
+                    .spec
+                    .credential_ids
+                    .iter()
+                    .map(|c| digest(&c.id))
+                    .collect(),
+                consistent,
+            },
+        })
     }
 
     /// Applies what an observation of the Node shows. An observation of a version of
@@ -661,6 +717,74 @@ impl NodeIdentity {
         status.keys = keys;
         Change::changed()
     }
+}
+
+/// The fields of a record, or of an observation, that an observation of the Node
+/// compares, for [`machine_digest`].
+struct MachineFields<'a> {
+    owner: Option<&'a str>,
+    machine_id: Option<&'a str>,
+    system_uuid: Option<&'a str>,
+    provider_id: Option<&'a str>,
+    addresses: &'a [RecordedAddress],
+    boot: Option<&'a str>,
+}
+
+fn machine_digest(fields: MachineFields<'_>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    let MachineFields {
+        owner,
+        machine_id,
+        system_uuid,
+        provider_id,
+        addresses,
+        boot,
+    } = fields;
+    (owner, machine_id, system_uuid, provider_id, boot).hash(&mut hasher);
+    for address in addresses {
+        (&address.kind, &address.address).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+fn digest(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Whether observing `node` at `now` certainly leaves the record behind `entry`
+/// unchanged: the same owner, machine, addresses and current boot, no conflict, and the
+/// boot's `lastSeen` not yet due. Anything else (even what would change nothing) is
+/// answered `false`, and the recorder reads the record and applies the observation.
+pub fn node_leaves_unchanged(entry: &LedgerEntry, node: &NodeObservation, now: Timestamp) -> bool {
+    let digests = &entry.digests;
+    digests.consistent
+        && entry.conflict.is_none()
+        && node.boot_id.is_some()
+        && digests.refresh_due.is_some_and(|due| now < due)
+        && machine_digest(MachineFields {
+            owner: node.uid.as_deref(),
+            machine_id: node.machine_id.as_deref(),
+            system_uuid: node.system_uuid.as_deref(),
+            provider_id: node.provider_id.as_deref(),
+            addresses: &node.addresses,
+            boot: node.boot_id.as_deref(),
+        }) == digests.machine
+}
+
+/// Whether the record behind `entry` already binds the key of `key` and its
+/// credential id.
+pub fn key_leaves_unchanged(entry: &LedgerEntry, key: &KeyObservation) -> bool {
+    let binding = &key.binding;
+    entry.digests.consistent
+        && entry.keys.iter().any(|(fingerprint, signer)| {
+            *fingerprint == binding.fingerprint && *signer == binding.signer
+        })
+        && binding
+            .credential_id
+            .as_deref()
+            .is_none_or(|id| entry.digests.credentials.contains(&digest(id)))
 }
 
 /// Drops the oldest `removable` entries until at most `max` remain.
@@ -994,8 +1118,163 @@ mod tests {
     }
 
     #[test]
+    fn the_entry_keeps_what_the_policy_reads_and_nothing_of_the_metadata_else() {
+        let (mut record, _) = replay(&[A, B, A]);
+        record.observe_key(
+            &key(3, KubeletSigner::Client, Some("X509SHA256=ab")),
+            at(40),
+        );
+        record.metadata.uid = Some("record-uid".into());
+        record.metadata.resource_version = Some("812".into());
+        let entry = record.entry().unwrap();
+        assert_eq!(&*entry.name, "worker-1");
+        assert_eq!(
+            entry.owner.as_deref(),
+            Some("6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f")
+        );
+        assert_eq!(entry.uid.as_deref(), Some("record-uid"));
+        assert_eq!(entry.resource_version.as_deref(), Some("812"));
+        let boots: Vec<&str> = entry.boots.iter().map(|b| b.as_str()).collect();
+        assert_eq!(boots, [A, B]);
+        assert_eq!(entry.current_boot.as_ref().map(|b| b.as_str()), Some(A));
+        assert_eq!(
+            entry.keys[..],
+            [(KeyFingerprint([3; 32]), KubeletSigner::Client)]
+        );
+        let conflict = entry.conflict().unwrap();
+        assert_eq!((&*conflict.kept_boot, &*conflict.refused_boot), (A, B));
+        assert_eq!(&*conflict.message, record.conflict().unwrap().message);
+        assert!(
+            NodeIdentity::blank("").entry().is_none(),
+            "a record without a name"
+        );
+    }
+
+    /// A small deterministic generator, so that a failure replays.
+    struct Dice(u64);
+
+    impl Dice {
+        fn roll(&mut self, sides: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % sides
+        }
+
+        fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+            &from[self.roll(from.len() as u64) as usize]
+        }
+    }
+
+    fn random_node(dice: &mut Dice) -> NodeObservation {
+        let maybe = |dice: &mut Dice, values: &[&str]| {
+            let value = *dice.pick(values);
+            (!value.is_empty()).then(|| value.to_string())
+        };
+        let boot = *dice.pick(&[A, A, A, B, C]);
+        let mut node = node(boot);
+        node.uid = maybe(dice, &["uid-1", "uid-1", "uid-1", "uid-2", ""]);
+        node.machine_id = maybe(
+            dice,
+            &[
+                "11c1f8e2fbf5540cd8ff218ef016ba11",
+                "",
+                "22c1f8e2fbf5540cd8ff218ef016ba22",
+            ],
+        );
+        node.system_uuid = maybe(dice, &["1139a350-3cd4-400f-875d-c270379811b0", ""]);
+        node.provider_id = maybe(dice, &["", "aws:///eu-west-1a/i-0abc"]);
+        if dice.roll(4) == 0 {
+            node.addresses.clear();
+        } else if dice.roll(4) == 0 {
+            node.addresses[0].address = "10.0.0.12".into();
+        }
+        if dice.roll(8) == 0 {
+            node.boot_id = None;
+        }
+        node.resource_version = Some(dice.roll(50).to_string());
+        node
+    }
+
+    /// Whatever the record and the observation, "unchanged" is never said of an
+    /// observation that changes the record (a missed write would be a missed clone);
+    /// and it is said of the steady state, a node seen again as it is recorded.
+    #[test]
+    fn the_entry_says_unchanged_only_of_what_changes_nothing() {
+        let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+        let mut said_unchanged = 0;
+        for round in 0..400 {
+            let mut record = NodeIdentity::blank("worker-1");
+            let mut now = at(0);
+            for _ in 0..dice.roll(12) {
+                now += SignedDuration::from_mins(dice.roll(90) as i64);
+                let evidence =
+                    *dice.pick(&[Evidence::Watch, Evidence::Resync, Evidence::Confirmed]);
+                record.observe_node(&random_node(&mut dice), now, evidence);
+                if dice.roll(3) == 0 {
+                    let credential =
+                        *dice.pick(&[None, Some("X509SHA256=01"), Some("X509SHA256=02")]);
+                    let signer = *dice.pick(&[KubeletSigner::Client, KubeletSigner::Serving]);
+                    record.observe_key(&key(dice.roll(3) as u8, signer, credential), now);
+                }
+            }
+            let entry = record.entry().unwrap();
+            for _ in 0..20 {
+                let later = now + SignedDuration::from_mins(dice.roll(90) as i64);
+                let evidence =
+                    *dice.pick(&[Evidence::Watch, Evidence::Resync, Evidence::Confirmed]);
+                let node = random_node(&mut dice);
+                if node_leaves_unchanged(&entry, &node, later) {
+                    said_unchanged += 1;
+                    let change = record.clone().observe_node(&node, later, evidence);
+                    assert!(
+                        !change.changed && !change.needs_confirmation,
+                        "round {round}: {node:?} at {later} changes {record:?}"
+                    );
+                }
+                let credential = *dice.pick(&[None, Some("X509SHA256=01"), Some("X509SHA256=02")]);
+                let signer = *dice.pick(&[KubeletSigner::Client, KubeletSigner::Serving]);
+                let key = key(dice.roll(3) as u8, signer, credential);
+                if key_leaves_unchanged(&entry, &key) {
+                    said_unchanged += 1;
+                    let change = record.clone().observe_key(&key, later);
+                    assert!(!change.changed, "round {round}: {key:?} changes {record:?}");
+                }
+            }
+        }
+        assert!(
+            said_unchanged > 500,
+            "only {said_unchanged} observations found unchanged"
+        );
+
+        // The steady state: the node as recorded, within the hour.
+        let (mut record, _) = replay(&[A]);
+        record.observe_key(&key(1, KubeletSigner::Client, Some("X509SHA256=01")), at(5));
+        let entry = record.entry().unwrap();
+        assert!(node_leaves_unchanged(&entry, &node(A), at(30 * 60)));
+        assert!(key_leaves_unchanged(
+            &entry,
+            &key(1, KubeletSigner::Client, Some("X509SHA256=01"))
+        ));
+        // Due for a lastSeen refresh, a reboot, a new address, a new key: not unchanged.
+        assert!(!node_leaves_unchanged(&entry, &node(A), at(61 * 60)));
+        assert!(!node_leaves_unchanged(&entry, &node(B), at(60)));
+        let mut moved = node(A);
+        moved.addresses[0].address = "10.0.0.12".into();
+        assert!(!node_leaves_unchanged(&entry, &moved, at(60)));
+        assert!(!key_leaves_unchanged(
+            &entry,
+            &key(2, KubeletSigner::Client, None)
+        ));
+        assert!(!key_leaves_unchanged(
+            &entry,
+            &key(1, KubeletSigner::Serving, None)
+        ));
+    }
+
+    #[test]
     fn the_shipped_crd_is_the_one_the_code_defines() {
-        let shipped = include_str!("../../deploy/base/crd.yaml");
+        let shipped = include_str!("../deploy/base/crd.yaml");
         assert_eq!(
             shipped,
             crd_yaml().unwrap(),

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::identity::csr::Requester;
 use crate::identity::{CsrClaim, KubeletSigner, NodeClaim};
-use crate::inventory::{Holders, Inventory};
+use crate::inventory::{Holders, Inventory, UNCLAIMED_RECORD_TTL};
 
 /// What `audit` reads besides the inventory.
 #[derive(Debug, Clone, Copy)]
@@ -223,28 +223,25 @@ pub fn assemble(input: AuditInput<'_>, mut verdicts: Vec<NodeVerdicts>) -> Audit
     let mut conflicts = Vec::new();
     let mut orphans = Vec::new();
     let mut records: Vec<_> = inventory.identities().collect();
-    records.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    records.sort_by(|a, b| a.name.cmp(&b.name));
     for record in records {
-        let Some(name) = record.metadata.name.as_deref() else {
-            continue;
-        };
+        let name = &*record.name;
         if let Some(conflict) = record.conflict() {
             conflicts.push(LedgerConflict {
                 node: name.to_string(),
-                check: conflict.check.clone(),
-                kept_boot: conflict.kept_boot.clone(),
-                refused_boot: conflict.refused_boot.clone(),
+                check: conflict.check.to_string(),
+                kept_boot: conflict.kept_boot.to_string(),
+                refused_boot: conflict.refused_boot.to_string(),
                 detected: conflict.detected,
-                message: conflict.message.clone(),
+                message: conflict.message.to_string(),
             });
         }
         if inventory.node(name).is_none() {
-            let owned = record.owner_uid().is_some();
+            let owned = record.owner.is_some();
             orphans.push(OrphanRecord {
                 node: name.to_string(),
                 owned,
-                expired: !owned
-                    && record.is_unclaimed(false, now, crate::ledger::record::UNCLAIMED_RECORD_TTL),
+                expired: !owned && record.is_unclaimed(false, now, UNCLAIMED_RECORD_TTL),
             });
         }
     }

@@ -45,8 +45,8 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
-    use crate::demo::kubelet::{self, Requester};
     use crate::policy::{CheckId, Outcome};
+    use crate::sample::{self as kubelet, Requester};
 
     #[test]
     fn a_key_bound_to_another_node_is_denied_with_its_fingerprint() {

@@ -69,8 +69,8 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
-    use crate::demo::kubelet::Machine;
     use crate::policy::{CheckId, Outcome};
+    use crate::sample::Machine;
     use jiff::SignedDuration;
 
     #[test]
@@ -226,7 +226,7 @@ mod tests {
     fn a_node_registered_without_identity_can_be_claimed_by_its_kubelet() {
         // A Node pre-created by a provisioner carries no nodeInfo: nothing contradicts.
         let original = worker(1);
-        let mut bare = crate::demo::kubelet::node_object(&original);
+        let mut bare = crate::sample::node_object(&original);
         bare["status"]["nodeInfo"] = serde_json::json!({});
         let mut inventory = crate::inventory::Inventory::new();
         inventory.apply_node(claim_of(&bare));

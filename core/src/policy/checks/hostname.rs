@@ -57,7 +57,7 @@ mod tests {
         let original = worker(1);
         // Renamed with --hostname-override, but the machine still calls itself worker-1.
         let clone = worker(2);
-        let mut object = crate::demo::kubelet::node_object(&clone);
+        let mut object = crate::sample::node_object(&clone);
         object["status"]["addresses"][1]["address"] = "Worker-1".into();
         let review = crate::policy::NodeReview {
             labels: Vec::new(),
@@ -77,9 +77,9 @@ mod tests {
 
     #[test]
     fn localhost_is_no_ones_hostname() {
-        let mut a = crate::demo::kubelet::node_object(&worker(1));
+        let mut a = crate::sample::node_object(&worker(1));
         a["metadata"]["labels"]["kubernetes.io/hostname"] = "localhost".into();
-        let mut b = crate::demo::kubelet::node_object(&worker(2));
+        let mut b = crate::sample::node_object(&worker(2));
         b["metadata"]["labels"]["kubernetes.io/hostname"] = "localhost".into();
         let mut inventory = crate::inventory::Inventory::new();
         inventory.apply_node(claim_of(&a));
@@ -96,7 +96,7 @@ mod tests {
     fn another_node_squatting_on_a_name_never_blocks_that_node_from_registering() {
         // worker-9 writes "worker-5" into its own addresses while worker-5 is away.
         let squatter = worker(9);
-        let mut object = crate::demo::kubelet::node_object(&squatter);
+        let mut object = crate::sample::node_object(&squatter);
         object["status"]["addresses"]
             .as_array_mut()
             .unwrap()
@@ -124,9 +124,9 @@ mod tests {
     #[test]
     fn hostnames_declared_shared_never_collide() {
         let clone = worker(2);
-        let mut object = crate::demo::kubelet::node_object(&clone);
+        let mut object = crate::sample::node_object(&clone);
         object["status"]["addresses"][1]["address"] = "node".into();
-        let mut original = crate::demo::kubelet::node_object(&worker(1));
+        let mut original = crate::sample::node_object(&worker(1));
         original["status"]["addresses"][1]["address"] = "node".into();
         let mut inventory = crate::inventory::Inventory::new();
         inventory.apply_node(claim_of(&original));
@@ -154,18 +154,18 @@ mod tests {
         // Hostname of its own (a cloud provider set its addresses). A third node calling
         // itself worker-5 collides with no one: the name is worker-5's, not worker-9's.
         let squatter = worker(9);
-        let mut squatting = crate::demo::kubelet::node_object(&squatter);
+        let mut squatting = crate::sample::node_object(&squatter);
         squatting["status"]["addresses"]
             .as_array_mut()
             .unwrap()
             .push(serde_json::json!({"type": "Hostname", "address": "worker-5"}));
-        let mut named = crate::demo::kubelet::node_object(&worker(5));
+        let mut named = crate::sample::node_object(&worker(5));
         named["metadata"]["labels"]["kubernetes.io/hostname"] = "ip-10-0-0-15".into();
         named["status"]["addresses"][1]["address"] = "ip-10-0-0-15".into();
         let mut inventory = crate::inventory::Inventory::new();
         inventory.apply_node(claim_of(&squatting));
         inventory.apply_node(claim_of(&named));
-        let mut third = crate::demo::kubelet::node_object(&worker(6));
+        let mut third = crate::sample::node_object(&worker(6));
         third["status"]["addresses"][1]["address"] = "worker-5".into();
         let review = crate::policy::NodeReview {
             labels: Vec::new(),

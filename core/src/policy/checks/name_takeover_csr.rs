@@ -46,8 +46,8 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
-    use crate::demo::kubelet::{self, Machine, Requester};
     use crate::policy::{CheckId, Outcome};
+    use crate::sample::{self as kubelet, Machine, Requester};
 
     fn client_csr(node: &str, requester: Requester) -> serde_json::Value {
         let pem = kubelet::csr_pem(&kubelet::kubelet_key().unwrap(), node, &[], &[]).unwrap();
@@ -206,16 +206,11 @@ mod tests {
     fn a_bootstrap_with_the_key_the_ledger_binds_to_that_node_is_the_node_itself() {
         let key = kubelet::kubelet_key().unwrap();
         let mut inventory = cluster(&[&worker(1)]);
-        let mut record = crate::ledger::NodeIdentity::blank("worker-1");
-        record.spec.keys.push(crate::ledger::BoundKey {
-            fingerprint: crate::identity::KeyFingerprint::of_spki_der(
-                &rcgen::PublicKeyData::subject_public_key_info(&key),
-            )
-            .to_string(),
-            signer: kubelet::CLIENT_SIGNER.into(),
-            first_seen: now(),
-            csr: Some("csr-8x2kq".into()),
-        });
+        let mut record = crate::inventory::LedgerEntry::named("worker-1");
+        let fingerprint = crate::identity::KeyFingerprint::of_spki_der(
+            &rcgen::PublicKeyData::subject_public_key_info(&key),
+        );
+        record.keys = vec![(fingerprint, crate::identity::KubeletSigner::Client)].into();
         inventory.apply_identity(record);
         let pem = kubelet::csr_pem(&key, "worker-1", &[], &[]).unwrap();
         let own = kubelet::csr_object(
