@@ -21,7 +21,54 @@ pub use ledger::{LedgerConflict, LedgerEntry, RecordedDigests, UNCLAIMED_RECORD_
 /// may hold a key through several CSRs).
 #[derive(Debug)]
 struct Index<K> {
-    holders: HashMap<K, BTreeMap<NodeName, u32>>,
+    holders: HashMap<K, HolderSet>,
+}
+
+/// The nodes holding one value. Nearly every value has one holder, kept inline: a map
+/// per value would cost a node's worth of memory in each of seven indexes.
+#[derive(Debug)]
+enum HolderSet {
+    One(NodeName, u32),
+    Many(BTreeMap<NodeName, u32>),
+}
+
+impl HolderSet {
+    fn add(&mut self, node: &NodeName) {
+        match self {
+            HolderSet::One(held, count) if held == node => *count += 1,
+            HolderSet::One(held, count) => {
+                let many = BTreeMap::from([(held.clone(), *count), (node.clone(), 1)]);
+                *self = HolderSet::Many(many);
+            }
+            HolderSet::Many(map) => *map.entry(node.clone()).or_insert(0) += 1,
+        }
+    }
+
+    /// Removes one hold of `node`; returns whether any holder is left.
+    fn remove(&mut self, node: &NodeName) -> bool {
+        match self {
+            HolderSet::One(held, count) => {
+                if held == node {
+                    *count -= 1;
+                }
+                *count > 0
+            }
+            HolderSet::Many(map) => {
+                if let Some(count) = map.get_mut(node) {
+                    *count -= 1;
+                    if *count == 0 {
+                        map.remove(node);
+                    }
+                }
+                if map.len() == 1
+                    && let Some((held, count)) = map.pop_first()
+                {
+                    *self = HolderSet::One(held, count);
+                }
+                !matches!(self, HolderSet::Many(map) if map.is_empty())
+            }
+        }
+    }
 }
 
 impl<K> Default for Index<K> {
@@ -34,21 +81,20 @@ impl<K> Default for Index<K> {
 
 impl<K: Hash + Eq + Clone> Index<K> {
     fn add(&mut self, value: &K, node: &NodeName) {
-        let holders = self.holders.entry(value.clone()).or_default();
-        *holders.entry(node.clone()).or_insert(0) += 1;
+        match self.holders.get_mut(value) {
+            Some(holders) => holders.add(node),
+            None => {
+                self.holders
+                    .insert(value.clone(), HolderSet::One(node.clone(), 1));
+            }
+        }
     }
 
     fn remove(&mut self, value: &K, node: &NodeName) {
-        if let Some(holders) = self.holders.get_mut(value) {
-            if let Some(count) = holders.get_mut(node) {
-                *count -= 1;
-                if *count == 0 {
-                    holders.remove(node);
-                }
-            }
-            if holders.is_empty() {
-                self.holders.remove(value);
-            }
+        if let Some(holders) = self.holders.get_mut(value)
+            && !holders.remove(node)
+        {
+            self.holders.remove(value);
         }
     }
 
@@ -70,7 +116,7 @@ impl<K: Hash + Eq + Clone> Index<K> {
 
 /// The nodes that hold one value.
 #[derive(Debug, Clone, Copy)]
-pub struct Holders<'a>(Option<&'a BTreeMap<NodeName, u32>>);
+pub struct Holders<'a>(Option<&'a HolderSet>);
 
 /// The holders of a value other than the node asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,30 +128,38 @@ pub struct OtherHolders<'a> {
 
 impl<'a> Holders<'a> {
     pub fn is_empty(&self) -> bool {
-        self.0.is_none_or(BTreeMap::is_empty)
+        self.len() == 0
     }
 
     /// How many nodes hold the value.
     pub fn len(&self) -> usize {
-        self.0.map_or(0, BTreeMap::len)
+        match self.0 {
+            None => 0,
+            Some(HolderSet::One(..)) => 1,
+            Some(HolderSet::Many(map)) => map.len(),
+        }
     }
 
     /// All of them, in name order.
     pub fn names(&self) -> impl Iterator<Item = &'a NodeName> + use<'a> {
-        self.0.into_iter().flat_map(BTreeMap::keys)
+        let (one, many) = match self.0 {
+            None => (None, None),
+            Some(HolderSet::One(name, _)) => (Some(name), None),
+            Some(HolderSet::Many(map)) => (None, Some(map)),
+        };
+        one.into_iter()
+            .chain(many.into_iter().flat_map(BTreeMap::keys))
     }
 
     /// The holders other than `node`: O(1) in the number of holders (it reads at most
     /// four names), so a value that every node shares costs no more than a unique one.
     pub fn other_than(&self, node: &str) -> OtherHolders<'a> {
-        let Some(map) = self.0 else {
-            return OtherHolders {
-                count: 0,
-                names: Vec::new(),
-            };
+        let count = match self.0 {
+            None => 0,
+            Some(HolderSet::One(name, _)) => usize::from(&**name != node),
+            Some(HolderSet::Many(map)) => map.len() - usize::from(map.contains_key(node)),
         };
-        let count = map.len() - usize::from(map.contains_key(node));
-        let names = map.keys().filter(|n| &***n != node).take(3).collect();
+        let names = self.names().filter(|n| &***n != node).take(3).collect();
         OtherHolders { count, names }
     }
 }
@@ -577,6 +631,47 @@ mod tests {
         inventory.apply_csr("csr-2", None);
         assert!(inventory.key(&binding.fingerprint).is_empty());
         assert_eq!(inventory.size().key_bindings, 0);
+    }
+
+    #[test]
+    fn a_value_s_holders_are_counted_through_one_and_many() {
+        let mut index: Index<u8> = Index::default();
+        let (a, b, c) = (
+            NodeName::from("a"),
+            NodeName::from("b"),
+            NodeName::from("c"),
+        );
+        let names = |index: &Index<u8>| -> Vec<String> {
+            index.get(&1).names().map(|n| n.to_string()).collect()
+        };
+        index.add(&1, &b);
+        index.add(&1, &b);
+        assert_eq!(
+            (index.get(&1).len(), names(&index)),
+            (1, vec!["b".to_string()])
+        );
+        index.remove(&1, &b);
+        assert_eq!(index.get(&1).len(), 1, "b still holds it once");
+        index.add(&1, &c);
+        index.add(&1, &a);
+        assert_eq!(names(&index), ["a", "b", "c"]);
+        let others = index.get(&1).other_than("b");
+        assert_eq!(others.count, 2);
+        assert_eq!(others.names, [&a, &c]);
+        index.remove(&1, &a);
+        index.remove(&1, &c);
+        assert_eq!(names(&index), ["b"]);
+        assert_eq!(index.get(&1).other_than("b").count, 0);
+        assert_eq!(index.get(&1).other_than("x").count, 1);
+        index.remove(&1, &a);
+        assert_eq!(
+            index.get(&1).len(),
+            1,
+            "removing a node that does not hold it"
+        );
+        index.remove(&1, &b);
+        assert!(index.get(&1).is_empty());
+        assert_eq!(index.len(), 0, "a value nobody holds is gone");
     }
 
     #[test]
