@@ -463,10 +463,16 @@ async fn admin_get(admin: SocketAddr, path: &str) -> Option<(StatusCode, String)
     Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
+/// Every series of the metric `name`, as exported.
+fn series<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
     text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .collect()
+}
+
+async fn leading(admin: SocketAddr) -> String {
+    let text = admin_get(admin, "/metrics").await.map(|(_, t)| t).unwrap_or_default();
+    series(&text, "nodeguard_recorder_leading").join(", ")
 }
 
 fn lease_holder(api: &FakeApi) -> Option<String> {
@@ -728,7 +734,17 @@ async fn main() {
             started.elapsed().as_secs_f64(),
             lease_holder(&api)
         ));
-        standby_takes_the_lease(Arc::clone(&api), Duration::from_secs(30)).await;
+        let holding = tokio::spawn(standby_takes_the_lease(
+            Arc::clone(&api),
+            Duration::from_secs(30),
+        ));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        events.push(format!(
+            "{:>5.0} s  while {STANDBY} holds it: {}",
+            started.elapsed().as_secs_f64(),
+            leading(replica.admin).await
+        ));
+        let _ = holding.await;
         lease_lost_at.store(started.elapsed().as_secs(), Ordering::Relaxed);
         let released = Instant::now();
         while lease_holder(&api).as_deref() != Some(IDENTITY)
@@ -737,10 +753,11 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         events.push(format!(
-            "{:>5.0} s  Lease back with {:?}, {:.1} s after {STANDBY} stopped renewing",
+            "{:>5.0} s  Lease back with {:?}, {:.1} s after {STANDBY} stopped renewing; {}",
             started.elapsed().as_secs_f64(),
             lease_holder(&api),
-            released.elapsed().as_secs_f64()
+            released.elapsed().as_secs_f64(),
+            leading(replica.admin).await
         ));
     }
 
@@ -755,7 +772,6 @@ async fn main() {
             *tally.by_kind.entry(kind).or_default() += n;
         }
     }
-    let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let _ = churning.await;
     let _ = sampling.await;
@@ -774,8 +790,8 @@ async fn main() {
     println!(
         "load: {} reviews in {:.0} s ({:.0}/s) over {} connections, reconnecting every {} s",
         tally.sent,
-        elapsed.as_secs_f64(),
-        tally.sent as f64 / elapsed.as_secs_f64(),
+        run.as_secs_f64(),
+        tally.sent as f64 / run.as_secs_f64(),
         args.connections,
         RECONNECT_EVERY.as_secs()
     );
@@ -807,11 +823,11 @@ async fn main() {
         (rss_end as f64 / rss_start as f64 - 1.0) * 100.0,
         mib(hwm)
     );
-    let series: Vec<String> = samples
+    let every_10s: Vec<String> = samples
         .iter()
         .map(|(at, rss)| format!("{at:.0}s:{:.0}", mib(*rss)))
         .collect();
-    println!("  every 10 s (MiB): {}", series.join(" "));
+    println!("  every 10 s (MiB): {}", every_10s.join(" "));
     for name in [
         "nodeguard_inventory_nodes",
         "nodeguard_inventory_key_bindings",
@@ -819,9 +835,11 @@ async fn main() {
         "nodeguard_ledger_writes_total",
         "nodeguard_recorder_leading",
         "nodeguard_serving_certificate_reloads_total",
+        "nodeguard_task_restarts_total",
+        "nodeguard_inventory_view_errors",
     ] {
-        if let Some(value) = metric(&metrics, name) {
-            println!("  {name} {value}");
+        for line in series(&metrics, name) {
+            println!("  {line}");
         }
     }
     if let Some(status) = exited {
