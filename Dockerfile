@@ -19,6 +19,7 @@ RUN case "${TARGETARCH:-amd64}" in \
     esac >/target && rustup target add "$(cat /target)"
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY core core
 COPY src src
 COPY benches benches
 # The demo builds its Nodes from a real kubelet's Node.

@@ -594,3 +594,92 @@ fn the_monitoring_component_scrapes_the_metrics_port_and_uses_only_exported_metr
     assert!(missing.is_empty(), "the dashboard uses {missing:?}");
     assert!(used.len() >= 12, "{used:?}");
 }
+
+/// The sources `COPY`ed into the image's build stage.
+fn dockerfile_copies() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    text.lines()
+        .filter_map(|line| line.strip_prefix("COPY "))
+        .filter(|args| !args.starts_with("--from"))
+        .flat_map(|args| {
+            let parts: Vec<&str> = args.split_whitespace().collect();
+            parts[..parts.len() - 1]
+                .iter()
+                .map(|p| p.trim_end_matches('/').to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Files the build reads outside the crates' sources: `include_str!`/`include_bytes!`
+/// of non-test code, as paths from the repository's root.
+fn included_files(dir: &Path, root: &Path, found: &mut BTreeSet<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            included_files(&path, root, found);
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+        for marker in ["include_str!(\"", "include_bytes!(\""] {
+            for (at, _) in code.match_indices(marker) {
+                let rest = &code[at + marker.len()..];
+                let relative = &rest[..rest.find('"').unwrap()];
+                let file = path.parent().unwrap().join(relative);
+                let file = std::fs::canonicalize(&file)
+                    .unwrap_or_else(|e| panic!("{}: {relative}: {e}", path.display()));
+                found.insert(
+                    file.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_image_build_copies_every_crate_and_every_file_the_code_includes() {
+    let root = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let copies = dockerfile_copies();
+    let copied = |path: &str| {
+        copies
+            .iter()
+            .any(|c| path == c || path.starts_with(&format!("{c}/")))
+    };
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let members = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("members = "))
+        .unwrap();
+    let mut needed: Vec<String> = vec!["Cargo.toml".into(), "Cargo.lock".into(), "src".into()];
+    needed.extend(
+        members
+            .trim_matches(['[', ']'])
+            .split(',')
+            .map(|m| m.trim().trim_matches('"').to_string())
+            .filter(|m| !m.is_empty()),
+    );
+    assert!(needed.contains(&"core".to_string()), "members: {members}");
+    let mut included = BTreeSet::new();
+    for dir in ["src", "core/src"] {
+        included_files(&root.join(dir), &root, &mut included);
+    }
+    assert!(
+        included.contains("tests/fixtures/real/node-kind-control-plane.json"),
+        "{included:?}"
+    );
+    needed.extend(included);
+    for path in needed {
+        assert!(
+            copied(&path),
+            "the Dockerfile does not copy {path}: {copies:?}"
+        );
+    }
+}
