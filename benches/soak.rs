@@ -2,8 +2,9 @@
 //! server over TCP holding a cluster of N nodes, each with its issued client CSR and its
 //! NodeIdentity as the recorder writes them, under a steady rate of mixed admission
 //! reviews sent as the API server sends them (HTTP/1.1 keep-alive connections over TLS).
-//! On the way: the serving certificate is rotated, every watch is ended (the watchers
-//! re-list), and another replica takes the Lease for 30 s, then lets it expire.
+//! On the way: the serving certificate is rotated, every watch is ended and the Nodes'
+//! next watch answered 410 Gone (a full relist of the Nodes), and another replica takes
+//! the Lease for 30 s, then lets it expire.
 //!
 //! Every answer is compared with the answer the same review got before the run began
 //! (an admission of a healthy node stays allowed, a clone stays denied); an answer that
@@ -764,9 +765,12 @@ async fn main() {
             started.elapsed().as_secs_f64()
         ));
         tokio::time::sleep_until((started + run / 2).into()).await;
+        // As after an API server restart: every watch ends, and the Nodes' watch cannot
+        // resume (its resourceVersion too old: 410 Expired), so all Nodes are listed again.
+        api.expire_next_watch(NODES);
         api.end_watches();
         events.push(format!(
-            "{:>5.0} s  every watch ended by the API server",
+            "{:>5.0} s  every watch ended by the API server; the Nodes' next watch answered 410, a full relist",
             started.elapsed().as_secs_f64()
         ));
         tokio::time::sleep_until((started + run * 3 / 4).into()).await;
@@ -862,6 +866,18 @@ async fn main() {
     for event in &events {
         println!("  {event}");
     }
+    let responses = api.responses();
+    let node_lists = responses
+        .iter()
+        .filter(|(method, target, status)| {
+            method == http::Method::GET
+                && target.starts_with(&format!("{NODES}?"))
+                && !target.contains("watch=true")
+                && !target.contains("continue=")
+                && *status == StatusCode::OK
+        })
+        .count();
+    println!("  full lists of the Nodes served: {node_lists} (the first, and one per relist)");
     println!(
         "RSS: {:.1} MiB at the start of the load, {:.1} MiB at the end ({:+.1}%), peak {:.1} MiB",
         mib(rss_start),

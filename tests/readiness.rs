@@ -173,13 +173,25 @@ async fn a_watch_that_ends_and_a_410_relist_keep_the_inventory_correct_and_curre
     until("worker-3", || names(&replica.inventory).len() == 3).await;
     assert_eq!(replica.readiness.current(), Ok(()));
 
-    // The next watch is answered 410 Gone: a full list again, which drops what was
-    // deleted meanwhile.
-    api.fail_next(http::Method::GET, NODES, 410);
+    // The next watch is told its resourceVersion is too old (410 Expired, as the API
+    // server's watch cache sends it, in the stream): a full list again, which drops
+    // what was deleted meanwhile.
+    let node_lists = || {
+        api.requests()
+            .iter()
+            .filter(|(method, target)| {
+                method == http::Method::GET
+                    && target.starts_with(&format!("{NODES}?"))
+                    && !target.contains("watch=true")
+            })
+            .count()
+    };
+    let lists_before = node_lists();
+    api.expire_next_watch(NODES);
     api.delete(&format!("{NODES}/worker-2"));
     api.end_watches();
     until("the relist", || {
-        names(&replica.inventory) == ["worker-1", "worker-3"]
+        node_lists() > lists_before && names(&replica.inventory) == ["worker-1", "worker-3"]
     })
     .await;
     tokio::time::sleep(STALE_AFTER / 2).await;

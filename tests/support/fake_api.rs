@@ -17,7 +17,8 @@
 //! selectors (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated). Ignored:
 //! delete options (a delete is immediate; there are no finalizers) and a list's
 //! `resourceVersion` (lists serve the latest state, which satisfies the watcher's
-//! "not older than"). Watches replay from any resourceVersion, so a 410 never comes.
+//! "not older than"). Watches replay from any resourceVersion, so a 410 comes only when
+//! a test asks for one ([`FakeApi::expire_next_watch`]), the way the API server sends it.
 
 // Each test binary uses only part of this module.
 #![allow(dead_code)]
@@ -218,6 +219,18 @@ impl FakeApi {
         self.shared.revisions.send_modify(|_| {});
     }
 
+    /// The next watch of the collection at `collection_path` that resumes from a
+    /// resourceVersion is told that version is too old, as the API server's watch cache
+    /// tells it once the version has left its window: HTTP 200 and one `ERROR` event
+    /// carrying a 410 `Expired` Status, then the end of the stream. The client must list
+    /// again.
+    pub fn expire_next_watch(&self, collection_path: &str) {
+        let Some(Target::Collection(collection)) = parse_path(collection_path) else {
+            panic!("not a collection path: {collection_path}");
+        };
+        self.shared.lock().expiring.push(collection);
+    }
+
     /// Open watches carry on from where they were; new requests are answered again.
     pub fn resume(&self) {
         self.shared.lock().stalled = false;
@@ -410,6 +423,8 @@ struct State {
     stalled: bool,
     /// Bumped to end every open watch.
     watch_epoch: u64,
+    /// Collections whose next resumed watch is told its resourceVersion is too old.
+    expiring: Vec<Collection>,
 }
 
 struct Change {
@@ -907,11 +922,14 @@ impl Shared {
         // The continue token is the (namespace/name) key of the last object returned.
         let after = query.get("continue").filter(|token| !token.is_empty());
         let state = self.lock();
+        // One more than the page, to know whether another page follows; only the page
+        // is copied.
         let mut items: Vec<(String, Value)> = state
             .list(collection)
             .into_iter()
             .filter(|(key, _)| after.is_none_or(|after| key > after))
             .filter(|(_, object)| selector.matches(object))
+            .take(limit.saturating_add(1))
             .map(|(key, object)| (key, object.clone()))
             .collect();
         let mut metadata = json!({ "resourceVersion": state.revision.to_string() });
@@ -949,6 +967,28 @@ impl Shared {
             .get("timeoutSeconds")
             .and_then(|seconds| seconds.parse::<u64>().ok())
             .map(|seconds| tokio::time::Instant::now() + Duration::from_secs(seconds));
+        let resumes = !(resource_version.is_empty() || resource_version == "0" || send_initial);
+        {
+            let mut state = self.lock();
+            if let Some(at) = state.expiring.iter().position(|c| *c == collection)
+                && resumes
+            {
+                state.expiring.remove(at);
+                let gone = json!({
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": format!("too old resource version: {resource_version} ({})", state.revision),
+                    "reason": "Expired",
+                    "code": 410,
+                });
+                return respond(
+                    StatusCode::OK,
+                    BodyExt::boxed_unsync(Full::new(event_line("ERROR", &gone))),
+                );
+            }
+        }
         // Under one lock: the state to start from and the revision it is at.
         let (mut lines, mut seen) = {
             let state = self.lock();
@@ -1031,7 +1071,11 @@ impl Shared {
                 let closed = {
                     let state = shared.lock();
                     let from = seen;
-                    for change in state.changes.iter().filter(|change| change.revision > from) {
+                    // Changes are kept in revision order.
+                    let start = state
+                        .changes
+                        .partition_point(|change| change.revision <= from);
+                    for change in &state.changes[start..] {
                         seen = change.revision;
                         if collection.covers(&change.collection) {
                             lines.push(event_line(change.kind, &change.object));
