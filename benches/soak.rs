@@ -631,10 +631,24 @@ async fn main() {
     write_dev_pki(&dir, &DEV_DNS_NAMES).unwrap();
 
     let seeding = Instant::now();
+    // The fake API server and the kubelets' status writes run on a runtime of their
+    // own, so that its work (a page of a 50,000-node list is built under its lock) never
+    // delays the load generator's clock.
+    let cluster_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let api = Arc::new(FakeApi::new());
     api.bookmark_every(Duration::from_secs(60));
     let nodes = seed(&api, args.nodes);
-    let api_addr = api.serve_http().await;
+    let api_addr = {
+        let api = Arc::clone(&api);
+        cluster_runtime
+            .spawn(async move { api.serve_http().await })
+            .await
+            .unwrap()
+    };
     println!(
         "cluster: {} nodes, {} issued CSRs, {} NodeIdentities, seeded in {:.1} s",
         args.nodes,
@@ -715,7 +729,7 @@ async fn main() {
     let baseline = Arc::new(baseline);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let churning = tokio::spawn(churn(
+    let churning = cluster_runtime.spawn(churn(
         Arc::clone(&api),
         nodes.clone(),
         args.churn.unwrap_or((args.nodes / 300 + 1).max(20)),
@@ -827,6 +841,7 @@ async fn main() {
         .unwrap_or_default();
     let exited = replica.process.try_wait().ok().flatten();
     let _ = replica.process.kill().await;
+    cluster_runtime.shutdown_background();
 
     tally.latencies_us.sort_unstable();
     let samples = samples.lock().unwrap().clone();
