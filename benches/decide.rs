@@ -14,16 +14,6 @@ use nodeguard::inventory::Inventory;
 use nodeguard::ledger::{Evidence, KeyObservation, NodeIdentity, NodeObservation};
 use nodeguard::policy::{self, Config, NodeReview, Operation};
 
-fn machine(i: u32) -> Machine {
-    let mut m = Machine::new(&format!("node-{i:05}"), 0, "10.0.0.1");
-    m.machine_id = format!("{:032x}", 0x9cbf_0000_u64 + u64::from(i));
-    m.system_uuid = format!("3f39a350-3cd4-400f-875d-{:012x}", i);
-    m.boot_id = format!("a0a0427b-40ea-4cf5-9f24-{:012x}", i);
-    m.internal_ip = format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
-    m.provider_id = Some(format!("aws:///eu-west-1a/i-{i:017x}"));
-    m
-}
-
 fn claim(m: &Machine) -> NodeClaim {
     let text = kubelet::node_object(m).to_string();
     let doc: NodeDoc<'_> = serde_json::from_str(&text).unwrap();
@@ -34,9 +24,9 @@ fn inventory(nodes: u32) -> Inventory {
     // Build one template claim and vary its values: decoding 50,000 Node JSONs would
     // only time the setup.
     let mut inventory = Inventory::new();
-    let template = claim(&machine(0));
+    let template = claim(&Machine::numbered(0));
     for i in 0..nodes {
-        let m = machine(i);
+        let m = Machine::numbered(i);
         let mut c = template.clone();
         c.name = m.name.as_str().into();
         c.machine_id = nodeguard::identity::MachineId::parse(&m.machine_id);
@@ -159,7 +149,7 @@ fn time_decisions(inventory: &Inventory, body: &[u8]) -> Duration {
 fn time_reboot(inventory: &Inventory) -> Duration {
     let config = Config::default();
     let now = jiff::Timestamp::now();
-    let before = machine(7);
+    let before = Machine::numbered(7);
     let mut after = before.clone();
     after.boot_id = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0".into();
     let old = kubelet::node_object(&before);
@@ -191,7 +181,7 @@ fn time_decode(body: &[u8]) -> Duration {
 }
 
 fn main() {
-    let newcomer = kubelet::node_object(&machine(0x00ff_ffff));
+    let newcomer = kubelet::node_object(&Machine::numbered(0x00ff_ffff));
     let body =
         kubelet::node_review("uid", Write::Create, &newcomer, None, "system:node:x").to_string();
     println!(

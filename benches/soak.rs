@@ -83,16 +83,6 @@ struct Args {
     bench: bool,
 }
 
-fn machine(i: u32) -> Machine {
-    let mut m = Machine::new(&format!("node-{i:05}"), 0, "10.0.0.1");
-    m.machine_id = format!("{:032x}", 0x9cbf_0000_u64 + u64::from(i));
-    m.system_uuid = format!("3f39a350-3cd4-400f-875d-{i:012x}");
-    m.boot_id = format!("a0a0427b-40ea-4cf5-9f24-{i:012x}");
-    m.internal_ip = format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
-    m.provider_id = Some(format!("aws:///eu-west-1a/i-{i:017x}"));
-    m
-}
-
 /// Sets the Ready condition's heartbeat, as a kubelet's status write does: a node whose
 /// heartbeat is older than nodeguard's heartbeat timeout (10 min) is treated as gone,
 /// and its values as free to take over.
@@ -124,7 +114,7 @@ fn seed(api: &FakeApi, nodes: u32) -> Vec<Value> {
     let now = jiff::Timestamp::now();
     let mut stored = Vec::with_capacity(nodes as usize);
     for i in 0..nodes {
-        let m = machine(i);
+        let m = Machine::numbered(i);
         let mut node = kubelet::node_object(&m);
         node["metadata"]["uid"] = json!(format!("6f0c1b6e-1d2a-4c3b-9e8f-{i:012x}"));
         let node = api.insert(NODES, node);
@@ -218,7 +208,7 @@ fn reviews(nodes: &[Value]) -> Vec<Review> {
             );
         }
         for k in 80..85 {
-            let m = machine(count + n * 5 + (k - 80));
+            let m = Machine::numbered(count + n * 5 + (k - 80));
             let user = format!("system:node:{}", m.name);
             add(
                 "join",
@@ -233,7 +223,7 @@ fn reviews(nodes: &[Value]) -> Vec<Review> {
             );
         }
         for k in 85..90 {
-            let mut copy = machine((n * 100 + k) % count);
+            let mut copy = Machine::numbered((n * 100 + k) % count);
             copy.name = format!("clone-{n:03}-{k}");
             let user = format!("system:node:{}", copy.name);
             add(
@@ -584,16 +574,7 @@ struct Replica {
 
 async fn start(dir: &Path, api_addr: SocketAddr) -> Replica {
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters:\n- name: fake\n  cluster:\n    server: http://{api_addr}\n\
-             users:\n- name: fake\n  user: {{}}\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, FakeApi::kubeconfig(api_addr)).unwrap();
     let (webhook, admin) = (free_port(), free_port());
     let log = std::fs::File::create(dir.join("nodeguard.log")).unwrap();
     let process = Command::new(env!("CARGO_BIN_EXE_nodeguard"))

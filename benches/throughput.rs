@@ -56,17 +56,6 @@ const RATE_DURATION: Duration = Duration::from_secs(5);
 const SERVER_THREAD_NAME: &str = "bench-server";
 const CLIENT_THREAD_NAME: &str = "bench-client";
 
-/// A machine with distinct ids and address for every `i`.
-fn machine(i: u32) -> Machine {
-    let mut m = Machine::new(&format!("node-{i:05}"), 0, "10.0.0.1");
-    m.machine_id = format!("{:032x}", 0x9cbf_0000_u64 + u64::from(i));
-    m.system_uuid = format!("3f39a350-3cd4-400f-875d-{i:012x}");
-    m.boot_id = format!("a0a0427b-40ea-4cf5-9f24-{i:012x}");
-    m.internal_ip = format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
-    m.provider_id = Some(format!("aws:///eu-west-1a/i-{i:017x}"));
-    m
-}
-
 /// Nanoseconds of CPU used so far by this process's threads whose name starts with
 /// `prefix` (tokio names every thread of a runtime alike).
 fn thread_cpu_ns(prefix: &str) -> u64 {
@@ -294,7 +283,7 @@ fn main() -> anyhow::Result<()> {
     let tls_config = pki.server_config()?;
 
     let building = Instant::now();
-    let machines: Vec<Machine> = (0..INVENTORY_NODES).map(machine).collect();
+    let machines: Vec<Machine> = (0..INVENTORY_NODES).map(Machine::numbered).collect();
     let inventory = SharedInventory::new(inventory_of(&machines));
     let nodes = inventory.read(|i| i.size().nodes);
     let metrics = Arc::new(Metrics::new());
@@ -306,7 +295,7 @@ fn main() -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
     };
 
-    let newcomer = machine(0x00ff_ffff);
+    let newcomer = Machine::numbered(0x00ff_ffff);
     let review = kubelet::node_review(
         "705ab4f5-6393-11e8-b7cc-42010a800002",
         Write::Create,

@@ -76,16 +76,7 @@ impl Replica {
         let api = FakeApi::new();
         let api_addr = api.serve_http().await;
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters:\n- name: fake\n  cluster:\n    server: http://{api_addr}\n\
-                 users:\n- name: fake\n  user: {{}}\n\
-                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&kubeconfig, FakeApi::kubeconfig(api_addr)).unwrap();
         let (webhook, admin) = (free_port(), free_port());
         let log = std::fs::File::create(dir.join("nodeguard.log")).unwrap();
         let process = Command::new(env!("CARGO_BIN_EXE_nodeguard"))

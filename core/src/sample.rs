@@ -42,6 +42,18 @@ impl Machine {
     }
 
     /// The same disk booted again: only the boot id changes.
+    /// The `i`-th machine of a large fleet: every id and address distinct for each `i`
+    /// below 2^24 (the benches' clusters of up to 50,000 nodes).
+    pub fn numbered(i: u32) -> Self {
+        let mut m = Self::new(&format!("node-{i:05}"), 0, "10.0.0.1");
+        m.machine_id = format!("{:032x}", 0x9cbf_0000_u64 + u64::from(i));
+        m.system_uuid = format!("3f39a350-3cd4-400f-875d-{i:012x}");
+        m.boot_id = format!("a0a0427b-40ea-4cf5-9f24-{i:012x}");
+        m.internal_ip = format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+        m.provider_id = Some(format!("aws:///eu-west-1a/i-{i:017x}"));
+        m
+    }
+
     pub fn rebooted(&self, boot_id: &str) -> Self {
         Self {
             boot_id: boot_id.to_string(),

@@ -1321,6 +1321,17 @@ fn default_reason(code: StatusCode) -> &'static str {
 // Over TCP.
 
 impl FakeApi {
+    /// A kubeconfig whose one context talks to this fake served at `addr` (see
+    /// [`FakeApi::serve_http`]), anonymously.
+    pub fn kubeconfig(addr: std::net::SocketAddr) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+             users:\n- name: fake\n  user: {{}}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n"
+        )
+    }
+
     /// Serves this fake over plain HTTP on a loopback port, for a client in another
     /// process (a kubeconfig naming `http://{addr}`); each connection is served until it
     /// closes or the runtime ends. Requests are anonymous: [`FakeApi::partition`] cannot
