@@ -40,7 +40,7 @@ fn inventory(nodes: u32) -> Inventory {
         c.hostnames = nodeguard::identity::Hostname::parse(&m.name)
             .into_iter()
             .collect();
-        inventory.apply_node(c);
+        inventory.apply_node_as_written(c);
         inventory.apply_identity(ledger_record(&m, i).entry().unwrap());
     }
     inventory
@@ -216,6 +216,7 @@ fn main() {
             config: &nodeguard::policy::Config::default(),
             now: jiff::Timestamp::now(),
             labels: None,
+            pending: &[],
         });
         println!(
             "{nodes:>6} nodes: the whole audit (two decisions per node, the field statistics) {:.0} ms, {} verdicts",

@@ -292,6 +292,7 @@ fn main() -> anyhow::Result<()> {
         config: nodeguard::webhook::SharedConfig::default(),
         events: None,
         readiness: None,
+        refusals: None,
         metrics: Arc::clone(&metrics),
     };
 

@@ -1,13 +1,17 @@
 //! Writes `examples/cluster-dump.json`: what `kubectl get nodes,csr,nodeidentities -o
 //! json` prints for a six-node cluster made from one VM template, into which a clone got
-//! before nodeguard enforced. Regenerate with
+//! while nodeguard only warned. Regenerate with
 //! `cargo run --example cluster_dump > examples/cluster-dump.json`.
 //!
+//! - nodeguard was installed 60 days before the dump, in `mode: warn`; the Nodes of the
+//!   control plane and worker-1..4 are 400 days old, so their records mark what they
+//!   shared then (the template's machine-id) as shared at first sight.
 //! - Every node reports the template's machine-id (baked into the image): the field
 //!   cannot tell these machines apart.
-//! - worker-5 is a copy of worker-2 moved rather than copied in the hypervisor (same
-//!   SMBIOS UUID), with worker-2's static address and its kubelet key, joined with a
-//!   bootstrap token under a new name.
+//! - worker-5, 40 days old, is a copy of worker-2 moved rather than copied in the
+//!   hypervisor (same SMBIOS UUID), with worker-2's static address and its kubelet key,
+//!   joined with a bootstrap token under a new name: warned, not refused. What it shares
+//!   with worker-2 is not shared by evidence: the next copy is refused.
 //! - worker-3 has been written by two machines (boot A, then B, then A again): the ledger
 //!   holds the conflict, and the Node reports the refused boot, the copy having written
 //!   last.
@@ -21,7 +25,10 @@ use nodeguard::demo::kubelet::{self, Machine, Requester};
 use nodeguard::identity::csr::CsrDoc;
 use nodeguard::identity::node::NodeDoc;
 use nodeguard::identity::{KeyBinding, NodeClaim};
+use nodeguard::inventory::Inventory;
 use nodeguard::ledger::NodeIdentity;
+use nodeguard::policy::Config;
+use nodeguard::policy::sharing::{self, Judging};
 use nodeguard::record::{Evidence, KeyObservation, NodeObservation};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -139,16 +146,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let doc = CsrDoc::deserialize(csr).ok()?;
         KeyBinding::from_doc(&doc)
     };
+    // The recorder judges each record against the cluster as it holds it then.
+    let mut inventory = Inventory::new();
+    for node in &nodes {
+        let text = node.to_string();
+        let doc: NodeDoc<'_> = serde_json::from_str(&text)?;
+        if let Some(claim) = NodeClaim::from_doc(&doc) {
+            inventory.apply_node_as_written(claim);
+        }
+    }
+    let config = Config::default();
+    let installed = taken - SignedDuration::from_hours(24 * 60);
+    let joined = |name: &str| {
+        if name == "worker-5" {
+            taken - SignedDuration::from_hours(24 * 40)
+        } else {
+            installed
+        }
+    };
     let mut records = Vec::new();
     for (index, machine) in machines.iter().enumerate() {
         let mut record = NodeIdentity::blank(&machine.name);
-        let first = taken - SignedDuration::from_hours(2);
+        let first = joined(&machine.name);
         let node = kubelet::node_object(machine);
         let mut node = node;
         node["metadata"]["uid"] = nodes[index]["metadata"]["uid"].clone();
         node["metadata"]["resourceVersion"] = json!(format!("{}", 80_000 + index));
+        node["metadata"]["creationTimestamp"] =
+            nodes[index]["metadata"]["creationTimestamp"].clone();
         let observation = observe(&node).ok_or("a Node that does not parse")?;
-        record.observe_node(&observation, first, Evidence::Confirmed);
+        let judging = Judging {
+            inventory: &inventory,
+            config: &config,
+            now: first,
+        };
+        record.update(|r| sharing::record_node(r, &observation, Evidence::Confirmed, judging));
         if machine.name == "worker-3" {
             // Boot A, then the copy's boot B, then A again: the conflict.
             let mut copy = kubelet::node_object(&worker3_copy);
@@ -160,7 +192,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let observation = observe(state).ok_or("a Node that does not parse")?;
                 record.observe_node(
                     &observation,
-                    first + SignedDuration::from_secs(step),
+                    taken - SignedDuration::from_hours(2) + SignedDuration::from_secs(step),
                     Evidence::Confirmed,
                 );
             }
@@ -173,6 +205,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .to_string();
                 record.observe_key(&KeyObservation { csr: name, binding }, first);
             }
+        }
+        record.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(first));
+        if let Some(entry) = record.entry() {
+            inventory.apply_identity(entry);
         }
         records.push(record);
     }
@@ -192,12 +229,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         value["metadata"]["uid"] = json!(format!("9d2c4b1a-6e8f-4a3b-b5c7-{index:012x}"));
         value["metadata"]["resourceVersion"] = json!(format!("{}", 92_000 + index));
         value["metadata"]["generation"] = json!(1);
-        let age = if record.metadata.name.as_deref() == Some("worker-9") {
-            SignedDuration::from_mins(119)
+        let name = record.metadata.name.as_deref().unwrap_or_default();
+        let made = if name == "worker-9" {
+            taken - SignedDuration::from_mins(119)
         } else {
-            SignedDuration::from_hours(2)
+            joined(name)
         };
-        value["metadata"]["creationTimestamp"] = json!((taken - age).to_string());
+        value["metadata"]["creationTimestamp"] = json!(made.to_string());
         items.push(value);
     }
 

@@ -234,6 +234,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         poster.run(notices).await;
         Ok(())
     });
+    // Machines refused for a node's name, recorded in its NodeIdentity by this replica.
+    let (refusal_queue, refused) = crate::ledger::refusals::queue();
+    let refusal_writer = crate::ledger::refusals::RefusalWriter::new(
+        client.clone(),
+        inventory.clone(),
+        Arc::clone(&metrics),
+    );
+    tasks.essential(REFUSAL_WRITER, async move {
+        refusal_writer.run(refused).await;
+        Ok(())
+    });
     let (observations, observed) = observations::observations();
     let (leading, leadership) = lease::leadership_channel();
     tasks.essential(
@@ -272,6 +283,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         events: Some(event_queue),
         readiness: Some(readiness.clone()),
+        refusals: Some(refusal_queue),
     });
     tasks.essential(
         WEBHOOK_SERVER,
@@ -319,6 +331,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tasks.abort_restartable();
         // Its queue's last sender went with the webhook: it writes its series and ends.
         finish(tasks.take(EVENT_POSTER)).await;
+        finish(tasks.take(REFUSAL_WRITER)).await;
         webhook_stopped.start();
         finish(tasks.take(ADMIN_SERVER)).await;
         finish(tasks.take(ELECTION)).await;
@@ -338,6 +351,7 @@ const WATCHERS: &str = "the cluster watchers";
 const RECORDER: &str = "the recorder";
 const ELECTION: &str = "the recorder's Lease election";
 const EVENT_POSTER: &str = "the Event poster";
+const REFUSAL_WRITER: &str = "the refused machines' writer";
 const WEBHOOK_SERVER: &str = "the webhook server";
 const ADMIN_SERVER: &str = "the admin server";
 const CERTIFICATE_RELOADER: &str = "certificate-reloader";

@@ -92,7 +92,7 @@ async fn start() -> Servers {
         Machine::new("worker-1", 1, "10.0.0.1"),
         Machine::new("worker-2", 2, "10.0.0.2"),
     ] {
-        inventory.apply_node(claim_of(&kubelet::node_object(&machine)));
+        inventory.apply_node_as_written(claim_of(&kubelet::node_object(&machine)));
     }
     let inventory = SharedInventory::new(inventory);
     let readiness = Readiness::new();
@@ -123,6 +123,7 @@ async fn start() -> Servers {
         config: nodeguard::webhook::SharedConfig::default(),
         events: None,
         readiness: None,
+        refusals: None,
         metrics,
     });
     tokio::spawn(webhook::serve_tls(
@@ -257,7 +258,7 @@ async fn metrics_count_decisions_by_check_and_report_the_inventory() {
         // Gauges are read at scrape time: the next scrape sees the change.
         servers
             .inventory
-            .write(|inventory| inventory.apply_node(claim_of(&kubelet::node_object(&newcomer))));
+            .write(|inventory| inventory.apply_node_as_written(claim_of(&kubelet::node_object(&newcomer))));
         servers.readiness.set(true);
         let text = get(servers.admin, "/metrics").await.body;
         assert!(has_line(&text, "nodeguard_inventory_nodes 3"), "{text}");

@@ -29,10 +29,13 @@ fn taken(cluster: &Cluster) -> jiff::Timestamp {
 
 #[test]
 fn the_example_dump_shows_exactly_the_planted_clone_and_the_template_machine_id() {
-    let cluster = dump();
+    let mut cluster = dump();
     assert_eq!(cluster.counts.nodes, 6);
     assert_eq!(cluster.counts.bound_csrs, 3);
-    let report = audit::audit_cluster(&cluster, &Config::default(), taken(&cluster));
+    let report = {
+        let at = taken(&cluster);
+        audit::audit_cluster(&mut cluster, &Config::default(), at)
+    };
 
     let collisions: Vec<(CheckId, CollisionKind, Effect, Vec<&str>)> = report
         .collisions
@@ -157,12 +160,15 @@ fn the_example_dump_shows_exactly_the_planted_clone_and_the_template_machine_id(
 
 #[test]
 fn declaring_the_template_machine_id_and_exempting_the_clone_leaves_only_the_ledger() {
-    let cluster = dump();
+    let mut cluster = dump();
     let config = Config::from_yaml(
         "sharedValues:\n  machineIDs: [\"7d3b0b8e54c84f5f9a6c1e2d3f4a5b6c\"]\nexemptions:\n  nodes: [worker-5]\n",
     )
     .unwrap();
-    let report = audit::audit_cluster(&cluster, &config, taken(&cluster));
+    let report = {
+        let at = taken(&cluster);
+        audit::audit_cluster(&mut cluster, &config, at)
+    };
     assert_eq!(report.fields[0].uniqueness, Uniqueness::Absent);
     assert_eq!(report.fields[0].ignored, 6);
     // worker-5 is exempt, but its values still make worker-2 collide when it joins anew.
@@ -183,13 +189,13 @@ fn declaring_the_template_machine_id_and_exempting_the_clone_leaves_only_the_led
 #[test]
 fn the_real_fixture_clusters_audit_as_their_platforms_are() {
     let audit_of = |path: &str| {
-        let cluster = audit::read_dump(Path::new(path)).unwrap();
+        let mut cluster = audit::read_dump(Path::new(path)).unwrap();
         let now = cluster
             .latest_heartbeat
             .unwrap_or_else(jiff::Timestamp::now);
         (
             cluster.counts.nodes,
-            audit::audit_cluster(&cluster, &Config::default(), now),
+            audit::audit_cluster(&mut cluster, &Config::default(), now),
         )
     };
     for (path, nodes) in [
@@ -342,6 +348,7 @@ async fn webhook_answer(cluster: Cluster, node: &Value) -> Value {
         metrics: std::sync::Arc::new(nodeguard::admin::Metrics::new()),
         events: None,
         readiness: None,
+        refusals: None,
     });
     let name = node["metadata"]["name"].as_str().unwrap();
     let review = kubelet::node_review(
@@ -374,9 +381,9 @@ fn without(name: &str) -> Cluster {
 
 #[tokio::test]
 async fn the_webhook_answers_every_node_of_the_dump_as_the_audit_says() {
-    let cluster = dump();
+    let mut cluster = dump();
     let now = jiff::Timestamp::now();
-    let report = audit::audit_cluster(&cluster, &Config::default(), now);
+    let report = audit::audit_cluster(&mut cluster, &Config::default(), now);
     let list: Value = serde_json::from_slice(&std::fs::read(DUMP).unwrap()).unwrap();
     let nodes: Vec<&Value> = list["items"]
         .as_array()

@@ -594,6 +594,7 @@ async fn every_kind_of_bad_input_gets_a_clear_answer_and_the_server_keeps_servin
             metrics: Arc::new(Metrics::new()),
             events: None,
             readiness: None,
+            refusals: None,
         },
         BodyBudget::new(4 * MAX_BODY, MAX_BODY),
     );
@@ -691,6 +692,7 @@ async fn a_slow_client_is_cut_off_and_never_holds_up_the_others() {
         metrics: Arc::new(Metrics::new()),
         events: None,
         readiness: None,
+        refusals: None,
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(webhook::serve_tls(listener, tls, router, async {

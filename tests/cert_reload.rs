@@ -249,6 +249,7 @@ impl Server {
             config: nodeguard::webhook::SharedConfig::default(),
             events: None,
             readiness: None,
+            refusals: None,
             metrics: Arc::clone(&metrics),
         });
         let (stop, stopped) = oneshot::channel::<()>();

@@ -562,12 +562,14 @@ async fn forget_clears_the_conflict_and_earlier_boots_even_over_a_concurrent_wri
     });
     let outcome = forget(&ledger, "worker-1").await.unwrap();
     let Forgotten::Cleared {
-        conflict,
+        conflict: Some(conflict),
+        refused,
         boots_dropped,
     } = &outcome
     else {
         panic!("expected a cleared conflict, got {outcome:?}");
     };
+    assert!(refused.is_empty());
     assert_eq!(conflict.refused_boot, BOOT_B);
     assert_eq!(*boots_dropped, 1);
     assert!(outcome.describe("worker-1").starts_with(
@@ -650,7 +652,7 @@ async fn a_new_leader_resyncing_from_a_lagging_watch_records_no_conflict() {
     inventory.write(|inv| {
         let text = before.to_string();
         let doc: nodeguard::identity::NodeDoc<'_> = serde_json::from_str(&text).unwrap();
-        inv.apply_node(nodeguard::identity::NodeClaim::from_doc(&doc).unwrap());
+        inv.apply_node_as_written(nodeguard::identity::NodeClaim::from_doc(&doc).unwrap());
         inv.apply_identity(stored_identity(&api, "worker-1").unwrap().entry().unwrap());
     });
     let mut new_leader = Recorder::new(api.client(), inventory, metrics, "nodeguard-1");
@@ -747,7 +749,7 @@ async fn records_no_node_claimed_within_an_hour_are_removed_and_no_others() {
         let node = stored_node(&worker1, "6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f");
         let text = node.to_string();
         let doc: nodeguard::identity::NodeDoc<'_> = serde_json::from_str(&text).unwrap();
-        inv.apply_node(nodeguard::identity::NodeClaim::from_doc(&doc).unwrap());
+        inv.apply_node_as_written(nodeguard::identity::NodeClaim::from_doc(&doc).unwrap());
     });
     api.before_next_write(&format!("{LEDGER}/changed-meanwhile"), |record| {
         record["spec"]["machineID"] = json!("0123456789abcdef0123456789abcdef");

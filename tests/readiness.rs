@@ -45,6 +45,7 @@ fn start(api: &fake_api::FakeApi) -> Replica {
         metrics: Arc::new(Metrics::new()),
         events: None,
         readiness: Some(readiness.clone()),
+        refusals: None,
     });
     Replica {
         inventory,

@@ -105,7 +105,7 @@ fn anonymised_ids_are_placeholders_and_never_collide() {
     assert!(original.machine_id.as_ref().unwrap().is_placeholder());
     assert!(original.system_uuid.as_ref().unwrap().is_placeholder());
     let mut inventory = Inventory::new();
-    inventory.apply_node(original);
+    inventory.apply_node_as_written(original);
     let mut sibling = node.clone();
     sibling["metadata"]["name"] = "worker-1.imeixner20210707.lab.upshift.rdu2.redhat.com".into();
     sibling["metadata"]["labels"]["kubernetes.io/hostname"] = sibling["metadata"]["name"].clone();
@@ -125,7 +125,7 @@ fn healthy_real_clusters_produce_no_finding() {
         let nodes = items(list);
         let mut inventory = Inventory::new();
         for node in &nodes {
-            inventory.apply_node(claim(node));
+            inventory.apply_node_as_written(claim(node));
         }
         for node in &nodes {
             // Every kubelet restart re-sends its CREATE.
@@ -137,7 +137,7 @@ fn healthy_real_clusters_produce_no_finding() {
                 .iter()
                 .filter(|o| o["metadata"]["name"] != node["metadata"]["name"])
             {
-                others.apply_node(claim(other));
+                others.apply_node_as_written(claim(other));
             }
             let verdict = policy::decide_node(&create(node), &others, &Config::default(), now());
             assert_eq!(verdict.outcome(), Outcome::Allowed, "{list}: {verdict:?}");
@@ -147,21 +147,28 @@ fn healthy_real_clusters_produce_no_finding() {
 
 #[test]
 fn k3s_vmware_clones_sharing_a_machine_id_warn_a_newcomer_but_deny_a_second_copy() {
-    // Three real VMware clones report one machine-id: once two established nodes share
-    // it, a third node with it is warned, never denied.
+    // Three real VMware clones report one machine-id: once two nodes shared it when
+    // nodeguard first saw the cluster, a third node with it is warned, never denied.
     let nodes = items("duplicates/k3s-vmware-clones-shared-machineid.excerpt.json");
     assert_eq!(nodes.len(), 3);
     let mut inventory = Inventory::new();
     for node in &nodes[..2] {
-        inventory.apply_node(claim(node));
+        inventory.apply_node_as_written(claim(node));
     }
+    let unrecorded = policy::decide_node(&create(&nodes[2]), &inventory, &Config::default(), now());
+    assert_eq!(
+        unrecorded.outcome(),
+        Outcome::Denied,
+        "held by two nodes, but nothing recorded says it is shared"
+    );
+    policy::sharing::record_first_sight(&mut inventory, &Config::default(), now());
     let verdict = policy::decide_node(&create(&nodes[2]), &inventory, &Config::default(), now());
     assert_eq!(verdict.outcome(), Outcome::Warned, "{verdict:?}");
     assert_eq!(verdict.deciding_check(), Some(CheckId::MachineId));
 
     // With only one established holder, the same clone is exactly what nodeguard refuses.
     let mut inventory = Inventory::new();
-    inventory.apply_node(claim(&nodes[0]));
+    inventory.apply_node_as_written(claim(&nodes[0]));
     let verdict = policy::decide_node(&create(&nodes[1]), &inventory, &Config::default(), now());
     assert_eq!(verdict.outcome(), Outcome::Denied);
     assert!(

@@ -92,6 +92,7 @@ async fn a_reloaded_file_changes_answers_without_a_restart_and_a_bad_one_is_refu
         metrics: Arc::clone(&metrics),
         events: None,
         readiness: None,
+        refusals: None,
     });
     let clone = clone_of(&original);
 
@@ -214,6 +215,7 @@ fn posting_to(queue: EventQueue, metrics: &Arc<Metrics>) -> axum::Router {
         metrics: Arc::clone(metrics),
         events: Some(queue),
         readiness: None,
+        refusals: None,
     })
 }
 

@@ -68,8 +68,9 @@ fn binding_of(csr: &Value) -> Option<KeyBinding> {
     KeyBinding::from_doc(&doc)
 }
 
-/// The cluster every test runs against: two workers, two nodes sharing one machine-id,
-/// and worker-1's kubelet key bound to it by an issued CSR.
+/// The cluster every test runs against: two workers, two nodes sharing one machine-id
+/// since before nodeguard (the ledger's first sight), and worker-1's kubelet key bound
+/// to it by an issued CSR.
 struct Cluster {
     inventory: Inventory,
     worker_1_key: KeyPair,
@@ -83,8 +84,13 @@ fn cluster() -> Cluster {
         sharing("aks-a", 3, "10.0.0.3"),
         sharing("aks-b", 4, "10.0.0.4"),
     ] {
-        inventory.apply_node(claim_of(&kubelet::node_object(&machine)));
+        inventory.apply_node_as_written(claim_of(&kubelet::node_object(&machine)));
     }
+    nodeguard::policy::sharing::record_first_sight(
+        &mut inventory,
+        &nodeguard::policy::Config::default(),
+        jiff::Timestamp::now(),
+    );
     let worker_1_key = kubelet::kubelet_key().unwrap();
     let pem = kubelet::csr_pem(&worker_1_key, "worker-1", &[], &[]).unwrap();
     let csr = kubelet::csr_object(
@@ -139,6 +145,7 @@ impl TestServer {
             config: nodeguard::webhook::SharedConfig::default(),
             events: None,
             readiness: None,
+            refusals: None,
             metrics: Arc::new(Metrics::new()),
         })
         .layer(axum::middleware::from_fn(

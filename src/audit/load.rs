@@ -11,9 +11,11 @@ use serde_json::Value;
 
 use crate::identity::csr::CsrDoc;
 use crate::identity::node::NodeDoc;
-use crate::identity::{KeyBinding, NodeClaim};
+use crate::identity::{KeyBinding, KubeletSigner, NodeClaim};
 use crate::inventory::Inventory;
 use crate::ledger::NodeIdentity;
+use crate::policy::sharing;
+use crate::policy::{Config, CsrReview, KubeletCsr, Operation};
 
 /// What was read, ready to audit.
 #[derive(Debug, Default)]
@@ -26,6 +28,8 @@ pub struct Cluster {
     pub latest_heartbeat: Option<Timestamp>,
     /// Whether NodeIdentities were read (the CRD may not be installed yet).
     pub ledger_read: bool,
+    /// Kubelet CSRs neither approved nor denied yet, as the webhook reviews them.
+    pub pending: Vec<(String, CsrReview)>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +134,7 @@ impl Cluster {
                     );
                 }
                 self.labels.insert(claim.name.to_string(), labels);
-                self.inventory.apply_node(claim);
+                self.inventory.apply_node_as_written(claim);
                 self.counts.nodes += 1;
             }
             "CertificateSigningRequest" => {
@@ -142,6 +146,9 @@ impl Cluster {
                     .unwrap_or_default()
                     .to_string();
                 let binding = KeyBinding::from_doc(&doc);
+                if let Some(review) = pending_review(&doc) {
+                    self.pending.push((name.clone(), review));
+                }
                 self.counts.csrs += 1;
                 self.counts.bound_csrs += usize::from(binding.is_some());
                 self.inventory.apply_csr(&name, binding);
@@ -157,6 +164,45 @@ impl Cluster {
             _ => self.counts.skipped += 1,
         }
         Ok(())
+    }
+}
+
+/// The review a kubelet CSR got when it was asked for, if it is still pending (no
+/// approval, denial or failure, no certificate).
+fn pending_review(doc: &CsrDoc<'_>) -> Option<CsrReview> {
+    let spec = doc.spec.as_ref()?;
+    let signer = KubeletSigner::from_name(spec.signer_name.as_deref()?)?;
+    let status = doc.status.as_ref();
+    let decided = status.is_some_and(|s| {
+        s.certificate.as_deref().is_some_and(|c| !c.is_empty())
+            || s.conditions
+                .iter()
+                .flatten()
+                .any(|c| matches!(c.kind.as_deref(), Some("Approved" | "Denied" | "Failed")))
+    });
+    if decided {
+        return None;
+    }
+    Some(CsrReview {
+        operation: Operation::Create,
+        kubelet: Some(KubeletCsr::new(
+            signer,
+            spec.request.as_deref().unwrap_or_default(),
+            spec.username.as_deref().unwrap_or_default(),
+            spec.groups.iter().flatten().map(|g| &**g),
+        )),
+    })
+}
+
+impl Cluster {
+    /// Without a ledger (nodeguard not installed yet), the history nodeguard will
+    /// record when it first sees this cluster at `now` (see
+    /// [`sharing::record_first_sight`]), so that the verdicts are the ones the webhook
+    /// will give once installed.
+    pub fn first_sight(&mut self, config: &Config, now: Timestamp) {
+        if !self.ledger_read {
+            sharing::record_first_sight(&mut self.inventory, config, now);
+        }
     }
 }
 

@@ -62,7 +62,8 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<u8> {
         .at
         .or_else(|| args.file.as_ref().and(cluster.latest_heartbeat))
         .unwrap_or_else(Timestamp::now);
-    let report = audit_cluster(&cluster, &config, now);
+    let mut cluster = cluster;
+    let report = audit_cluster(&mut cluster, &config, now);
     let text = match args.output {
         Output::Table => table(&report, &cluster, &config, now),
         Output::Json => {
@@ -93,13 +94,16 @@ pub fn read_dump(path: &std::path::Path) -> anyhow::Result<Cluster> {
     Ok(cluster)
 }
 
-/// The audit of what was read.
-pub fn audit_cluster(cluster: &Cluster, config: &Config, now: Timestamp) -> Audit {
+/// The audit of what was read (without a ledger, of the history nodeguard will record
+/// at its first sight: see [`Cluster::first_sight`]).
+pub fn audit_cluster(cluster: &mut Cluster, config: &Config, now: Timestamp) -> Audit {
+    cluster.first_sight(config, now);
     audit::audit(AuditInput {
         inventory: &cluster.inventory,
         config,
         now,
         labels: Some(&cluster.labels),
+        pending: &cluster.pending,
     })
 }
 

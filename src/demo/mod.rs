@@ -79,6 +79,7 @@ impl LocalWebhook {
             config: crate::webhook::SharedConfig::new(config),
             events: None,
             readiness: None,
+            refusals: None,
             metrics: metrics.clone(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;

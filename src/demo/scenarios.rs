@@ -100,15 +100,33 @@ impl HealthyCluster {
     }
 }
 
-/// Indexes kubelet-shaped Nodes exactly as the watchers do: through `NodeDoc`.
+/// Indexes kubelet-shaped Nodes exactly as the watchers do (through `NodeDoc`), with the
+/// ledger the recorder writes when it first sees them: a cluster that existed before
+/// nodeguard was installed.
 pub fn inventory_of(machines: &[Machine]) -> Inventory {
+    let mut inventory = nodes_of(machines);
+    let now = machines
+        .iter()
+        .map(|m| m.heartbeat)
+        .max()
+        .unwrap_or_else(jiff::Timestamp::now);
+    crate::policy::sharing::record_first_sight(
+        &mut inventory,
+        &crate::policy::Config::default(),
+        now,
+    );
+    inventory
+}
+
+/// The Nodes alone, as the watchers index them, without a ledger.
+pub fn nodes_of(machines: &[Machine]) -> Inventory {
     let mut inventory = Inventory::new();
     for machine in machines {
         let text = kubelet::node_object(machine).to_string();
         if let Ok(doc) = serde_json::from_str::<NodeDoc<'_>>(&text)
             && let Some(claim) = NodeClaim::from_doc(&doc)
         {
-            inventory.apply_node(claim);
+            inventory.apply_node_as_written(claim);
         }
     }
     inventory

@@ -1,10 +1,11 @@
-//! `nodeguard forget <node>`: clears a node's conflict and the boots before its current
-//! one, once the copy has its own identity. A read-modify-write with the record's
-//! resourceVersion, redone on 409, so it never erases what the recorder wrote meanwhile.
+//! `nodeguard forget <node>`: clears a node's conflict, the machines refused for its
+//! name and the boots before its current one, once the copy has its own identity. A
+//! read-modify-write with the record's resourceVersion, redone on 409, so it never
+//! erases what the recorder wrote meanwhile.
 
 use kube::api::{Api, PostParams};
 
-use crate::record::{Conflict, NodeIdentity};
+use crate::record::{Conflict, NodeIdentity, RefusedMachine};
 
 const MAX_ATTEMPTS: usize = 5;
 
@@ -13,11 +14,13 @@ const MAX_ATTEMPTS: usize = 5;
 pub enum Forgotten {
     /// The node has no NodeIdentity.
     NoRecord,
-    /// A record without a conflict: only older boots were dropped (if any).
+    /// A record without a conflict or a refused machine: only older boots were dropped
+    /// (if any).
     NoConflict { boots_dropped: usize },
-    /// The conflict that was cleared.
+    /// What was cleared: the conflict, the machines refused for the name, or both.
     Cleared {
-        conflict: Conflict,
+        conflict: Option<Conflict>,
+        refused: Vec<RefusedMachine>,
         boots_dropped: usize,
     },
 }
@@ -28,19 +31,63 @@ impl Forgotten {
         match self {
             Forgotten::NoRecord => format!("node {node} has no NodeIdentity; nothing to forget"),
             Forgotten::NoConflict { boots_dropped } => format!(
-                "node {node} had no conflict; dropped {boots_dropped} earlier boot(s) from its history"
+                "node {node} had no conflict and no refused machine; dropped {boots_dropped} \
+                 earlier boot(s) from its history"
             ),
             Forgotten::Cleared {
                 conflict,
+                refused,
                 boots_dropped,
-            } => format!(
-                "cleared the {} conflict of node {node} (boot {} kept, boot {} refused since {}); \
-                 dropped {boots_dropped} earlier boot(s): a machine writing {node} with another \
-                 boot is a reboot again until it alternates",
-                conflict.check, conflict.kept_boot, conflict.refused_boot, conflict.detected
-            ),
+            } => {
+                let mut parts = Vec::new();
+                if let Some(conflict) = conflict {
+                    parts.push(format!(
+                        "cleared the {} conflict of node {node} (boot {} kept, boot {} refused \
+                         since {}); a machine writing {node} with another boot is a reboot \
+                         again until it alternates",
+                        conflict.check,
+                        conflict.kept_boot,
+                        conflict.refused_boot,
+                        conflict.detected
+                    ));
+                }
+                if !refused.is_empty() {
+                    let machines: Vec<String> = refused.iter().map(describe_machine).collect();
+                    parts.push(format!(
+                        "forgot {} machine(s) refused for the name {node} ({}): each is judged \
+                         afresh at its next attempt",
+                        refused.len(),
+                        machines.join("; ")
+                    ));
+                }
+                parts.push(format!("dropped {boots_dropped} earlier boot(s)"));
+                parts.join("; ")
+            }
         }
     }
+}
+
+/// A refused machine as a person recognises it.
+fn describe_machine(machine: &RefusedMachine) -> String {
+    let mut ids = Vec::new();
+    if let Some(uuid) = &machine.system_uuid {
+        ids.push(format!("system UUID {uuid}"));
+    }
+    if let Some(id) = &machine.machine_id {
+        ids.push(format!("machine-id {id}"));
+    }
+    if let Some(id) = &machine.provider_id {
+        ids.push(format!("provider ID {id}"));
+    }
+    let proven = match machine.proven {
+        Some(at) => format!(", proven a second machine at {at}"),
+        None => String::new(),
+    };
+    format!(
+        "{}, first refused at {}{proven}",
+        ids.join(", "),
+        machine.first_refused
+    )
 }
 
 pub async fn forget(api: &Api<NodeIdentity>, node: &str) -> Result<Forgotten, kube::Error> {
@@ -53,18 +100,22 @@ pub async fn forget(api: &Api<NodeIdentity>, node: &str) -> Result<Forgotten, ku
         let boots_before = record.spec.boots.len();
         let cleared = record.forget();
         let boots_dropped = boots_before - record.spec.boots.len();
-        if cleared.is_none() && boots_dropped == 0 {
+        if cleared.conflict.is_none() && cleared.refused_machines.is_empty() && boots_dropped == 0 {
             return Ok(Forgotten::NoConflict { boots_dropped });
         }
         match api.replace(node, &PostParams::default(), &record).await {
             Ok(_) => {
-                return Ok(match cleared {
-                    Some(conflict) => Forgotten::Cleared {
-                        conflict,
-                        boots_dropped,
+                return Ok(
+                    if cleared.conflict.is_none() && cleared.refused_machines.is_empty() {
+                        Forgotten::NoConflict { boots_dropped }
+                    } else {
+                        Forgotten::Cleared {
+                            conflict: cleared.conflict,
+                            refused: cleared.refused_machines,
+                            boots_dropped,
+                        }
                     },
-                    None => Forgotten::NoConflict { boots_dropped },
-                });
+                );
             }
             Err(kube::Error::Api(status)) if status.code == 409 && attempt < MAX_ATTEMPTS => {}
             Err(error) => return Err(error),

@@ -2,15 +2,18 @@
 //! holding what must outlive CSR objects and nodeguard's own restarts (key bindings,
 //! credential ids, boot history, conflicts) and what every replica must agree on.
 //!
-//! The record and its pure logic are in [`crate::record`]. `recorder` is the only
-//! writer, run by the replica that holds the `lease`; every replica reads the records
-//! through a watch (see `watch`).
+//! The record's logic is the core's (`nodeguard_core::ledger`), its resource
+//! [`crate::record`]. `recorder` writes what the watchers see, run by the replica that
+//! holds the `lease`; `refusals` writes the machines a replica's webhook refused for a
+//! name, on every replica; every replica reads the records through a watch (see
+//! `watch`).
 
 pub mod forget;
 pub mod lease;
 pub mod recorder;
+pub mod refusals;
 
 pub use crate::record::{
     Boot, BoundKey, Change, Conflict, Evidence, KeyObservation, NodeIdentity, NodeIdentitySpec,
-    NodeIdentityStatus, NodeObservation,
+    NodeIdentityStatus, NodeObservation, RefusalObservation,
 };

@@ -16,10 +16,11 @@ use super::lease::Leadership;
 use crate::admin::events::{self, EventPoster, Notice};
 use crate::admin::metrics::Metrics;
 use crate::inventory::SharedInventory;
-use crate::policy::CollisionKind;
 use crate::policy::audit::{self, Audit, AuditInput};
+use crate::policy::sharing::{self, Judging};
+use crate::policy::{CollisionKind, Config};
 use crate::record::{
-    self, Change, Conflict, Evidence, KeyObservation, NodeIdentity, NodeObservation,
+    self, Change, Conflict, Evidence, KeyObservation, NodeIdentity, NodeObservation, Proof,
 };
 use crate::watch::observations::{Observation, Observed};
 use crate::watch::{Readiness, WatchedNode};
@@ -208,6 +209,7 @@ impl Recorder {
                     config,
                     now,
                     labels,
+                    pending: &[],
                 };
                 audit::node_verdicts(input, &slice)
             }));
@@ -219,6 +221,7 @@ impl Recorder {
                 config,
                 now,
                 labels,
+                pending: &[],
             };
             let report = audit::assemble(input, verdicts);
             let uids: HashMap<String, Option<String>> = inventory
@@ -389,9 +392,13 @@ impl Recorder {
             }
         };
         let mut observation = observation.clone();
+        let config = self
+            .auditing
+            .as_ref()
+            .map_or_else(|| Arc::new(Config::default()), SharedConfig::current);
         for attempt in 1..=MAX_ATTEMPTS {
             let mut record = known.clone().unwrap_or_else(|| NodeIdentity::blank(&name));
-            let mut change = apply(&observation, &mut record, Timestamp::now());
+            let mut change = self.apply(&observation, &mut record, &config, Timestamp::now());
             if change.needs_confirmation {
                 // An earlier boot came back: a conflict only if the Node, read again
                 // now, still shows it. From here on this observation is that read.
@@ -403,7 +410,7 @@ impl Recorder {
                     }
                 };
                 record = known.clone().unwrap_or_else(|| NodeIdentity::blank(&name));
-                change = apply(&observation, &mut record, Timestamp::now());
+                change = self.apply(&observation, &mut record, &config, Timestamp::now());
             }
             if !change.changed {
                 return;
@@ -416,6 +423,9 @@ impl Recorder {
                     }
                     if let Some(conflict) = change.new_conflict {
                         self.announce(&name, &conflict).await;
+                    }
+                    for proof in &change.new_proofs {
+                        self.announce_proof(&name, proof).await;
                     }
                     return;
                 }
@@ -537,6 +547,59 @@ impl Recorder {
         }
     }
 
+    /// Applies one observation to a record; a Node's observation also judges which of
+    /// the node's values are shared by evidence, against the inventory.
+    fn apply(
+        &self,
+        observation: &Observation,
+        record: &mut NodeIdentity,
+        config: &Config,
+        now: Timestamp,
+    ) -> Change {
+        match observation {
+            Observation::Node(node, evidence) => self.inventory.read(|inventory| {
+                let judging = Judging {
+                    inventory,
+                    config,
+                    now,
+                };
+                record.update(|r| sharing::record_node(r, node, *evidence, judging))
+            }),
+            Observation::Key(key) => record.observe_key(key, now),
+            Observation::Resync => Change::default(),
+        }
+    }
+
+    /// A refused machine proven to be a second one: a Warning Event on the Node, a
+    /// metric and a log line.
+    async fn announce_proof(&mut self, name: &str, proof: &Proof) {
+        let check = match proof.refused.check.as_str() {
+            "identity-drift" => crate::policy::CheckId::IdentityDrift.as_str(),
+            _ => crate::policy::CheckId::NameTakeover.as_str(),
+        };
+        self.metrics.observe_conflict_recorded(check);
+        tracing::warn!(
+            node = %name,
+            check,
+            first_refused = %proof.refused.first_refused,
+            "two machines run as one node: the machine refused for its name stays refused"
+        );
+        let uid = self.inventory.read(|inv| {
+            inv.node(name)
+                .and_then(|n| n.uid.as_deref().map(str::to_string))
+        });
+        self.events
+            .handle(Notice {
+                regarding: events::node_reference(name, uid.as_deref()),
+                related: None,
+                reason: CONFLICT_REASON,
+                action: "ProvenSecondMachine",
+                check,
+                note: proof_note(name, proof),
+            })
+            .await;
+    }
+
     /// A new conflict: a Warning Event on the Node, a metric and a log line.
     async fn announce(&mut self, name: &str, conflict: &Conflict) {
         self.metrics
@@ -568,11 +631,32 @@ impl Recorder {
     }
 }
 
-/// Applies one observation to a record.
-fn apply(observation: &Observation, record: &mut NodeIdentity, now: Timestamp) -> Change {
-    match observation {
-        Observation::Node(node, evidence) => record.observe_node(node, now, *evidence),
-        Observation::Key(key) => record.observe_key(key, now),
-        Observation::Resync => Change::default(),
-    }
+/// The note of the Warning Event for two machines proven to run as one node.
+pub fn proof_note(node: &str, proof: &Proof) -> String {
+    let refused = &proof.refused;
+    let machine = [
+        refused
+            .system_uuid
+            .as_deref()
+            .map(|v| format!("system UUID {v}")),
+        refused
+            .machine_id
+            .as_deref()
+            .map(|v| format!("machine-id {v}")),
+        refused
+            .provider_id
+            .as_deref()
+            .map(|v| format!("provider ID {v}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ");
+    format!(
+        "Two machines run as node {node}: the machine with {machine}, refused for the name \
+         since {}, and node {node}'s own machine, which wrote its status since. The refused \
+         machine stays refused for the name, even while {node} is down; if it is {node}'s \
+         replacement, delete node {node} (or run nodeguard forget {node}).",
+        refused.first_refused
+    )
 }

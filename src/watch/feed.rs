@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 
+use jiff::Timestamp;
 use kube::runtime::watcher::Event;
 use serde::de::DeserializeOwned;
 
@@ -23,16 +24,25 @@ pub trait Watched:
     /// `None` for an object without a name: it cannot be stored, so it holds nothing.
     fn into_record(self) -> Option<Self::Record>;
 
-    /// Applies one object; returns what the ledger's recorder should look at, if the
-    /// object changed anything the ledger keeps.
-    fn apply(inventory: &mut Inventory, record: Self::Record) -> Option<Observation>;
+    /// Applies one object seen at `now`; returns what the ledger's recorder should look
+    /// at, if the object changed anything the ledger keeps.
+    fn apply(
+        inventory: &mut Inventory,
+        record: Self::Record,
+        now: Timestamp,
+    ) -> Option<Observation>;
 
     fn delete(&self, inventory: &mut Inventory);
 
-    /// A completed list as it will be installed, prepared outside the inventory's lock.
+    /// A completed list as it will be installed, prepared outside the inventory's lock
+    /// (reading it, at most, to carry over what this replica saw before).
     type Prepared: Send;
 
-    fn prepare(records: Vec<Self::Record>) -> Self::Prepared;
+    fn prepare(
+        records: Vec<Self::Record>,
+        inventory: &SharedInventory,
+        now: Timestamp,
+    ) -> Self::Prepared;
 
     /// Installs a prepared list; returns what it replaced, to be dropped outside the lock.
     fn install(inventory: &mut Inventory, prepared: Self::Prepared) -> Replaced;
@@ -48,13 +58,18 @@ impl Watched for WatchedNode {
         self.claim
     }
 
-    fn apply(inventory: &mut Inventory, claim: NodeClaim) -> Option<Observation> {
+    fn apply(inventory: &mut Inventory, claim: NodeClaim, now: Timestamp) -> Option<Observation> {
         let observation = NodeObservation::of(&claim);
-        let unchanged = inventory
-            .node(&claim.name)
-            .is_some_and(|old| NodeObservation::of(old).same_identity(&observation));
-        inventory.apply_node(claim);
-        (!unchanged).then_some(Observation::node(observation))
+        let old = inventory.node(&claim.name);
+        let unchanged = old.is_some_and(|old| NodeObservation::of(old).same_identity(&observation));
+        // A status written while a machine refused for the name waits for proof that
+        // the node's own machine runs: the recorder looks at it too.
+        let proves = old.is_some_and(|old| old.readiness.heartbeat != claim.readiness.heartbeat)
+            && inventory
+                .identity(&claim.name)
+                .is_some_and(|entry| entry.refused.iter().any(|r| r.proven.is_none()));
+        inventory.apply_node(claim, now);
+        (!unchanged || proves).then_some(Observation::node(observation))
     }
 
     fn delete(&self, inventory: &mut Inventory) {
@@ -71,8 +86,9 @@ impl Watched for WatchedNode {
 
     type Prepared = NodeTable;
 
-    fn prepare(claims: Vec<NodeClaim>) -> NodeTable {
-        NodeTable::build(claims)
+    fn prepare(claims: Vec<NodeClaim>, inventory: &SharedInventory, now: Timestamp) -> NodeTable {
+        let previous = inventory.read(Inventory::status_seen_all);
+        NodeTable::listed(claims, &previous, now)
     }
 
     fn install(inventory: &mut Inventory, table: NodeTable) -> Replaced {
@@ -90,7 +106,11 @@ impl Watched for WatchedCsr {
         Some((name, self.binding))
     }
 
-    fn apply(inventory: &mut Inventory, (name, binding): Self::Record) -> Option<Observation> {
+    fn apply(
+        inventory: &mut Inventory,
+        (name, binding): Self::Record,
+        _now: Timestamp,
+    ) -> Option<Observation> {
         let observation = binding.as_ref().map(|binding| KeyObservation {
             csr: name.clone(),
             binding: binding.clone(),
@@ -107,7 +127,7 @@ impl Watched for WatchedCsr {
 
     type Prepared = Vec<Self::Record>;
 
-    fn prepare(records: Vec<Self::Record>) -> Self::Prepared {
+    fn prepare(records: Vec<Self::Record>, _: &SharedInventory, _: Timestamp) -> Self::Prepared {
         records
     }
 
@@ -127,7 +147,11 @@ impl Watched for NodeIdentity {
         self.entry()
     }
 
-    fn apply(inventory: &mut Inventory, entry: LedgerEntry) -> Option<Observation> {
+    fn apply(
+        inventory: &mut Inventory,
+        entry: LedgerEntry,
+        _now: Timestamp,
+    ) -> Option<Observation> {
         inventory.apply_identity(entry);
         None
     }
@@ -140,7 +164,7 @@ impl Watched for NodeIdentity {
 
     type Prepared = Vec<Self::Record>;
 
-    fn prepare(records: Vec<Self::Record>) -> Self::Prepared {
+    fn prepare(records: Vec<Self::Record>, _: &SharedInventory, _: Timestamp) -> Self::Prepared {
         records
     }
 
@@ -209,13 +233,24 @@ impl<K: Watched> Feed<K> {
         self.synced
     }
 
-    /// Applies one watcher event. Returns true when the event completed a full list.
-    /// The inventory is write-locked only for the one change an event makes.
+    /// Applies one watcher event, seen now. Returns true when the event completed a
+    /// full list. The inventory is write-locked only for the one change an event makes.
     pub fn handle(
         &mut self,
         event: Event<K>,
         inventory: &SharedInventory,
         observations: Option<&Observations>,
+    ) -> bool {
+        self.handle_at(event, inventory, observations, Timestamp::now())
+    }
+
+    /// [`Feed::handle`], for an event seen at `now`.
+    pub fn handle_at(
+        &mut self,
+        event: Event<K>,
+        inventory: &SharedInventory,
+        observations: Option<&Observations>,
+        now: Timestamp,
     ) -> bool {
         match event {
             Event::Init => {
@@ -229,7 +264,7 @@ impl<K: Watched> Feed<K> {
             Event::InitDone => {
                 let records = std::mem::take(&mut self.listing);
                 let listed = records.len();
-                let prepared = K::prepare(records);
+                let prepared = K::prepare(records, inventory, now);
                 let (replaced, size) = inventory.write(|inv| {
                     let replaced = K::install(inv, prepared);
                     (replaced, inv.size())
@@ -254,7 +289,7 @@ impl<K: Watched> Feed<K> {
             Event::Apply(object) => {
                 tracing::debug!(resource = %K::plural(&()), name = ?object.meta().name, "applied");
                 if let Some(record) = object.into_record() {
-                    let observation = inventory.write(|inv| K::apply(inv, record));
+                    let observation = inventory.write(|inv| K::apply(inv, record, now));
                     if let (Some(observation), Some(observations)) = (observation, observations) {
                         observations.send(observation);
                     }

@@ -229,6 +229,8 @@ mod tests {
             provider_id: None,
             addresses: Vec::new(),
             boot_id: Some(boot.to_string()),
+            heartbeat: None,
+            created: None,
         })
     }
 

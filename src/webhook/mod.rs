@@ -61,6 +61,9 @@ pub struct AppState {
     pub events: Option<EventQueue>,
     /// Whether the inventory is current; without it (tests, the demo) it always is.
     pub readiness: Option<crate::watch::Readiness>,
+    /// Where machines refused for a node's name go, to be recorded in the ledger after
+    /// the answer; none in tests that record nothing.
+    pub refusals: Option<tokio::sync::mpsc::Sender<crate::record::RefusalObservation>>,
 }
 
 impl AppState {
@@ -141,8 +144,9 @@ struct Subject<'a> {
     node: &'a str,
 }
 
-/// Sends the verdict on review `uid`, logs it, counts it, and queues its Events (never
-/// for a dry run: the webhooks declare `sideEffects: NoneOnDryRun`).
+/// Sends the verdict on review `uid`, logs it, counts it, and queues its Events and the
+/// machines it refuses for a node's name (never for a dry run: the webhooks declare
+/// `sideEffects: NoneOnDryRun`).
 #[allow(clippy::too_many_arguments)]
 fn answer(
     state: &AppState,
@@ -163,6 +167,13 @@ fn answer(
     if !dry_run && let Some(queue) = &state.events {
         for notice in notices(state, webhook, subject, verdict) {
             queue.post(notice);
+        }
+    }
+    if !dry_run && let Some(refusals) = &state.refusals {
+        for refusal in verdict.refusals() {
+            if refusals.try_send(refusal.clone()).is_err() {
+                state.metrics.observe_ledger_write("dropped");
+            }
         }
     }
     response

@@ -37,6 +37,8 @@ pub struct NodeMetaDoc<'a> {
     pub resource_version: Option<Cow<'a, str>>,
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub uid: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "super::text::option")]
+    pub creation_timestamp: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub labels: Option<NodeLabelsDoc<'a>>,
 }
@@ -191,6 +193,8 @@ pub struct NodeClaim {
     pub uid: Option<Arc<str>>,
     /// `metadata.resourceVersion`: orders two observations of this Node.
     pub resource_version: Option<Arc<str>>,
+    /// `metadata.creationTimestamp`: absent on CREATE.
+    pub created: Option<Timestamp>,
     pub machine_id: Option<MachineId>,
     pub system_uuid: Option<SystemUuid>,
     pub boot_id: Option<BootId>,
@@ -261,6 +265,10 @@ impl NodeClaim {
             name: NodeName::from(name),
             uid: non_empty(meta.uid.as_deref()),
             resource_version: non_empty(meta.resource_version.as_deref()),
+            created: meta
+                .creation_timestamp
+                .as_deref()
+                .and_then(|t| t.parse().ok()),
             machine_id: info
                 .and_then(|i| i.machine_id.as_deref())
                 .and_then(MachineId::parse),

@@ -100,6 +100,43 @@ identity_value!(
     SystemUuid,
     PLACEHOLDER_SYSTEM_UUIDS
 );
+impl SystemUuid {
+    /// The same UUID in the other SMBIOS byte order: its first three fields byte-swapped.
+    /// SMBIOS 2.6 stores them little-endian, firmware before it big-endian, and a
+    /// hypervisor upgrade can move a VM from one to the other (vSphere's virtual
+    /// hardware upgrade, kubernetes/kubernetes#58927). `None` for a value that is not a
+    /// UUID.
+    pub fn byte_swapped(&self) -> Option<SystemUuid> {
+        let text = self.as_str();
+        let groups: Vec<&str> = text.split('-').collect();
+        let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        if sizes != [8, 4, 4, 4, 12] || !text.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) {
+            return None;
+        }
+        let swap = |group: &str| -> String {
+            let bytes: Vec<&str> = (0..group.len())
+                .step_by(2)
+                .filter_map(|i| group.get(i..i + 2))
+                .collect();
+            bytes.into_iter().rev().collect()
+        };
+        let swapped = format!(
+            "{}-{}-{}-{}-{}",
+            swap(groups[0]),
+            swap(groups[1]),
+            swap(groups[2]),
+            groups[3],
+            groups[4]
+        );
+        SystemUuid::parse(&swapped)
+    }
+
+    /// Whether two UUIDs name the same machine: equal, or equal in the other byte order.
+    pub fn same_machine_as(&self, other: &SystemUuid) -> bool {
+        self == other || self.byte_swapped().as_ref() == Some(other)
+    }
+}
+
 identity_value!(
     /// `/proc/sys/kernel/random/boot_id`: changes on every boot, never otherwise.
     BootId,
@@ -200,6 +237,24 @@ mod tests {
         assert!(
             !SystemUuid::parse("3f39a350-3cd4-400f-875d-c270379817b0")
                 .is_some_and(|v| v.is_placeholder())
+        );
+    }
+
+    #[test]
+    fn a_uuid_in_the_other_smbios_byte_order_is_the_same_machine() {
+        // kubernetes/kubernetes#58927: the node's systemUUID and its vSphere providerID.
+        let node = SystemUuid::parse("8FCF0B42-F2A2-54D1-329B-575D9BC5E19C").unwrap();
+        let vsphere = SystemUuid::parse("420bcf8f-a2f2-d154-329b-575d9bc5e19c").unwrap();
+        assert_eq!(node.byte_swapped().as_ref(), Some(&vsphere));
+        assert!(node.same_machine_as(&vsphere) && vsphere.same_machine_as(&node));
+        assert!(node.same_machine_as(&node));
+        let other = SystemUuid::parse("420bcf8f-a2f2-d154-329b-575d9bc5e19d").unwrap();
+        assert!(!node.same_machine_as(&other));
+        assert!(
+            SystemUuid::parse("not-a-uuid")
+                .unwrap()
+                .byte_swapped()
+                .is_none()
         );
     }
 

@@ -9,13 +9,14 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
+use jiff::{SignedDuration, Timestamp};
+
 use crate::identity::{
     Hostname, KeyBinding, KeyFingerprint, MachineId, NodeClaim, NodeName, ProviderId, SystemUuid,
 };
+use crate::ledger::{SharingEvidence, ValueField};
 
-pub mod ledger;
-
-pub use ledger::{LedgerConflict, LedgerEntry, RecordedDigests, UNCLAIMED_RECORD_TTL};
+pub use crate::ledger::{LedgerConflict, LedgerEntry, RecordedDigests, UNCLAIMED_RECORD_TTL};
 
 /// Value → holders, each holder with the number of times it holds the value (a node
 /// may hold a key through several CSRs).
@@ -169,12 +170,74 @@ impl<'a> Holders<'a> {
 pub struct Inventory {
     nodes: HashMap<NodeName, NodeClaim>,
     by: NodeIndexes,
+    seen: HashMap<NodeName, StatusSeen>,
     csrs: HashMap<Arc<str>, KeyBinding>,
     /// Keys bound by CSRs still stored and by the ledger: a node holds a key while
     /// either remembers it.
     keys: Index<KeyFingerprint>,
     ledger: HashMap<NodeName, LedgerEntry>,
     ledger_conflicts: usize,
+    /// The ledger's shared values, counted over every record.
+    shared: HashMap<(ValueField, Box<str>), SharedCounts>,
+    /// The records' creation times, for the ledger's epoch.
+    record_times: BTreeMap<Timestamp, u32>,
+}
+
+/// When a node's status was last seen written: the Ready heartbeat its kubelet last
+/// wrote, and the moment, on nodeguard's own clock, this replica first saw that
+/// heartbeat. Only a status write moves the heartbeat (the node lifecycle controller
+/// leaves it, a refused kubelet's writes never land), and comparing the moment seen
+/// with nodeguard's clock, never the heartbeat itself, makes a node whose clock is off
+/// no less alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusSeen {
+    pub heartbeat: Option<Timestamp>,
+    /// `None`: never seen written (a dump's Node without a heartbeat).
+    pub at: Option<Timestamp>,
+}
+
+impl StatusSeen {
+    /// What a replica records on seeing `claim` at `now`, given what it saw before: a
+    /// heartbeat it has not seen yet was written since (or, for a node seen for the first
+    /// time, is taken as written now: see [`Inventory::apply_node`]).
+    fn after(previous: Option<&StatusSeen>, claim: &NodeClaim, now: Timestamp) -> Self {
+        let heartbeat = claim.readiness.heartbeat;
+        let at = match previous {
+            Some(previous) if previous.heartbeat == heartbeat => previous.at,
+            _ => Some(now),
+        };
+        Self { heartbeat, at }
+    }
+
+    /// As a dump shows it: seen when the kubelet wrote it.
+    fn as_written(claim: &NodeClaim) -> Self {
+        Self {
+            heartbeat: claim.readiness.heartbeat,
+            at: claim.readiness.heartbeat,
+        }
+    }
+}
+
+/// The shared values of every record, counted: by `FirstSight` or `Inherited`
+/// evidence, and per value moved from.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SharedCounts {
+    pub evidence: u32,
+    pub moved_from: Vec<(Box<str>, u32)>,
+}
+
+impl SharedCounts {
+    /// How many records moved to this value from `from`.
+    pub fn moved_from(&self, from: &str) -> u32 {
+        self.moved_from
+            .iter()
+            .find(|(value, _)| &**value == from)
+            .map_or(0, |(_, count)| *count)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.evidence == 0 && self.moved_from.is_empty()
+    }
 }
 
 /// Every node and its field indexes, built apart from an inventory (see
@@ -183,16 +246,38 @@ pub struct Inventory {
 pub struct NodeTable {
     nodes: HashMap<NodeName, NodeClaim>,
     by: NodeIndexes,
+    seen: HashMap<NodeName, StatusSeen>,
 }
 
 impl NodeTable {
+    /// A table of Nodes as a dump shows them: each status seen when it was written.
     pub fn build(claims: impl IntoIterator<Item = NodeClaim>) -> Self {
+        Self::build_with(claims, StatusSeen::as_written)
+    }
+
+    /// A table of Nodes listed at `now` by a replica that saw `previous` before: a
+    /// heartbeat it already saw keeps the moment it saw it.
+    pub fn listed(
+        claims: impl IntoIterator<Item = NodeClaim>,
+        previous: &HashMap<NodeName, StatusSeen>,
+        now: Timestamp,
+    ) -> Self {
+        Self::build_with(claims, |claim| {
+            StatusSeen::after(previous.get(&claim.name), claim, now)
+        })
+    }
+
+    fn build_with(
+        claims: impl IntoIterator<Item = NodeClaim>,
+        seen: impl Fn(&NodeClaim) -> StatusSeen,
+    ) -> Self {
         let mut table = Self::default();
         for claim in claims {
             if let Some(old) = table.nodes.remove(&claim.name) {
                 table.by.remove(&old);
             }
             table.by.add(&claim);
+            table.seen.insert(claim.name.clone(), seen(&claim));
             table.nodes.insert(claim.name.clone(), claim);
         }
         table
@@ -287,13 +372,29 @@ impl Inventory {
         Self::default()
     }
 
-    /// Records a node's current identity, replacing what it claimed before.
-    pub fn apply_node(&mut self, claim: NodeClaim) {
+    /// Records a node's current identity as this replica saw it at `now`, replacing
+    /// what it claimed before. A node seen for the first time counts as written now:
+    /// a replica that has just started has seen no status change yet, and takes every
+    /// node as running for the heartbeat timeout (as the node lifecycle controller does
+    /// with its probe timestamp), rather than taking a running node for gone.
+    pub fn apply_node(&mut self, claim: NodeClaim, now: Timestamp) {
+        let seen = StatusSeen::after(self.seen.get(&claim.name), &claim, now);
+        self.put_node(claim, seen);
+    }
+
+    /// Records a node as a dump shows it: its status seen when its kubelet wrote it.
+    pub fn apply_node_as_written(&mut self, claim: NodeClaim) {
+        let seen = StatusSeen::as_written(&claim);
+        self.put_node(claim, seen);
+    }
+
+    fn put_node(&mut self, claim: NodeClaim, seen: StatusSeen) {
         let name = claim.name.clone();
         if let Some(old) = self.nodes.remove(&name) {
             self.by.remove(&old);
         }
         self.by.add(&claim);
+        self.seen.insert(name.clone(), seen);
         self.nodes.insert(name, claim);
     }
 
@@ -302,9 +403,10 @@ impl Inventory {
         if let Some(old) = self.nodes.remove(name) {
             self.by.remove(&old);
         }
+        self.seen.remove(name);
     }
 
-    /// Replaces all nodes at once, after a full list.
+    /// Replaces all nodes at once with Nodes as a dump shows them.
     pub fn replace_nodes(&mut self, claims: impl IntoIterator<Item = NodeClaim>) {
         drop(self.install_nodes(NodeTable::build(claims)));
     }
@@ -316,6 +418,27 @@ impl Inventory {
         NodeTable {
             nodes: std::mem::replace(&mut self.nodes, table.nodes),
             by: std::mem::replace(&mut self.by, table.by),
+            seen: std::mem::replace(&mut self.seen, table.seen),
+        }
+    }
+
+    /// When each node's status was last seen written, for a relist to carry over.
+    pub fn status_seen_all(&self) -> HashMap<NodeName, StatusSeen> {
+        self.seen.clone()
+    }
+
+    /// When this replica last saw the node's status written.
+    pub fn status_seen(&self, name: &str) -> Option<StatusSeen> {
+        self.seen.get(name).copied()
+    }
+
+    /// Whether a kubelet is running the node of that name: its status was seen written
+    /// within `timeout` of `now`, on nodeguard's clock. A name the inventory does not
+    /// hold counts as running, so that it never weakens a check.
+    pub fn is_running(&self, name: &str, timeout: SignedDuration, now: Timestamp) -> bool {
+        match self.seen.get(name) {
+            None => true,
+            Some(seen) => seen.at.is_some_and(|at| now.duration_since(at) <= timeout),
         }
     }
 
@@ -371,6 +494,10 @@ impl Inventory {
             self.keys.add(fingerprint, &name);
         }
         self.ledger_conflicts += usize::from(entry.conflict.is_some());
+        self.count_shared(&entry, true);
+        if let Some(created) = entry.created {
+            *self.record_times.entry(created).or_insert(0) += 1;
+        }
         self.ledger.insert(name, entry);
     }
 
@@ -380,7 +507,56 @@ impl Inventory {
                 self.keys.remove(fingerprint, &name);
             }
             self.ledger_conflicts -= usize::from(old.conflict.is_some());
+            self.count_shared(&old, false);
+            if let Some(created) = old.created
+                && let Some(count) = self.record_times.get_mut(&created)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    self.record_times.remove(&created);
+                }
+            }
         }
+    }
+
+    fn count_shared(&mut self, entry: &LedgerEntry, add: bool) {
+        for mark in entry.shared.iter() {
+            let key = (mark.field, mark.value.clone());
+            let counts = self.shared.entry(key.clone()).or_default();
+            let step = |count: &mut u32| {
+                if add {
+                    *count += 1;
+                } else {
+                    *count = count.saturating_sub(1);
+                }
+            };
+            match (mark.evidence, &mark.from) {
+                (SharingEvidence::Moved, Some(from)) => {
+                    match counts.moved_from.iter_mut().find(|(v, _)| v == from) {
+                        Some((_, count)) => step(count),
+                        None if add => counts.moved_from.push((from.clone(), 1)),
+                        None => {}
+                    }
+                    counts.moved_from.retain(|(_, count)| *count > 0);
+                }
+                (SharingEvidence::Moved, None) => {}
+                _ => step(&mut counts.evidence),
+            }
+            if counts.is_empty() {
+                self.shared.remove(&key);
+            }
+        }
+    }
+
+    /// How the ledger's records mark a value as shared.
+    pub fn shared(&self, field: ValueField, value: &str) -> Option<&SharedCounts> {
+        self.shared.get(&(field, Box::from(value)))
+    }
+
+    /// When the ledger began: the creation of its oldest record. A Node created before
+    /// it existed before nodeguard saw the cluster.
+    pub fn ledger_epoch(&self) -> Option<Timestamp> {
+        self.record_times.keys().next().copied()
     }
 
     /// Replaces all ledger entries at once, after a full list.
@@ -523,8 +699,8 @@ mod tests {
             Machine::new("worker-3", 3, "10.0.0.13"),
         );
         let mut inventory = Inventory::new();
-        inventory.apply_node(claim(&a));
-        inventory.apply_node(claim(&b));
+        inventory.apply_node_as_written(claim(&a));
+        inventory.apply_node_as_written(claim(&b));
         // A name listed twice keeps its last claim, as a relist's apply would.
         let mut b_again = b.clone();
         b_again.machine_id = "0123456789abcdef0123456789abcdef".into();
@@ -543,10 +719,10 @@ mod tests {
     fn a_changed_value_frees_the_old_one_and_a_deleted_node_frees_all() {
         let mut inventory = Inventory::new();
         let before = Machine::new("worker-1", 1, "10.0.0.11");
-        inventory.apply_node(claim(&before));
+        inventory.apply_node_as_written(claim(&before));
         let mut after = before.clone();
         after.machine_id = "0123456789abcdef0123456789abcdef".into();
-        inventory.apply_node(claim(&after));
+        inventory.apply_node_as_written(claim(&after));
         assert!(inventory.machine_id(&machine_id(&before)).is_empty());
         assert_eq!(
             inventory
@@ -574,7 +750,7 @@ mod tests {
         for (name, seed) in [("c", 3), ("a", 1), ("b", 2)] {
             let mut m = Machine::new(name, seed, &format!("10.0.0.{seed}"));
             m.machine_id = "5f2d8c1e9a7b4c3d8e6f0a1b2c3d4e5f".into();
-            inventory.apply_node(claim(&m));
+            inventory.apply_node_as_written(claim(&m));
         }
         let shared = MachineId::parse("5f2d8c1e9a7b4c3d8e6f0a1b2c3d4e5f").unwrap();
         let others = inventory.machine_id(&shared).other_than("b");
@@ -590,8 +766,8 @@ mod tests {
         let mut inventory = Inventory::new();
         let gone = Machine::new("gone", 1, "10.0.0.1");
         let kept = Machine::new("kept", 2, "10.0.0.2");
-        inventory.apply_node(claim(&gone));
-        inventory.apply_node(claim(&kept));
+        inventory.apply_node_as_written(claim(&gone));
+        inventory.apply_node_as_written(claim(&kept));
         inventory.replace_nodes([claim(&kept)]);
         assert!(inventory.node("gone").is_none());
         assert!(inventory.machine_id(&machine_id(&gone)).is_empty());

@@ -6,10 +6,14 @@
 //! - *as new*: the same CREATE as if its name were not registered (the node deleted and
 //!   joining again, or a machine like it joining): every value it holds is compared with
 //!   every other node's, which is how collisions between existing nodes are found;
-//! - each bound kubelet key as a CSR of its own node.
+//! - each bound kubelet key as a CSR of its own node;
+//! - each pending kubelet CSR, as it was asked for.
 //!
-//! On top of the verdicts: how unique each identity field is in this cluster, the
-//! ledger's conflicts and its records without a Node.
+//! On top of the verdicts: how unique each identity field is in this cluster, and the
+//! ledger's history: its conflicts, the machines refused for a name (and whether a second
+//! machine is proven), and its records without a Node. The verdicts read the same history
+//! the webhook reads: the ledger's records where they were read, and otherwise the
+//! history nodeguard will record at its first sight of the cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -32,6 +36,8 @@ pub struct AuditInput<'a> {
     pub now: Timestamp,
     /// Each node's labels, where known, for exemptions by label.
     pub labels: Option<&'a HashMap<String, Vec<(String, String)>>>,
+    /// Kubelet CSRs not yet approved or denied, by name.
+    pub pending: &'a [(String, CsrReview)],
 }
 
 /// The whole report.
@@ -46,8 +52,34 @@ pub struct Audit {
     pub conflicts: Vec<LedgerConflict>,
     /// Ledger records whose Node does not exist.
     pub orphans: Vec<OrphanRecord>,
+    /// Machines the ledger records as refused for a node's name.
+    pub refused: Vec<RefusedReport>,
+    /// Pending kubelet CSRs the webhook would refuse, by name.
+    pub pending: Vec<PendingVerdict>,
     /// Per node, in name order.
     pub verdicts: Vec<NodeVerdicts>,
+}
+
+/// A machine refused for a node's name, as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedReport {
+    pub node: String,
+    pub check: String,
+    /// The machine's values, as a person compares them with a machine.
+    pub machine: String,
+    pub first_refused: Timestamp,
+    pub last_refused: Timestamp,
+    /// When the node's own machine was seen running after it: two machines proven.
+    pub proven: Option<Timestamp>,
+}
+
+/// What the webhook would answer a pending kubelet CSR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingVerdict {
+    pub name: String,
+    /// The node it asks credentials for.
+    pub node: String,
+    pub verdict: Verdict,
 }
 
 /// A value that two or more nodes hold.
@@ -65,6 +97,9 @@ pub struct AuditCollision {
     pub nodes: Vec<String>,
     /// The webhook's message, as one of these nodes would get it joining as new.
     pub message: String,
+    /// For a shared value, the evidence: `since first seen`, `moved together`, `same
+    /// host kernel`.
+    pub evidence: Option<&'static str>,
 }
 
 /// How unique one identity field is in this cluster.
@@ -163,6 +198,7 @@ pub fn node_verdicts(input: AuditInput<'_>, names: &[&str]) -> Vec<NodeVerdicts>
         config,
         now,
         labels,
+        ..
     } = input;
     names
         .iter()
@@ -220,12 +256,60 @@ pub fn assemble(input: AuditInput<'_>, mut verdicts: Vec<NodeVerdicts>) -> Audit
         }
     }
 
+    let mut pending = Vec::new();
+    for (name, review) in input.pending {
+        let verdict = decide_csr(review, inventory, config, now);
+        if verdict.allowed() {
+            continue;
+        }
+        let node = review
+            .kubelet
+            .as_ref()
+            .and_then(|k| k.claim.as_ref().ok())
+            .map(|claim| claim.node.to_string())
+            .unwrap_or_default();
+        pending.push(PendingVerdict {
+            name: name.clone(),
+            node,
+            verdict,
+        });
+    }
+    pending.sort_by(|a, b| a.name.cmp(&b.name));
+
     let mut conflicts = Vec::new();
     let mut orphans = Vec::new();
+    let mut refused = Vec::new();
     let mut records: Vec<_> = inventory.identities().collect();
     records.sort_by(|a, b| a.name.cmp(&b.name));
     for record in records {
         let name = &*record.name;
+        for machine in record.refused.iter() {
+            let values: Vec<String> = [
+                machine
+                    .system_uuid
+                    .as_ref()
+                    .map(|v| format!("system UUID {v}")),
+                machine
+                    .machine_id
+                    .as_ref()
+                    .map(|v| format!("machine-id {v}")),
+                machine
+                    .provider_id
+                    .as_ref()
+                    .map(|v| format!("provider ID {v}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            refused.push(RefusedReport {
+                node: name.to_string(),
+                check: machine.check.to_string(),
+                machine: values.join(", "),
+                first_refused: machine.first_refused,
+                last_refused: machine.last_refused,
+                proven: machine.proven,
+            });
+        }
         if let Some(conflict) = record.conflict() {
             conflicts.push(LedgerConflict {
                 node: name.to_string(),
@@ -252,6 +336,8 @@ pub fn assemble(input: AuditInput<'_>, mut verdicts: Vec<NodeVerdicts>) -> Audit
         fields: field_reports(inventory, config, nodes),
         conflicts,
         orphans,
+        refused,
+        pending,
         verdicts,
     }
 }
@@ -267,6 +353,8 @@ impl Audit {
                 .any(|f| f.uniqueness == Uniqueness::NotUnique)
             || !self.conflicts.is_empty()
             || !self.orphans.is_empty()
+            || !self.refused.is_empty()
+            || !self.pending.is_empty()
             || self
                 .verdicts
                 .iter()
@@ -297,6 +385,21 @@ impl Audit {
         }
         for _ in &self.orphans {
             add("ledger", "orphan");
+        }
+        for machine in &self.refused {
+            add(
+                &machine.check,
+                if machine.proven.is_some() {
+                    "second-machine"
+                } else {
+                    "refused-machine"
+                },
+            );
+        }
+        for pending in &self.pending {
+            if let Some(check) = pending.verdict.deciding_check() {
+                add(check.as_str(), "pending-refused");
+            }
         }
         for verdicts in &self.verdicts {
             if let Some(check) = verdicts
@@ -334,6 +437,7 @@ impl Groups {
                     effect: finding.effect,
                     nodes: Vec::new(),
                     message: finding.message.clone(),
+                    evidence: collision.shared_by,
                 });
             // The most telling view wins: a clone over a reused address over sharing.
             if severity(collision.kind) > severity(entry.kind) {
@@ -353,8 +457,22 @@ impl Groups {
         }
     }
 
+    /// The collisions. A value exactly two nodes shared when nodeguard first saw the
+    /// cluster is still most likely a copy that predates it: reported as a `clone`,
+    /// though a newcomer bringing it is only warned.
     fn finish(self) -> Vec<AuditCollision> {
-        self.by_value.into_values().collect()
+        self.by_value
+            .into_values()
+            .map(|mut collision| {
+                if collision.kind == CollisionKind::Shared
+                    && collision.nodes.len() == 2
+                    && collision.evidence == Some(super::sharing::Shared::Recorded.describe())
+                {
+                    collision.kind = CollisionKind::Clone;
+                }
+                collision
+            })
+            .collect()
     }
 }
 

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod checks;
 pub mod config;
 pub mod machine;
+pub mod sharing;
 pub mod verdict;
 
 use jiff::Timestamp;
@@ -192,11 +193,19 @@ pub fn decide_node_against(
         Operation::Update => old_object,
         _ => registered,
     };
-    let sameness = before.map(|before| machine::compare(before, object, inventory, config));
+    let sameness = before.map(|before| {
+        machine::compare(&object.name, before.ids(), object.ids(), inventory, config)
+    });
     let baseline = match review.operation {
         Operation::Update => old_object,
         _ => before.filter(|_| sameness.as_ref().is_some_and(Sameness::is_same_machine)),
     };
+    // A write proven to come from the registered machine (its real UUID or provider
+    // ID) is never refused for a value another node holds: a kubelet restart after an
+    // image update, an address handed out twice. Such collisions are warnings.
+    let own_machine = before.is_some_and(|before| {
+        machine::proven_same_machine(&object.name, before.ids(), object.ids(), inventory, config)
+    });
     let input = NodeInput {
         operation: review.operation,
         object,
@@ -212,7 +221,14 @@ pub fn decide_node_against(
     let findings = checks::NODE_CHECKS
         .iter()
         .filter(|(id, _)| config.mode(*id) != Mode::Off)
-        .flat_map(|(_, check)| check(&input));
+        .flat_map(|(_, check)| check(&input))
+        .map(|finding| {
+            if own_machine && finding.collision.is_some() {
+                finding.softened()
+            } else {
+                finding
+            }
+        });
     Verdict::from_findings(findings, config)
 }
 

@@ -1,6 +1,7 @@
 //! What the checks found, and the admission answer it adds up to.
 
 use super::config::{CheckId, Config, Mode};
+use crate::ledger::RefusalObservation;
 
 /// Longest warning the API server passes on intact.
 pub const MAX_WARNING_CHARS: usize = 120;
@@ -28,6 +29,9 @@ pub struct Finding {
     pub warning: String,
     /// For a value other nodes hold: which value, and who holds it.
     pub collision: Option<Collision>,
+    /// A machine refused for a node's name while another machine runs it: what the
+    /// ledger records of it, if the finding denies (never for a dry run).
+    pub refusal: Option<Box<RefusalObservation>>,
 }
 
 /// What kind of sharing a value shows.
@@ -63,6 +67,10 @@ pub struct Collision {
     /// How many other nodes hold it, and up to three of them by name.
     pub holder_count: usize,
     pub holders: Vec<String>,
+    /// Why it is taken as shared, for a `Shared` collision: `since first seen` (shared
+    /// when nodeguard first saw the cluster, or inherited since), `moved together`,
+    /// `same host kernel`.
+    pub shared_by: Option<&'static str>,
 }
 
 impl Finding {
@@ -82,12 +90,28 @@ impl Finding {
             message: clip(&message, MAX_MESSAGE_CHARS),
             warning: clip(&warning, MAX_WARNING_CHARS),
             collision: None,
+            refusal: None,
         }
     }
 
     #[must_use]
     pub fn with_collision(mut self, collision: Collision) -> Self {
         self.collision = Some(collision);
+        self
+    }
+
+    #[must_use]
+    pub fn with_refusal(mut self, refusal: RefusalObservation) -> Self {
+        self.refusal = Some(Box::new(refusal));
+        self
+    }
+
+    /// The same finding as a warning, whatever the mode: for a value collision on a
+    /// write proven to come from the node's own machine.
+    #[must_use]
+    pub fn softened(mut self) -> Self {
+        self.effect = Effect::Warn;
+        self.message.clone_from(&self.warning);
         self
     }
 }
@@ -208,6 +232,11 @@ impl Verdict {
         let also = format!(" (also failed: {})", others.join(", "));
         let room = MAX_MESSAGE_CHARS.saturating_sub(also.chars().count());
         Some(format!("{}{also}", clip(&first.message, room)))
+    }
+
+    /// The machines this verdict refuses for a node's name, to be recorded in the ledger.
+    pub fn refusals(&self) -> impl Iterator<Item = &RefusalObservation> {
+        self.denials().filter_map(|f| f.refusal.as_deref())
     }
 
     /// Warnings to return with an allowed request (a denied one carries its message).

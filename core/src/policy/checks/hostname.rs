@@ -6,9 +6,10 @@
 //! of that name never fails on it, and anyone else claiming it collides with that node
 //! alone, once it holds its name.
 
-use super::{Claimed, collision, collision_with, introduced_all};
+use super::{Claimed, collision_with, introduced_all};
 use crate::inventory::OtherHolders;
-use crate::policy::{CheckId, Finding, NodeInput};
+use crate::ledger::ValueField;
+use crate::policy::{CheckId, Finding, NodeInput, sharing};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     let own_name = &*input.object.name;
@@ -34,13 +35,22 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
                     count: usize::from(holds),
                     names: if holds { vec![&named.name] } else { Vec::new() },
                 };
-                return collision_with(CheckId::Hostname, claimed, others, remedy);
+                return collision_with(CheckId::Hostname, claimed, others, None, remedy);
             }
-            collision(
-                CheckId::Hostname,
+            let others = input.inventory.hostname(host).other_than(own_name);
+            let shared = sharing::evidence(
+                ValueField::Hostname,
+                host.as_str(),
                 own_name,
+                None,
+                input.inventory,
+                input.config,
+            );
+            collision_with(
+                CheckId::Hostname,
                 claimed,
-                input.inventory.hostname(host),
+                others,
+                shared.map(sharing::Shared::describe),
                 remedy,
             )
         })
@@ -82,7 +92,7 @@ mod tests {
         let mut b = crate::sample::node_object(&worker(2));
         b["metadata"]["labels"]["kubernetes.io/hostname"] = "localhost".into();
         let mut inventory = crate::inventory::Inventory::new();
-        inventory.apply_node(claim_of(&a));
+        inventory.apply_node_as_written(claim_of(&a));
         let review = crate::policy::NodeReview {
             labels: Vec::new(),
             operation: crate::policy::Operation::Create,
@@ -102,13 +112,13 @@ mod tests {
             .unwrap()
             .push(serde_json::json!({"type": "Hostname", "address": "worker-5"}));
         let mut inventory = crate::inventory::Inventory::new();
-        inventory.apply_node(claim_of(&object));
+        inventory.apply_node_as_written(claim_of(&object));
         assert_eq!(
             decide(&create(&worker(5)), &inventory).outcome(),
             Outcome::Allowed
         );
         // Once worker-5 holds its name, the squatter writing it again is refused.
-        inventory.apply_node(claim(&worker(5)));
+        inventory.apply_node_as_written(claim(&worker(5)));
         let review = crate::policy::NodeReview {
             labels: Vec::new(),
             operation: crate::policy::Operation::Update,
@@ -129,7 +139,7 @@ mod tests {
         let mut original = crate::sample::node_object(&worker(1));
         original["status"]["addresses"][1]["address"] = "node".into();
         let mut inventory = crate::inventory::Inventory::new();
-        inventory.apply_node(claim_of(&original));
+        inventory.apply_node_as_written(claim_of(&original));
         let review = crate::policy::NodeReview {
             labels: Vec::new(),
             operation: crate::policy::Operation::Create,
@@ -163,8 +173,8 @@ mod tests {
         named["metadata"]["labels"]["kubernetes.io/hostname"] = "ip-10-0-0-15".into();
         named["status"]["addresses"][1]["address"] = "ip-10-0-0-15".into();
         let mut inventory = crate::inventory::Inventory::new();
-        inventory.apply_node(claim_of(&squatting));
-        inventory.apply_node(claim_of(&named));
+        inventory.apply_node_as_written(claim_of(&squatting));
+        inventory.apply_node_as_written(claim_of(&named));
         let mut third = crate::sample::node_object(&worker(6));
         third["status"]["addresses"][1]["address"] = "worker-5".into();
         let review = crate::policy::NodeReview {

@@ -1,11 +1,14 @@
 //! `identity-drift`: an UPDATE in which a registered node reports another machine
 //! (another system UUID or provider ID, or another machine-id without its system UUID
 //! to say it is the same hardware). A reboot changes only the boot id; a different
-//! machine writing the node is refused while a kubelet is running it (its heartbeat is
-//! fresh), and let through with a warning once none is. A new machine-id with the same
+//! machine writing the node is refused while a kubelet is running it (its status was
+//! seen written within the heartbeat timeout), and let through with a warning once
+//! none is, unless that machine was refused for the name before and the node's own
+//! machine was seen running after (see `name-takeover`). A new machine-id with the same
 //! real system UUID is the same machine (kind, stateless systems, a regenerated id): a
 //! warning.
 
+use super::name_takeover::{proven_message, refusal};
 use super::{not_running, prefix};
 use crate::policy::machine::{self, Sameness};
 use crate::policy::{CheckId, Finding, NodeInput, Operation};
@@ -31,8 +34,21 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
             registered: before,
             claimed: after,
         } => {
-            let config = input.config;
-            if machine::is_live(old, config, input.now) {
+            let (inventory, config) = (input.inventory, input.config);
+            let registered = input.registered.unwrap_or(old);
+            let proven = inventory.identity(name).and_then(|entry| {
+                machine::proven_refusal(entry, registered, input.object.ids(), inventory, config)
+            });
+            if let Some(refused) = proven {
+                Finding::deny(
+                    CheckId::IdentityDrift,
+                    proven_message(CheckId::IdentityDrift, name, field, before, after, refused),
+                    format!(
+                        "nodeguard [identity-drift]: node \"{name}\" belongs to another machine, seen running after this one was refused"
+                    ),
+                )
+                .with_refusal(refusal(CheckId::IdentityDrift, registered, input.object))
+            } else if machine::is_running(inventory, name, config, input.now) {
                 Finding::deny(
                     CheckId::IdentityDrift,
                     format!(
@@ -50,12 +66,13 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
                         "nodeguard [identity-drift]: node \"{name}\" runs with another {field}"
                     ),
                 )
+                .with_refusal(refusal(CheckId::IdentityDrift, registered, input.object))
             } else {
                 Finding::warn(
                     CheckId::IdentityDrift,
                     format!(
                         "nodeguard [identity-drift]: node \"{name}\" changed {field} ({}; new machine?)",
-                        not_running(old, input.now)
+                        not_running(inventory, name, input.now)
                     ),
                 )
             }
@@ -153,7 +170,7 @@ mod tests {
             old_object: Some(claim_of(&bare)),
         };
         let mut inventory = crate::inventory::Inventory::new();
-        inventory.apply_node(claim_of(&bare));
+        inventory.apply_node_as_written(claim_of(&bare));
         assert_eq!(decide(&review, &inventory).outcome(), Outcome::Allowed);
     }
 }

@@ -2,8 +2,9 @@
 //! one NAT legitimately report the same one. An address held only by a node that is not
 //! Ready is a reused lease rather than a clone: a warning.
 
-use super::{Claimed, collision, introduced_all, reused_address, running};
-use crate::policy::{CheckId, Finding, NodeInput};
+use super::{Claimed, collision_with, introduced_all, reused_address, running};
+use crate::ledger::ValueField;
+use crate::policy::{CheckId, Finding, NodeInput, sharing};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     introduced_all(input, |c| c.internal_ips.as_slice())
@@ -22,14 +23,23 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
             ) {
                 return Some(warning);
             }
-            collision(
-                CheckId::InternalIp,
+            let value = ip.to_string();
+            let shared = sharing::evidence(
+                ValueField::InternalIP,
+                &value,
                 node,
+                None,
+                input.inventory,
+                input.config,
+            );
+            collision_with(
+                CheckId::InternalIp,
                 Claimed {
                     field: "InternalIP",
-                    value: &ip.to_string(),
+                    value: &value,
                 },
-                holders,
+                holders.other_than(node),
+                shared.map(sharing::Shared::describe),
                 |holder| {
                     format!(
                         "give this machine its own address (a cloned /etc/machine-id also \
@@ -76,27 +86,39 @@ mod tests {
     }
 
     #[test]
-    fn an_address_change_to_a_taken_address_is_denied_and_to_a_free_one_allowed() {
+    fn a_node_s_own_machine_moving_to_a_taken_address_is_warned_and_a_newcomer_refused() {
+        // Its system UUID proves the write is the node's own machine: refusing its status
+        // would only make a running node look dead.
         let a = worker(1);
         let b = worker(2);
         let inventory = cluster(&[&a, &b]);
         let mut moved = b.clone();
         moved.internal_ip = a.internal_ip.clone();
+        let verdict = decide(&update(&b, &moved), &inventory);
+        assert_eq!(verdict.outcome(), Outcome::Warned);
         assert_eq!(
-            decide(&update(&b, &moved), &inventory).outcome(),
-            Outcome::Denied
+            verdict.warnings(),
+            vec![
+                "nodeguard [internal-ip]: InternalIP 10.0.0.11 is already used by node \"worker-1\""
+            ]
         );
         moved.internal_ip = "10.0.0.99".into();
         assert_eq!(
             decide(&update(&b, &moved), &inventory).outcome(),
             Outcome::Allowed
         );
+        let mut newcomer = worker(3);
+        newcomer.internal_ip = a.internal_ip.clone();
+        assert_eq!(
+            decide(&create(&newcomer), &inventory).outcome(),
+            Outcome::Denied
+        );
     }
 
     #[test]
-    fn an_address_held_by_a_node_that_is_not_ready_is_only_warned_about() {
+    fn an_address_of_a_node_whose_kubelet_writes_nothing_is_only_warned_about() {
         let mut dead = worker(1);
-        dead.ready = false;
+        dead.heartbeat = now() - jiff::SignedDuration::from_mins(11);
         let mut successor = worker(2);
         successor.internal_ip = dead.internal_ip.clone();
         let verdict = decide(&create(&successor), &cluster(&[&dead]));
@@ -106,6 +128,13 @@ mod tests {
             vec![
                 "nodeguard [internal-ip]: InternalIP 10.0.0.11 is also node \"worker-1\"'s, which is not running (address reused?)"
             ]
+        );
+        // Not Ready is no death: a kubelet that writes its status runs, whatever it reports.
+        let mut not_ready = worker(1);
+        not_ready.ready = false;
+        assert_eq!(
+            decide(&create(&successor), &cluster(&[&not_ready])).outcome(),
+            Outcome::Denied
         );
     }
 

@@ -38,6 +38,7 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
             },
             holder_count: others.count,
             holders: others.names.iter().map(|n| n.to_string()).collect(),
+            shared_by: None,
         }),
     ]
 }

@@ -1,6 +1,7 @@
 //! `machine-id`: `/etc/machine-id` is unique per installed system; a copied disk keeps it.
 
-use super::{Claimed, collision, introduced};
+use super::{Claimed, collision_with, introduced, previous, shared_because};
+use crate::ledger::ValueField;
 use crate::policy::{CheckId, Finding, NodeInput};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
@@ -10,14 +11,23 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     if input.config.machine_id_is_shared(value) {
         return Vec::new();
     }
-    collision(
+    let others = input
+        .inventory
+        .machine_id(value)
+        .other_than(&input.object.name);
+    if others.count == 0 {
+        return Vec::new();
+    }
+    let from = previous(input, |c| c.machine_id.as_ref()).map(|v| v.as_str());
+    let shared = shared_because(input, ValueField::MachineId, value.as_str(), from, &others);
+    collision_with(
         CheckId::MachineId,
-        &input.object.name,
         Claimed {
             field: "machine-id",
             value: value.as_str(),
         },
-        input.inventory.machine_id(value),
+        others,
+        shared,
         |holder| {
             format!(
                 "this machine looks like a clone of {holder}: give it a new identity \
@@ -33,6 +43,7 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
+    use crate::ledger::ValueField;
     use crate::policy::{CheckId, Config, Mode, Outcome, decide_node};
 
     #[test]
@@ -94,14 +105,20 @@ mod tests {
     }
 
     #[test]
-    fn a_machine_id_shared_by_two_established_nodes_warns_and_admits() {
+    fn a_machine_id_shared_when_nodeguard_first_saw_the_cluster_warns_and_admits() {
         // AKS images of early 2023 gave every node one machine-id.
         let shared = "0a1b2c3d4e5f60718293a4b5c6d7e8f9".to_string();
         let mut nodes = [worker(1), worker(2), worker(3)];
         for node in &mut nodes {
             node.machine_id = shared.clone();
         }
-        let inventory = cluster(&[&nodes[0], &nodes[1]]);
+        let mut inventory = cluster(&[&nodes[0], &nodes[1]]);
+        shared_at_first_sight(
+            &mut inventory,
+            &["worker-1", "worker-2"],
+            ValueField::MachineId,
+            &shared,
+        );
         let verdict = decide(&create(&nodes[2]), &inventory);
         assert_eq!(verdict.outcome(), Outcome::Warned);
         assert_eq!(
@@ -109,6 +126,36 @@ mod tests {
             vec![
                 "nodeguard [machine-id]: machine-id 0a1b2c3d4e5f6… is shared by 2 nodes (e.g. worker-1); not proof of a clone"
             ]
+        );
+        // One holder left (an admin deleted the other): still shared.
+        inventory.delete_node("worker-2");
+        inventory.delete_identity("worker-2");
+        let verdict = decide(&create(&nodes[2]), &inventory);
+        assert_eq!(
+            verdict.warnings(),
+            vec![
+                "nodeguard [machine-id]: machine-id 0a1b2c3d4e5f6… is shared with \"worker-1\" (since first seen), not a clone"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_machine_id_two_nodes_hold_without_evidence_is_still_a_clone_s() {
+        // A clone let in once (in warn mode, exempt, while nodeguard failed open) does not
+        // make its original's machine-id shared: the next copy is refused too.
+        let original = worker(1);
+        let mut admitted = worker(2);
+        admitted.machine_id = original.machine_id.clone();
+        let mut next = worker(3);
+        next.machine_id = original.machine_id.clone();
+        let verdict = decide(&create(&next), &cluster(&[&original, &admitted]));
+        assert_eq!(verdict.outcome(), Outcome::Denied);
+        assert!(
+            verdict.denial_message().unwrap().starts_with(&format!(
+                "nodeguard [machine-id]: machine-id {} is already used by node \"worker-1\" and 1 other node; this machine looks like a clone of worker-1",
+                original.machine_id
+            )),
+            "{verdict:?}"
         );
     }
 

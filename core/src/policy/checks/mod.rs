@@ -20,9 +20,10 @@ use jiff::Timestamp;
 
 use super::config::{CheckId, Config};
 use super::verdict::{Collision, CollisionKind, Finding};
-use super::{CsrInput, NodeInput};
+use super::{CsrInput, NodeInput, machine, sharing};
 use crate::identity::NodeClaim;
 use crate::inventory::{Holders, Inventory, OtherHolders};
+use crate::ledger::ValueField;
 
 pub type NodeCheck = fn(&NodeInput<'_>) -> Vec<Finding>;
 pub type CsrCheck = fn(&CsrInput<'_>) -> Vec<Finding>;
@@ -77,31 +78,23 @@ pub(crate) struct Claimed<'a> {
     pub value: &'a str,
 }
 
-/// The rule every field check shares: a value that exactly one *other* node holds is a
-/// collision; one that two or more others already hold is shared (a warning, never a
-/// denial); one that nobody else holds is fine.
-pub(crate) fn collision(
-    check: CheckId,
-    node: &str,
-    claimed: Claimed<'_>,
-    holders: Holders<'_>,
-    remedy: impl FnOnce(&str) -> String,
-) -> Option<Finding> {
-    collision_with(check, claimed, holders.other_than(node), remedy)
-}
-
-/// [`collision`], with the other holders already known.
+/// The rule every field check shares: a value that other nodes hold is a collision,
+/// refused, unless it is shared on evidence a clone cannot produce (`shared`, why), which
+/// is a warning; a value nobody else holds is fine. How many nodes hold it proves
+/// nothing: one clone let in makes its original's values held by two.
 pub(crate) fn collision_with(
     check: CheckId,
     claimed: Claimed<'_>,
     others: OtherHolders<'_>,
+    shared: Option<&'static str>,
     remedy: impl FnOnce(&str) -> String,
 ) -> Option<Finding> {
     let Claimed { field, value } = claimed;
-    let kind = if others.count == 1 {
-        CollisionKind::Clone
-    } else {
+    let first = others.names.first()?;
+    let kind = if shared.is_some() {
         CollisionKind::Shared
+    } else {
+        CollisionKind::Clone
     };
     let found = Collision {
         field,
@@ -109,30 +102,85 @@ pub(crate) fn collision_with(
         kind,
         holder_count: others.count,
         holders: others.names.iter().map(|n| n.to_string()).collect(),
+        shared_by: shared,
     };
-    let finding = match others.names.as_slice() {
-        [] => None,
-        [holder] => Some(Finding::deny(
+    let finding = match shared {
+        Some(why) if others.count == 1 => Finding::warn(
             check,
             format!(
-                "nodeguard [{check}]: {field} {value} is already used by node \"{holder}\"; {}",
-                remedy(holder)
-            ),
-            format!(
-                "nodeguard [{check}]: {field} {} is already used by node \"{holder}\"",
+                "nodeguard [{check}]: {field} {} is shared with \"{first}\" ({why}), not a clone",
                 abbreviate(value)
             ),
-        )),
-        [first, ..] => Some(Finding::warn(
+        ),
+        Some(_) => Finding::warn(
             check,
             format!(
                 "nodeguard [{check}]: {field} {} is shared by {} nodes (e.g. {first}); not proof of a clone",
                 abbreviate(value),
                 others.count
             ),
-        )),
+        ),
+        None => {
+            let more = match others.count {
+                1 => String::new(),
+                2 => " and 1 other node".to_string(),
+                n => format!(" and {} other nodes", n - 1),
+            };
+            Finding::deny(
+                check,
+                format!(
+                    "nodeguard [{check}]: {field} {value} is already used by node \"{first}\"{more}; {}",
+                    remedy(first)
+                ),
+                format!(
+                    "nodeguard [{check}]: {field} {} is already used by node \"{first}\"{more}",
+                    abbreviate(value)
+                ),
+            )
+        }
     };
-    finding.map(|f| f.with_collision(found))
+    Some(finding.with_collision(found))
+}
+
+/// Why the other holders of a value the write brings share it: on recorded evidence
+/// (see [`sharing`]), or as containers on the writer's own host.
+pub(crate) fn shared_because(
+    input: &NodeInput<'_>,
+    field: ValueField,
+    value: &str,
+    from: Option<&str>,
+    others: &OtherHolders<'_>,
+) -> Option<&'static str> {
+    if let Some(shared) = sharing::evidence(
+        field,
+        value,
+        &input.object.name,
+        from,
+        input.inventory,
+        input.config,
+    ) {
+        return Some(shared.describe());
+    }
+    let on_one_host = !others.names.is_empty()
+        && others.names.iter().all(|holder| {
+            input
+                .inventory
+                .node(holder)
+                .is_some_and(|holder| machine::on_one_host(input.object, holder))
+        });
+    on_one_host.then_some(ON_ONE_HOST)
+}
+
+/// Why nodes that are containers on one host share a value.
+pub(crate) const ON_ONE_HOST: &str = "same host kernel";
+
+/// The value of a single-valued field the node held before this write, if it is the
+/// same machine: what a value it brings was moved to from.
+pub(crate) fn previous<'a, T: 'a>(
+    input: &NodeInput<'a>,
+    field: impl Fn(&'a NodeClaim) -> Option<&'a T>,
+) -> Option<&'a T> {
+    input.baseline.and_then(field)
 }
 
 /// An address whose only other holder is a node no kubelet is running: most likely a
@@ -166,23 +214,18 @@ pub(crate) fn reused_address(
             kind: CollisionKind::Reused,
             holder_count: 1,
             holders: vec![holder.to_string()],
+            shared_by: None,
         }),
     )
 }
 
-/// Whether a kubelet is running the node of that name (see [`super::machine::is_live`]);
-/// a name the inventory does not hold is taken as running, so that it never weakens a
-/// check.
+/// Whether a kubelet is running the node of that name (see [`Inventory::is_running`]).
 pub(crate) fn running<'a>(
     inventory: &'a Inventory,
     config: &'a Config,
     now: Timestamp,
 ) -> impl Fn(&str) -> bool + 'a {
-    move |name| {
-        inventory
-            .node(name)
-            .is_none_or(|node| super::machine::is_live(node, config, now))
-    }
+    move |name| machine::is_running(inventory, name, config, now)
 }
 
 /// Another node's identifier in a message: a prefix, enough for a person to compare
@@ -197,13 +240,11 @@ pub(crate) fn prefix(value: &str) -> String {
     }
 }
 
-/// Why no kubelet counts as running a node: "not Ready", or "no status for 12m".
-pub(crate) fn not_running(node: &NodeClaim, now: Timestamp) -> String {
-    if node.readiness.ready {
-        format!("no status for {}", ago(node.readiness.heartbeat, now))
-    } else {
-        "not Ready".to_string()
-    }
+/// Why no kubelet counts as running a node: "no status for 12m" (as seen on
+/// nodeguard's clock).
+pub(crate) fn not_running(inventory: &Inventory, name: &str, now: Timestamp) -> String {
+    let seen = inventory.status_seen(name).and_then(|seen| seen.at);
+    format!("no status for {}", ago(seen, now))
 }
 
 /// "12s", "11m", "2h5m": how long ago `then` was, to the minute past the first one

@@ -4,12 +4,21 @@
 //! registered the name is the normal case (see [`crate::policy::machine`] for what
 //! "the same machine" means, a new machine-id on the same hardware included). From a
 //! different machine it is a clone or a replacement: refused while a kubelet is running
-//! the registered node, allowed with a warning once none is (the old machine is gone).
-//! "Running" is judged from the Ready condition's heartbeat, which only status writes
-//! move: a refused kubelet keeps renewing its Lease, so its old Node stays Ready, but
-//! its heartbeat ages, and after the heartbeat timeout it is let through.
+//! the registered node, allowed with a warning once none is (the old machine is gone,
+//! or the "other machine" was this very one, PXE-booted with a new machine-id).
+//! "Running" is what nodeguard saw: the node's status written within the heartbeat
+//! timeout (a refused kubelet renews the node's Lease, so its old Node stays Ready, but
+//! its status writes are the ones refused).
+//!
+//! A refused machine is remembered (see [`refusal`]). Once the node's own machine is
+//! seen writing status after that refusal, two machines are proven: the refused one
+//! gets no takeover when the node stops running (a reboot), until `nodeguard forget`
+//! or the Node's deletion.
 
 use super::{not_running, prefix};
+use crate::identity::NodeClaim;
+use crate::ledger::RefusalObservation;
+use crate::ledger::RefusedEntry;
 use crate::policy::machine::{self, Sameness};
 use crate::policy::{CheckId, Finding, NodeInput, Operation};
 
@@ -34,8 +43,20 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
             registered: theirs,
             claimed: ours,
         } => {
-            let config = input.config;
-            if machine::is_live(registered, config, input.now) {
+            let (inventory, config) = (input.inventory, input.config);
+            let proven = inventory.identity(name).and_then(|entry| {
+                machine::proven_refusal(entry, registered, input.object.ids(), inventory, config)
+            });
+            if let Some(refused) = proven {
+                Finding::deny(
+                    CheckId::NameTakeover,
+                    proven_message(CheckId::NameTakeover, name, field, theirs, ours, refused),
+                    format!(
+                        "nodeguard [name-takeover]: node \"{name}\" belongs to another machine, seen running after this one was refused"
+                    ),
+                )
+                .with_refusal(refusal(CheckId::NameTakeover, registered, input.object))
+            } else if machine::is_running(inventory, name, config, input.now) {
                 Finding::deny(
                     CheckId::NameTakeover,
                     format!(
@@ -52,18 +73,61 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
                         "nodeguard [name-takeover]: node \"{name}\" is registered to another, running machine"
                     ),
                 )
+                .with_refusal(refusal(CheckId::NameTakeover, registered, input.object))
             } else {
                 Finding::warn(
                     CheckId::NameTakeover,
                     format!(
                         "nodeguard [name-takeover]: taking over node \"{name}\" from another machine ({})",
-                        not_running(registered, input.now)
+                        not_running(inventory, name, input.now)
                     ),
                 )
             }
         }
     };
     vec![finding]
+}
+
+/// What the ledger records of a machine refused for `registered`'s name.
+pub(crate) fn refusal(
+    check: CheckId,
+    registered: &NodeClaim,
+    refused: &NodeClaim,
+) -> RefusalObservation {
+    RefusalObservation {
+        node: registered.name.to_string(),
+        node_uid: registered.uid.as_deref().map(str::to_string),
+        check: check.as_str().to_string(),
+        machine_id: refused.machine_id.clone(),
+        system_uuid: refused.system_uuid.clone(),
+        provider_id: refused.provider_id.clone(),
+        boot_id: refused.boot_id.clone(),
+        node_resource_version: registered.resource_version.as_deref().map(str::to_string),
+        node_heartbeat: registered.readiness.heartbeat,
+    }
+}
+
+/// The refusal of a machine proven to be a second one: it names when it was first
+/// refused, and that the refusal outlasts the node's downtime.
+pub(crate) fn proven_message(
+    check: CheckId,
+    name: &str,
+    field: &str,
+    theirs: &str,
+    ours: &str,
+    refused: &RefusedEntry,
+) -> String {
+    let first = jiff::Timestamp::from_second(refused.first_refused.as_second())
+        .unwrap_or(refused.first_refused);
+    format!(
+        "nodeguard [{check}]: node \"{name}\" belongs to another machine ({field} {}), seen \
+         writing its status after this machine ({}) was first refused at {first}: two machines \
+         run as {name}, and this one stays refused for the name even while {name} is down; \
+         give this machine its own hostname, or if it replaces {name}, drain and delete node \
+         {name} first (nodeguard forget {name} also releases it)",
+        prefix(theirs),
+        prefix(ours),
+    )
 }
 
 #[cfg(test)]
@@ -119,17 +183,13 @@ mod tests {
     }
 
     #[test]
-    fn a_replacement_for_a_node_that_is_not_ready_is_allowed_with_a_warning() {
+    fn not_ready_is_no_proof_that_no_kubelet_runs_the_node() {
+        // The kubelet of a node rebooting, or reporting its runtime down, still wrote
+        // its status a moment ago: the node is running.
         let mut original = worker(1);
         original.ready = false;
         let verdict = decide(&create(&impostor_of(&original)), &cluster(&[&original]));
-        assert_eq!(verdict.outcome(), Outcome::Warned);
-        assert_eq!(
-            verdict.warnings(),
-            vec![
-                "nodeguard [name-takeover]: taking over node \"worker-1\" from another machine (not Ready)"
-            ]
-        );
+        assert_eq!(verdict.outcome(), Outcome::Denied);
     }
 
     #[test]
@@ -189,17 +249,28 @@ mod tests {
             decide(&create(&after), &cluster(&[&before])).outcome(),
             Outcome::Allowed
         );
-        // The remedy followed in a pool whose nodes share one machine-id, on boards
-        // without a real UUID.
+        // The remedy followed in a pool whose nodes shared one machine-id when nodeguard
+        // first saw them, on boards without a real UUID.
         let pool_id = "a38f8eb989a4463c8c194d086528363d";
         let mut pool: Vec<Machine> = (1..=3).map(worker).collect();
         for node in &mut pool {
             node.machine_id = pool_id.into();
             node.system_uuid = "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF".into();
         }
-        let inventory = cluster(&pool.iter().collect::<Vec<_>>());
+        let mut inventory = cluster(&pool.iter().collect::<Vec<_>>());
         let mut regenerated = pool[0].clone();
         regenerated.machine_id = "0f9e8d7c6b5a49382716a5b4c3d2e1f0".into();
+        // Without that evidence, two nodes holding it prove nothing: the machine-id tells.
+        assert_eq!(
+            decide(&create(&regenerated), &inventory).deciding_check(),
+            Some(CheckId::NameTakeover)
+        );
+        shared_at_first_sight(
+            &mut inventory,
+            &["worker-1", "worker-2", "worker-3"],
+            crate::ledger::ValueField::MachineId,
+            pool_id,
+        );
         assert_eq!(
             decide(&create(&regenerated), &inventory).outcome(),
             Outcome::Allowed
@@ -229,7 +300,7 @@ mod tests {
         let mut bare = crate::sample::node_object(&original);
         bare["status"]["nodeInfo"] = serde_json::json!({});
         let mut inventory = crate::inventory::Inventory::new();
-        inventory.apply_node(claim_of(&bare));
+        inventory.apply_node_as_written(claim_of(&bare));
         assert_eq!(
             decide(&create(&original), &inventory).outcome(),
             Outcome::Allowed

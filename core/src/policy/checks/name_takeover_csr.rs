@@ -6,7 +6,7 @@
 //! for by a registered kubelet, for its addresses); and a bootstrap with a key already
 //! bound to that node (by a CSR still stored or by the ledger) is the node itself
 //! joining again, e.g. after its certificate expired. Once no kubelet is running the
-//! node (its heartbeat is older than the timeout), a machine may take its name.
+//! node (no status seen written within the heartbeat timeout), a machine may take its name.
 
 use crate::identity::KubeletSigner;
 use crate::policy::machine;
@@ -22,7 +22,7 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
         return Vec::new();
     }
     match input.inventory.node(name) {
-        Some(registered) if machine::is_live(registered, input.config, input.now) => {
+        Some(_) if machine::is_running(input.inventory, name, input.config, input.now) => {
             vec![Finding::deny(
                 CheckId::NameTakeover,
                 format!(
@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn a_bootstrap_for_a_new_name_or_a_dead_node_and_a_rotation_are_allowed() {
         let mut gone: Machine = worker(2);
-        gone.ready = false;
+        gone.heartbeat = now() - jiff::SignedDuration::from_mins(11);
         let inventory = cluster(&[&worker(1), &gone]);
         for csr in [
             client_csr(

@@ -1,20 +1,31 @@
 //! `provider-id`: the cloud instance behind the node; two nodes are never one instance.
 
-use super::{Claimed, collision, introduced};
-use crate::policy::{CheckId, Finding, NodeInput};
+use super::{Claimed, collision_with, introduced};
+use crate::ledger::ValueField;
+use crate::policy::{CheckId, Finding, NodeInput, sharing};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     let Some(value) = introduced(input, |c| c.provider_id.as_ref()) else {
         return Vec::new();
     };
-    collision(
+    let node = &input.object.name;
+    let others = input.inventory.provider_id(value).other_than(node);
+    let shared = sharing::evidence(
+        ValueField::ProviderId,
+        value.as_str(),
+        node,
+        None,
+        input.inventory,
+        input.config,
+    );
+    collision_with(
         CheckId::ProviderId,
-        &input.object.name,
         Claimed {
             field: "provider ID",
             value: value.as_str(),
         },
-        input.inventory.provider_id(value),
+        others,
+        shared.map(sharing::Shared::describe),
         |holder| {
             format!(
                 "two nodes cannot be one instance: check this kubelet's --provider-id \
@@ -71,9 +82,21 @@ mod tests {
     fn a_provider_id_set_later_by_an_update_is_checked() {
         let original = on_instance(1, "i-0a1b2c3d4e5f60718");
         let inventory = cluster(&[&original, &worker(2)]);
+        // worker-2's own machine (its system UUID says so): warned, never refused.
         let claimed = on_instance(2, "i-0a1b2c3d4e5f60718");
         assert_eq!(
             decide(&update(&worker(2), &claimed), &inventory).outcome(),
+            Outcome::Warned
+        );
+        // Another machine writing as worker-3 with that instance: refused.
+        let mut other = on_instance(7, "i-0a1b2c3d4e5f60718");
+        other.name = "worker-3".into();
+        let mut before = worker(3);
+        before.system_uuid = other.system_uuid.clone();
+        before.machine_id = "0f9e8d7c6b5a49382716a5b4c3d2e1f0".into();
+        other.machine_id = before.machine_id.clone();
+        assert_eq!(
+            decide(&create(&on_instance(3, "i-0a1b2c3d4e5f60718")), &inventory).outcome(),
             Outcome::Denied
         );
     }

@@ -1,22 +1,31 @@
 //! `serving-san`: a kubelet serving certificate names the node's own addresses; an IP
 //! SAN that another node reports as its InternalIP would let this machine answer for
 //! that node. ExternalIPs are not compared: nodes behind one NAT share them, and the
-//! kubelet puts them in its serving certificate too.
+//! kubelet puts them in its serving certificate too. An address the node itself
+//! reports is its own, whoever else holds it too: like the Node checks, this never
+//! refuses a value the node already holds.
 
-use super::{Claimed, collision, reused_address, running};
+use super::{Claimed, collision_with, reused_address, running};
 use crate::identity::KubeletSigner;
-use crate::policy::{CheckId, CsrInput, Finding};
+use crate::ledger::ValueField;
+use crate::policy::{CheckId, CsrInput, Finding, sharing};
 
 pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
     if input.signer != KubeletSigner::Serving {
         return Vec::new();
     }
     let node = &input.claim.node;
+    let own = input
+        .inventory
+        .node(node)
+        .map(|n| n.internal_ips.as_slice())
+        .unwrap_or_default();
     input
         .claim
         .ip_sans
         .iter()
         .filter(|ip| !input.config.address_is_shared(ip))
+        .filter(|ip| !own.contains(ip))
         .filter_map(|ip| {
             let holders = input.inventory.internal_ip(ip);
             if let Some(warning) = reused_address(
@@ -29,14 +38,23 @@ pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
             ) {
                 return Some(warning);
             }
-            collision(
-                CheckId::ServingSan,
+            let value = ip.to_string();
+            let shared = sharing::evidence(
+                ValueField::InternalIP,
+                &value,
                 node,
+                None,
+                input.inventory,
+                input.config,
+            );
+            collision_with(
+                CheckId::ServingSan,
                 Claimed {
                     field: "serving certificate IP",
-                    value: &ip.to_string(),
+                    value: &value,
                 },
-                holders,
+                holders.other_than(node),
+                shared.map(sharing::Shared::describe),
                 |holder| {
                     format!(
                         "node {node} must not serve another node's address: give this machine \
@@ -100,7 +118,7 @@ mod tests {
             .unwrap()
             .push(serde_json::json!({"type": "ExternalIP", "address": "203.0.113.7"}));
         let mut inventory = cluster(&[&worker(2)]);
-        inventory.apply_node(claim_of(&object));
+        inventory.apply_node_as_written(claim_of(&object));
         let csr = serving_csr("worker-2", &["10.0.0.12", "203.0.113.7"]);
         assert_eq!(
             decide_csr_default(&csr_review(&csr), &inventory).outcome(),

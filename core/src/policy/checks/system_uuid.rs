@@ -1,12 +1,13 @@
 //! `system-uuid`: the SMBIOS product UUID the hypervisor or firmware gives the machine.
+//! A copied VM keeps it unless told it was copied. Read in the other SMBIOS byte order
+//! (a vSphere hardware upgrade flips it) it is the same UUID.
 //!
-//! Some platforms give every node one UUID (kind leaks the host's into each node
-//! container), so a UUID alone is weaker proof than a machine-id: when the holder and
-//! the newcomer report different real machine-ids, they are separately installed
-//! systems and the shared UUID is only worth a warning.
+//! A machine-id that differs proves nothing here: a copy whose machine-id was
+//! regenerated still carries the UUID. Nodes that share the UUID as containers on one
+//! host (k3d, kind before 0.6) share their running kernel too, and are warned.
 
-use super::{Claimed, abbreviate, collision, introduced};
-use crate::policy::verdict::{Collision, CollisionKind};
+use super::{Claimed, collision_with, introduced, previous, shared_because};
+use crate::ledger::ValueField;
 use crate::policy::{CheckId, Finding, NodeInput};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
@@ -18,42 +19,26 @@ pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
         return Vec::new();
     }
     let node = &input.object.name;
-    let holders = input.inventory.system_uuid(value);
-    if let [holder] = holders.other_than(node).names.as_slice()
-        && let Some(theirs) = input
-            .inventory
-            .node(holder)
-            .and_then(|h| h.machine_id.as_ref())
-        && let Some(ours) = input.object.machine_id.as_ref()
-        && theirs != ours
-        && !config.machine_id_is_shared(theirs)
-        && !config.machine_id_is_shared(ours)
+    let inventory = input.inventory;
+    let mut others = inventory.system_uuid(value).other_than(node);
+    if others.count == 0
+        && let Some(swapped) = value.byte_swapped()
     {
-        return vec![
-            Finding::warn(
-                CheckId::SystemUuid,
-                format!(
-                    "nodeguard [system-uuid]: system UUID {} is also node \"{holder}\"'s (machine-ids differ)",
-                    abbreviate(value.as_str())
-                ),
-            )
-            .with_collision(Collision {
-                field: "system UUID",
-                value: value.to_string(),
-                kind: CollisionKind::Shared,
-                holder_count: 1,
-                holders: vec![holder.to_string()],
-            }),
-        ];
+        others = inventory.system_uuid(&swapped).other_than(node);
     }
-    collision(
+    if others.count == 0 {
+        return Vec::new();
+    }
+    let from = previous(input, |c| c.system_uuid.as_ref()).map(|v| v.as_str());
+    let shared = shared_because(input, ValueField::SystemUuid, value.as_str(), from, &others);
+    collision_with(
         CheckId::SystemUuid,
-        node,
         Claimed {
             field: "system UUID",
             value: value.as_str(),
         },
-        holders,
+        others,
+        shared,
         |holder| {
             format!(
                 "this VM looks like a copy of {holder}: give it its own SMBIOS UUID \
@@ -109,20 +94,58 @@ mod tests {
     }
 
     #[test]
-    fn a_kind_node_sharing_the_hosts_uuid_with_its_own_machine_id_is_only_warned() {
+    fn nodes_in_containers_on_one_host_share_its_uuid_and_its_kernel_and_are_warned() {
+        // k3d, and kind before 0.6 (kubernetes-sigs/kind#1027): every node container
+        // reads the host's DMI UUID, and every one runs on the host's kernel, whose
+        // boot id it reports.
         let uuid = "1ad82a4c-2a18-11b2-a85c-82c3099c6263";
+        let host_boot = "8ae9952f-63cd-46a4-b013-ffe977e95508";
         let mut control_plane = worker(1);
         control_plane.system_uuid = uuid.into();
+        control_plane.boot_id = host_boot.into();
         let mut worker_node = worker(2);
         worker_node.system_uuid = uuid.into();
+        worker_node.boot_id = host_boot.into();
         let verdict = decide(&create(&worker_node), &cluster(&[&control_plane]));
         assert_eq!(verdict.outcome(), Outcome::Warned);
         assert_eq!(
             verdict.warnings(),
             vec![
-                "nodeguard [system-uuid]: system UUID 1ad82a4c-2a18… is also node \"worker-1\"'s (machine-ids differ)"
+                "nodeguard [system-uuid]: system UUID 1ad82a4c-2a18… is shared with \"worker-1\" (same host kernel), not a clone"
             ]
         );
+    }
+
+    #[test]
+    fn a_copied_vm_whose_machine_id_was_regenerated_is_still_refused_on_its_uuid() {
+        // Its own kernel, its own boot id: a VM, and a copy.
+        let original = worker(1);
+        let mut copy = worker(2);
+        copy.system_uuid = original.system_uuid.clone();
+        let verdict = decide(&create(&copy), &cluster(&[&original]));
+        assert_eq!(verdict.deciding_check(), Some(CheckId::SystemUuid));
+    }
+
+    #[test]
+    fn a_memory_forked_vm_shares_the_kernel_but_is_not_taken_for_a_container() {
+        // Forked with its memory: the same boot id, machine-id and cached UUID, re-IP'd.
+        let original = worker(1);
+        let mut fork = original.clone();
+        fork.name = "worker-9".into();
+        fork.internal_ip = "10.0.0.99".into();
+        let verdict = decide(&create(&fork), &cluster(&[&original]));
+        assert_eq!(verdict.outcome(), Outcome::Denied);
+        assert_eq!(verdict.deciding_check(), Some(CheckId::MachineId));
+    }
+
+    #[test]
+    fn a_uuid_in_the_other_byte_order_is_the_same_vm() {
+        let mut original = worker(1);
+        original.system_uuid = "8fcf0b42-f2a2-54d1-329b-575d9bc5e19c".into();
+        let mut copy = worker(2);
+        copy.system_uuid = "420bcf8f-a2f2-d154-329b-575d9bc5e19c".into();
+        let verdict = decide(&create(&copy), &cluster(&[&original]));
+        assert_eq!(verdict.deciding_check(), Some(CheckId::SystemUuid));
     }
 
     #[test]

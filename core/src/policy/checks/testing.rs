@@ -4,7 +4,8 @@
 use jiff::Timestamp;
 
 use crate::identity::{CsrDoc, KeyBinding, KubeletSigner, NodeClaim, NodeDoc};
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, LedgerEntry};
+use crate::ledger::{SharedMark, SharingEvidence, ValueField};
 use crate::policy::{
     Config, CsrReview, KubeletCsr, NodeReview, Operation, Verdict, decide_csr, decide_node,
 };
@@ -27,7 +28,7 @@ pub fn claim(machine: &Machine) -> NodeClaim {
 pub fn cluster(machines: &[&Machine]) -> Inventory {
     let mut inventory = Inventory::new();
     for machine in machines {
-        inventory.apply_node(claim(machine));
+        inventory.apply_node_as_written(claim(machine));
     }
     inventory
 }
@@ -99,4 +100,29 @@ pub fn worker(n: u8) -> Machine {
     let mut machine = Machine::new(&format!("worker-{n}"), n, &format!("10.0.0.{}", 10 + n));
     machine.heartbeat = now() - jiff::SignedDuration::from_secs(20);
     machine
+}
+
+/// Marks `value` of `field` as shared when nodeguard first saw the cluster, on the
+/// records of `nodes`, as the recorder does for Nodes older than the ledger.
+pub fn shared_at_first_sight(
+    inventory: &mut Inventory,
+    nodes: &[&str],
+    field: ValueField,
+    value: &str,
+) {
+    for node in nodes {
+        let mut entry = inventory
+            .identity(node)
+            .cloned()
+            .unwrap_or_else(|| LedgerEntry::named(node));
+        let mut marks = entry.shared.to_vec();
+        marks.push(SharedMark {
+            field,
+            value: value.into(),
+            evidence: SharingEvidence::FirstSight,
+            from: None,
+        });
+        entry.shared = marks.into();
+        inventory.apply_identity(entry);
+    }
 }

@@ -12,6 +12,7 @@
 use super::{abbreviate, prefix};
 use crate::identity::BootId;
 use crate::inventory::LedgerEntry;
+pub use crate::ledger::conflict_message;
 use crate::policy::{CheckId, Finding, NodeInput, Operation};
 
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
@@ -63,19 +64,6 @@ fn refused_in_favour_of(
     let returning = record.boot_index(boot)?;
     let reported = record.boot_index(before)?;
     (returning > reported).then(|| before.to_string())
-}
-
-/// The denial for a write from the refused machine: names both boots and the remedy.
-/// The ledger's recorded conflict carries the same text.
-pub fn conflict_message(node: &str, refused_boot: &str, kept_boot: &str) -> String {
-    format!(
-        "nodeguard [two-kubelets]: two machines are writing node \"{node}\" with its \
-         credentials: boot {refused_boot} (this machine) and boot {kept_boot}, which \
-         registered first and is kept; stop this machine's kubelet and give it its own \
-         identity (hostname, rm /etc/machine-id && systemd-machine-id-setup, remove \
-         /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join \
-         with a bootstrap token), then run nodeguard forget {node}"
-    )
 }
 
 #[cfg(test)]
@@ -172,7 +160,7 @@ mod tests {
         let original = worker(1);
         let clone = original.rebooted(BOOT_B);
         let mut inventory = after_boots(&original, &[&original.boot_id, BOOT_B]);
-        inventory.apply_node(claim(&original));
+        inventory.apply_node_as_written(claim(&original));
         assert!(inventory.identity("worker-1").unwrap().conflict().is_none());
         let verdict = decide(&update(&original, &clone), &inventory);
         assert_eq!(verdict.deciding_check(), Some(CheckId::TwoKubelets));
@@ -214,7 +202,7 @@ mod tests {
         inventory.apply_identity(record);
         let mut registered = claim(&original);
         registered.uid = Some("0b7e3c55-0000-4000-8000-000000000002".into());
-        inventory.apply_node(registered);
+        inventory.apply_node_as_written(registered);
         assert_eq!(
             decide(&create(&clone), &inventory).outcome(),
             Outcome::Allowed
