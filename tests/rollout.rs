@@ -139,20 +139,34 @@ async fn a_reloaded_file_changes_answers_without_a_restart_and_a_bad_one_is_refu
         "the last good configuration still enforces"
     );
 
-    // Exempting the lab pool by label lets the clone through unchecked.
+    // A selector on a label the clone's kubelet can set on itself is refused.
     std::fs::write(
         &file,
         "exemptions:\n  nodeSelector:\n    matchExpressions:\n      - {key: pool, operator: In, values: [lab]}\n",
     )
     .unwrap();
+    assert_eq!(reloader.check(), ReloadOutcome::Rejected);
+    // On a label only an admin sets, read on the stored Node: the clone labels itself
+    // with it in vain (it has no stored Node, and NodeRestriction refuses the label).
+    std::fs::write(
+        &file,
+        "exemptions:\n  nodeSelector:\n    matchExpressions:\n      - {key: node-restriction.kubernetes.io/pool, operator: In, values: [lab]}\n",
+    )
+    .unwrap();
     assert_eq!(reloader.check(), ReloadOutcome::Loaded);
-    let answer = ask(&router, registration(&clone, "u-4", false)).await;
-    assert_eq!(answer["allowed"], true, "{answer}");
-    assert!(answer["warnings"].is_null(), "{answer}");
-    // By name too; a node outside the selector is checked again.
-    std::fs::write(&file, "exemptions:\n  nodes: [worker-9]\n").unwrap();
+    let mut self_labelled = clone.clone();
+    self_labelled["metadata"]["labels"]["node-restriction.kubernetes.io/pool"] = "lab".into();
+    let answer = ask(&router, registration(&self_labelled, "u-4", false)).await;
+    assert_eq!(answer["allowed"], false, "{answer}");
+    // Exempt by name, the clone passes unchecked; a node outside the list is checked again.
+    std::fs::write(&file, "exemptions:\n  nodes: [worker-4]\n").unwrap();
     assert_eq!(reloader.check(), ReloadOutcome::Loaded);
     let answer = ask(&router, registration(&clone, "u-5", false)).await;
+    assert_eq!(answer["allowed"], true, "{answer}");
+    assert!(answer["warnings"].is_null(), "{answer}");
+    std::fs::write(&file, "exemptions:\n  nodes: [worker-9]\n").unwrap();
+    assert_eq!(reloader.check(), ReloadOutcome::Loaded);
+    let answer = ask(&router, registration(&clone, "u-6", false)).await;
     assert_eq!(answer["allowed"], false);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -462,7 +476,7 @@ async fn the_leaders_audit_leaves_out_nodes_exempt_by_label() {
     for item in list["items"].as_array_mut().unwrap() {
         if item["kind"] == "Node" {
             if item["metadata"]["name"] == "worker-5" {
-                item["metadata"]["labels"]["pool"] = "lab".into();
+                item["metadata"]["labels"]["node-restriction.kubernetes.io/pool"] = "lab".into();
             }
             api.insert("/api/v1/nodes", item.clone());
         }
@@ -471,7 +485,7 @@ async fn the_leaders_audit_leaves_out_nodes_exempt_by_label() {
     cluster.add_list(list.to_string().as_bytes()).unwrap();
     let config = SharedConfig::new(
         nodeguard::policy::Config::from_yaml(
-            "exemptions:\n  nodeSelector:\n    matchLabels: {pool: lab}\n",
+            "exemptions:\n  nodeSelector:\n    matchLabels: {node-restriction.kubernetes.io/pool: lab}\n",
         )
         .unwrap(),
     );
@@ -489,11 +503,12 @@ async fn the_leaders_audit_leaves_out_nodes_exempt_by_label() {
         .iter()
         .find(|v| v.node == "worker-5")
         .unwrap();
-    assert_eq!(worker5.as_new.outcome(), nodeguard::policy::Outcome::Exempt);
     assert_eq!(
         worker5.restart.outcome(),
         nodeguard::policy::Outcome::Exempt
     );
+    // The admin's label is on its stored Node: joining anew, it would carry none.
+    assert_eq!(worker5.as_new.outcome(), nodeguard::policy::Outcome::Denied);
     // worker-2 still collides with the exempt node's values, and is told so.
     let on: Vec<String> = api
         .objects(NODE_EVENTS)
@@ -508,7 +523,8 @@ async fn the_leaders_audit_leaves_out_nodes_exempt_by_label() {
     assert!(
         api.requests()
             .iter()
-            .any(|(_, path)| path.contains("labelSelector=pool%3Dlab")),
+            .any(|(_, path)| path
+                .contains("labelSelector=node-restriction.kubernetes.io%2Fpool%3Dlab")),
         "{:?}",
         api.requests()
     );

@@ -204,6 +204,31 @@ pub struct NodeClaim {
     /// The `kubernetes.io/hostname` label and every `Hostname` address, deduplicated.
     pub hostnames: Vec<Hostname>,
     pub readiness: Readiness,
+    /// Labels only an admin can set (see [`is_admin_label`]): what an exemption by label
+    /// reads on the stored Node.
+    pub admin_labels: Vec<(Box<str>, Box<str>)>,
+}
+
+/// The label prefix NodeRestriction reserves to admins: a kubelet can neither set, change
+/// nor remove a label under it (or under a subdomain of it) on its own Node.
+pub const ADMIN_LABEL_PREFIX: &str = "node-restriction.kubernetes.io/";
+
+/// A label under [`ADMIN_LABEL_PREFIX`], as NodeRestriction reads the prefix.
+pub fn is_admin_label(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(prefix, _)| {
+        prefix == "node-restriction.kubernetes.io"
+            || prefix.ends_with(".node-restriction.kubernetes.io")
+    })
+}
+
+impl NodeClaim {
+    /// The value of an admin label of this Node.
+    pub fn admin_label(&self, key: &str) -> Option<&str> {
+        self.admin_labels
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| &**v)
+    }
 }
 
 /// Adds a value once, up to [`MAX_ADDRESSES_PER_TYPE`] values.
@@ -287,6 +312,14 @@ impl NodeClaim {
             external_ips,
             hostnames,
             readiness: readiness(status),
+            admin_labels: meta
+                .labels
+                .iter()
+                .flat_map(|labels| labels.pairs.iter())
+                .filter(|(key, _)| is_admin_label(key))
+                .take(MAX_ADDRESSES_PER_TYPE)
+                .map(|(key, value)| (Box::from(&**key), Box::from(&**value)))
+                .collect(),
         })
     }
 }

@@ -750,3 +750,653 @@ pub fn parse_fingerprint(hex_text: &str) -> Option<KeyFingerprint> {
     hex::decode_to_slice(hex_text.trim(), &mut bytes).ok()?;
     Some(KeyFingerprint(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{KeyBinding, KeyFingerprint, KubeletSigner};
+    use crate::ledger::{RecordedAddress, key_leaves_unchanged, node_leaves_unchanged};
+    use jiff::SignedDuration;
+
+    const A: &str = "3c9e1f20-5b7a-4d8e-a6f1-0b2c3d4e5f60";
+    const B: &str = "d8f2c1a0-1b2c-4d3e-8f4a-5b6c7d8e9f00";
+    const C: &str = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_795_000_000 + seconds).unwrap()
+    }
+
+    fn node(boot: &str) -> NodeObservation {
+        NodeObservation {
+            name: "worker-1".into(),
+            uid: Some("6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f".into()),
+            resource_version: None,
+            machine_id: Some("11c1f8e2fbf5540cd8ff218ef016ba11".into()),
+            system_uuid: Some("1139a350-3cd4-400f-875d-c270379811b0".into()),
+            provider_id: None,
+            addresses: vec![RecordedAddress {
+                kind: "InternalIP".into(),
+                address: "10.0.0.11".into(),
+            }],
+            boot_id: Some(boot.into()),
+            heartbeat: None,
+            created: None,
+        }
+    }
+
+    fn meta() -> RecordMeta<'static> {
+        RecordMeta {
+            name: "worker-1",
+            ..RecordMeta::default()
+        }
+    }
+
+    fn replay(boots: &[&str]) -> (Record, Vec<Change>) {
+        let mut record = Record::default();
+        let changes = boots
+            .iter()
+            .enumerate()
+            .map(|(i, boot)| {
+                record.observe_node(&node(boot), at(10 * i as i64), Evidence::Confirmed)
+            })
+            .collect();
+        (record, changes)
+    }
+
+    #[test]
+    fn the_first_observation_records_the_machine_its_boot_and_its_owner() {
+        let (record, changes) = replay(&[A]);
+        assert!(changes[0].changed);
+        assert_eq!(
+            record.owner.as_deref(),
+            Some("6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f")
+        );
+        assert_eq!(
+            record.spec.machine_id.as_deref(),
+            Some("11c1f8e2fbf5540cd8ff218ef016ba11")
+        );
+        assert_eq!(record.current_boot(), Some(A));
+        assert_eq!(record.status.boots, 1);
+    }
+
+    #[test]
+    fn a_kubelet_restart_within_one_boot_records_nothing() {
+        let (_, changes) = replay(&[A, A, A]);
+        assert_eq!(changes[1], Change::default());
+        assert_eq!(changes[2], Change::default());
+    }
+
+    #[test]
+    fn a_reboot_appends_a_boot_and_never_conflicts() {
+        let (record, changes) = replay(&[A, B, B, C]);
+        assert!(changes.iter().all(|c| c.new_conflict.is_none()));
+        assert_eq!(
+            record
+                .spec
+                .boots
+                .iter()
+                .map(|b| b.boot_id.as_str())
+                .collect::<Vec<_>>(),
+            [A, B, C]
+        );
+        assert!(record.conflict().is_none());
+    }
+
+    #[test]
+    fn a_boot_coming_back_is_a_conflict_that_keeps_the_earlier_boot() {
+        let (record, changes) = replay(&[A, B, A]);
+        let conflict = changes[2]
+            .new_conflict
+            .clone()
+            .expect("A → B → A is a conflict");
+        assert_eq!(conflict.kept_boot, A);
+        assert_eq!(conflict.refused_boot, B);
+        assert_eq!(conflict.check, TWO_KUBELETS);
+        assert_eq!(conflict.detected, at(20));
+        assert_eq!(record.conflict(), Some(&conflict));
+        // Found once: the alternation going on (while nodeguard fails open) adds nothing.
+        let mut record = record;
+        assert!(
+            record
+                .observe_node(&node(B), at(30), Evidence::Confirmed)
+                .new_conflict
+                .is_none()
+        );
+        assert!(
+            record
+                .observe_node(&node(A), at(40), Evidence::Confirmed)
+                .new_conflict
+                .is_none()
+        );
+        assert_eq!(record.conflict().unwrap().refused_boot, B);
+    }
+
+    #[test]
+    fn the_clone_coming_back_first_still_refuses_the_later_boot() {
+        // Seen: A, B, C (reboot of the clone?) then B again: B and C alternate; B was
+        // first seen before C, so C is the later machine.
+        let (record, changes) = replay(&[A, B, C, B]);
+        let conflict = changes[3].new_conflict.clone().unwrap();
+        assert_eq!(
+            (conflict.kept_boot.as_str(), conflict.refused_boot.as_str()),
+            (B, C)
+        );
+        assert_eq!(record.current_boot(), Some(B));
+    }
+
+    #[test]
+    fn last_seen_is_refreshed_at_a_bounded_rate() {
+        let mut record = Record::default();
+        record.observe_node(&node(A), at(0), Evidence::Confirmed);
+        assert!(
+            !record
+                .observe_node(&node(A), at(600), Evidence::Confirmed)
+                .changed
+        );
+        let later = at(0) + LAST_SEEN_INTERVAL;
+        assert!(
+            record
+                .observe_node(&node(A), later, Evidence::Confirmed)
+                .changed
+        );
+        assert_eq!(record.spec.boots[0].last_seen, later);
+        assert_eq!(record.spec.boots[0].first_seen, at(0));
+    }
+
+    #[test]
+    fn a_record_of_an_earlier_node_of_that_name_starts_over() {
+        let (mut record, _) = replay(&[A, B, A]);
+        let mut successor = node(C);
+        successor.uid = Some("0b7e3c55-0000-4000-8000-000000000002".into());
+        assert!(
+            record
+                .observe_node(&successor, at(100), Evidence::Watch)
+                .changed
+        );
+        assert!(record.conflict().is_none());
+        assert_eq!(record.spec.boots.len(), 1);
+        assert_eq!(
+            record.owner.as_deref(),
+            Some("0b7e3c55-0000-4000-8000-000000000002")
+        );
+    }
+
+    #[test]
+    fn the_refused_machine_never_rewrites_the_kept_identity() {
+        let (mut record, _) = replay(&[A, B, A]);
+        let mut clone = node(B);
+        clone.system_uuid = Some("564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61".into());
+        record.observe_node(&clone, at(100), Evidence::Watch);
+        assert_eq!(
+            record.spec.system_uuid.as_deref(),
+            Some("1139a350-3cd4-400f-875d-c270379811b0")
+        );
+    }
+
+    #[test]
+    fn boots_are_bounded_but_a_conflict_s_boots_are_kept() {
+        let mut boots: Vec<String> = vec![A.into(), B.into(), A.into()];
+        boots.extend((0..40).map(|i| format!("00000000-0000-4000-8000-{i:012}")));
+        let refs: Vec<&str> = boots.iter().map(String::as_str).collect();
+        let (record, _) = replay(&refs);
+        assert_eq!(record.spec.boots.len(), MAX_BOOTS);
+        assert!(record.spec.boots.iter().any(|b| b.boot_id == A));
+        assert!(record.spec.boots.iter().any(|b| b.boot_id == B));
+    }
+
+    fn key(byte: u8, signer: KubeletSigner, credential: Option<&str>) -> KeyObservation {
+        KeyObservation {
+            csr: format!("csr-{byte:02x}"),
+            binding: KeyBinding {
+                node: "worker-1".into(),
+                fingerprint: KeyFingerprint([byte; 32]),
+                signer,
+                credential_id: credential.map(Into::into),
+            },
+        }
+    }
+
+    #[test]
+    fn an_issued_key_is_bound_once_with_its_credential_id() {
+        let mut record = Record::default();
+        let client = key(7, KubeletSigner::Client, Some("X509SHA256=ab12"));
+        assert!(record.observe_key(&client, at(0)).changed);
+        assert!(!record.observe_key(&client, at(10)).changed);
+        assert_eq!(record.spec.keys.len(), 1);
+        assert_eq!(record.spec.keys[0].fingerprint, "07".repeat(32));
+        assert_eq!(record.spec.keys[0].csr.as_deref(), Some("csr-07"));
+        assert_eq!(record.spec.credential_ids[0].id, "X509SHA256=ab12");
+        assert_eq!(
+            record.key_fingerprints().collect::<Vec<_>>(),
+            [KeyFingerprint([7; 32])]
+        );
+        // The same key for serving is a second binding.
+        assert!(
+            record
+                .observe_key(&key(7, KubeletSigner::Serving, None), at(20))
+                .changed
+        );
+        assert_eq!(record.status.keys, 2);
+    }
+
+    #[test]
+    fn keys_are_bounded_per_signer_dropping_the_oldest() {
+        let mut record = Record::default();
+        record.observe_key(&key(200, KubeletSigner::Serving, None), at(0));
+        for byte in 0..20 {
+            record.observe_key(&key(byte, KubeletSigner::Client, None), at(i64::from(byte)));
+        }
+        let client: Vec<_> = record
+            .spec
+            .keys
+            .iter()
+            .filter(|k| k.signer == KubeletSigner::Client.name())
+            .collect();
+        assert_eq!(client.len(), MAX_KEYS_PER_SIGNER);
+        assert_eq!(client[0].fingerprint, hex::encode([4u8; 32]));
+        assert!(
+            record
+                .spec
+                .keys
+                .iter()
+                .any(|k| k.signer == KubeletSigner::Serving.name())
+        );
+    }
+
+    #[test]
+    fn forget_clears_the_conflict_and_the_boots_before_the_current_one() {
+        let (mut record, _) = replay(&[A, B, A]);
+        let cleared = record.forget().conflict.expect("there was a conflict");
+        assert_eq!(cleared.refused_boot, B);
+        assert!(record.conflict().is_none());
+        assert_eq!(
+            record
+                .spec
+                .boots
+                .iter()
+                .map(|b| b.boot_id.as_str())
+                .collect::<Vec<_>>(),
+            [A]
+        );
+        // The copy, still running, would be seen as a reboot again, then as a conflict.
+        assert!(
+            record
+                .observe_node(&node(B), at(100), Evidence::Confirmed)
+                .new_conflict
+                .is_none()
+        );
+        assert!(
+            record
+                .observe_node(&node(A), at(110), Evidence::Confirmed)
+                .new_conflict
+                .is_some()
+        );
+    }
+
+    /// A small deterministic generator, so that a failure replays.
+    struct Dice(u64);
+
+    impl Dice {
+        fn roll(&mut self, sides: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % sides
+        }
+
+        fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+            &from[self.roll(from.len() as u64) as usize]
+        }
+    }
+
+    fn random_node(dice: &mut Dice) -> NodeObservation {
+        let maybe = |dice: &mut Dice, values: &[&str]| {
+            let value = *dice.pick(values);
+            (!value.is_empty()).then(|| value.to_string())
+        };
+        let boot = *dice.pick(&[A, A, A, B, C]);
+        let mut node = node(boot);
+        node.uid = maybe(dice, &["uid-1", "uid-1", "uid-1", "uid-2", ""]);
+        node.machine_id = maybe(
+            dice,
+            &[
+                "11c1f8e2fbf5540cd8ff218ef016ba11",
+                "",
+                "22c1f8e2fbf5540cd8ff218ef016ba22",
+            ],
+        );
+        node.system_uuid = maybe(dice, &["1139a350-3cd4-400f-875d-c270379811b0", ""]);
+        node.provider_id = maybe(dice, &["", "aws:///eu-west-1a/i-0abc"]);
+        if dice.roll(4) == 0 {
+            node.addresses.clear();
+        } else if dice.roll(4) == 0 {
+            node.addresses[0].address = "10.0.0.12".into();
+        }
+        if dice.roll(8) == 0 {
+            node.boot_id = None;
+        }
+        node.resource_version = Some(dice.roll(50).to_string());
+        node
+    }
+
+    /// Whatever the record and the observation, "unchanged" is never said of an
+    /// observation that changes the record (a missed write would be a missed clone);
+    /// and it is said of the steady state, a node seen again as it is recorded.
+    #[test]
+    fn the_entry_says_unchanged_only_of_what_changes_nothing() {
+        let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+        let mut said_unchanged = 0;
+        for round in 0..400 {
+            let mut record = Record::default();
+            let mut now = at(0);
+            for _ in 0..dice.roll(12) {
+                now += SignedDuration::from_mins(dice.roll(90) as i64);
+                let evidence =
+                    *dice.pick(&[Evidence::Watch, Evidence::Resync, Evidence::Confirmed]);
+                record.observe_node(&random_node(&mut dice), now, evidence);
+                record.judge_sharing(Vec::new(), now);
+                if dice.roll(3) == 0 {
+                    let credential =
+                        *dice.pick(&[None, Some("X509SHA256=01"), Some("X509SHA256=02")]);
+                    let signer = *dice.pick(&[KubeletSigner::Client, KubeletSigner::Serving]);
+                    record.observe_key(&key(dice.roll(3) as u8, signer, credential), now);
+                }
+            }
+            let entry = record.entry(meta()).unwrap();
+            for _ in 0..20 {
+                let later = now + SignedDuration::from_mins(dice.roll(90) as i64);
+                let evidence =
+                    *dice.pick(&[Evidence::Watch, Evidence::Resync, Evidence::Confirmed]);
+                let node = random_node(&mut dice);
+                if node_leaves_unchanged(&entry, &node, later) {
+                    said_unchanged += 1;
+                    let change = record.clone().observe_node(&node, later, evidence);
+                    assert!(
+                        !change.changed && !change.needs_confirmation,
+                        "round {round}: {node:?} at {later} changes {record:?}"
+                    );
+                }
+                let credential = *dice.pick(&[None, Some("X509SHA256=01"), Some("X509SHA256=02")]);
+                let signer = *dice.pick(&[KubeletSigner::Client, KubeletSigner::Serving]);
+                let key = key(dice.roll(3) as u8, signer, credential);
+                if key_leaves_unchanged(&entry, &key) {
+                    said_unchanged += 1;
+                    let change = record.clone().observe_key(&key, later);
+                    assert!(!change.changed, "round {round}: {key:?} changes {record:?}");
+                }
+            }
+        }
+        assert!(
+            said_unchanged > 500,
+            "only {said_unchanged} observations found unchanged"
+        );
+
+        // The steady state: the node as recorded, within the hour.
+        let (mut record, _) = replay(&[A]);
+        record.judge_sharing(Vec::new(), at(0));
+        record.observe_key(&key(1, KubeletSigner::Client, Some("X509SHA256=01")), at(5));
+        let entry = record.entry(meta()).unwrap();
+        assert!(node_leaves_unchanged(&entry, &node(A), at(30 * 60)));
+        assert!(key_leaves_unchanged(
+            &entry,
+            &key(1, KubeletSigner::Client, Some("X509SHA256=01"))
+        ));
+        // Due for a lastSeen refresh, a reboot, a new address, a new key: not unchanged.
+        assert!(!node_leaves_unchanged(&entry, &node(A), at(61 * 60)));
+        assert!(!node_leaves_unchanged(&entry, &node(B), at(60)));
+        let mut moved = node(A);
+        moved.addresses[0].address = "10.0.0.12".into();
+        assert!(!node_leaves_unchanged(&entry, &moved, at(60)));
+        assert!(!key_leaves_unchanged(
+            &entry,
+            &key(2, KubeletSigner::Client, None)
+        ));
+        assert!(!key_leaves_unchanged(
+            &entry,
+            &key(1, KubeletSigner::Serving, None)
+        ));
+    }
+
+    fn at_version(boot: &str, version: u64) -> NodeObservation {
+        NodeObservation {
+            resource_version: Some(version.to_string()),
+            ..node(boot)
+        }
+    }
+
+    #[test]
+    fn a_boot_coming_back_in_a_watch_event_waits_for_a_fresh_read() {
+        let mut record = Record::default();
+        record.observe_node(&at_version(A, 100), at(0), Evidence::Watch);
+        record.observe_node(&at_version(B, 110), at(10), Evidence::Watch);
+        let change = record.observe_node(&at_version(A, 120), at(20), Evidence::Watch);
+        assert!(change.needs_confirmation);
+        assert!(change.new_conflict.is_none() && record.conflict().is_none());
+        assert_eq!(record.current_boot(), Some(B), "nothing of it was applied");
+        let confirmed = record.observe_node(&at_version(A, 121), at(21), Evidence::Confirmed);
+        assert_eq!(confirmed.new_conflict.unwrap().refused_boot, B);
+    }
+
+    #[test]
+    fn an_observation_older_than_the_record_changes_nothing() {
+        // A → B applied; then an A from before B, queued or from a lagging watch: the
+        // version orders them, and B is the live boot.
+        let mut record = Record::default();
+        record.observe_node(&at_version(A, 100), at(0), Evidence::Watch);
+        record.observe_node(&at_version(B, 110), at(10), Evidence::Watch);
+        for evidence in [Evidence::Watch, Evidence::Resync, Evidence::Confirmed] {
+            assert_eq!(
+                record.observe_node(&at_version(A, 100), at(20), evidence),
+                Change::default()
+            );
+        }
+        assert!(record.conflict().is_none());
+        assert_eq!(record.current_boot(), Some(B));
+        assert_eq!(record.status.node_resource_version.as_deref(), Some("110"));
+    }
+
+    #[test]
+    fn a_resync_never_moves_the_record_back_to_an_earlier_boot_nor_conflicts() {
+        // Without versions to order them (a record from an older release), a resync's
+        // copy of the Node may still be stale.
+        let mut record = Record::default();
+        record.observe_node(&node(A), at(0), Evidence::Watch);
+        record.observe_node(&node(B), at(10), Evidence::Watch);
+        let change = record.observe_node(&node(A), at(20), Evidence::Resync);
+        assert!(!change.needs_confirmation && change.new_conflict.is_none());
+        assert_eq!(record.current_boot(), Some(B));
+        // A new boot in a resync is a reboot like any other.
+        record.observe_node(&node(C), at(30), Evidence::Resync);
+        assert_eq!(record.current_boot(), Some(C));
+    }
+
+    #[test]
+    fn forget_keeps_the_kept_boot_even_when_the_refused_one_wrote_last() {
+        let (mut record, _) = replay(&[A, B, A]);
+        // The copy wrote while nodeguard failed open: the Node reports B now.
+        record.observe_node(&node(B), at(100), Evidence::Watch);
+        assert_eq!(record.current_boot(), Some(B));
+        record.forget();
+        assert_eq!(record.current_boot(), Some(A));
+        assert_eq!(
+            record
+                .spec
+                .boots
+                .iter()
+                .map(|b| b.boot_id.as_str())
+                .collect::<Vec<_>>(),
+            [A]
+        );
+        // The original writing again is no conflict.
+        let change = record.observe_node(&node(A), at(110), Evidence::Confirmed);
+        assert!(change.new_conflict.is_none());
+    }
+
+    fn refused_clone() -> RefusalObservation {
+        RefusalObservation {
+            node: "worker-1".into(),
+            node_uid: Some("6f0c1b6e-1d2a-4c3b-9e8f-7a6b5c4d3e2f".into()),
+            check: "name-takeover".into(),
+            machine_id: crate::identity::MachineId::parse("11c1f8e2fbf5540cd8ff218ef016ba11"),
+            system_uuid: crate::identity::SystemUuid::parse("564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61"),
+            provider_id: None,
+            boot_id: crate::identity::BootId::parse(C),
+            node_resource_version: Some("100".into()),
+            node_heartbeat: Some(at(-30)),
+        }
+    }
+
+    fn heartbeat(boot: &str, version: u64, beat: i64) -> NodeObservation {
+        NodeObservation {
+            resource_version: Some(version.to_string()),
+            heartbeat: Some(at(beat)),
+            ..node(boot)
+        }
+    }
+
+    #[test]
+    fn a_refused_machine_is_recorded_once_and_its_last_refusal_kept_up_to_date_now_and_then() {
+        let (mut record, _) = replay(&[A]);
+        let clone = refused_clone();
+        assert!(record.observe_refusal(&clone, at(0)).changed);
+        assert_eq!(record.status.refused, 1);
+        // The kubelet retries every few seconds: nothing to write for ten minutes.
+        assert!(!record.observe_refusal(&clone, at(7)).changed);
+        assert!(!record.observe_refusal(&clone, at(599)).changed);
+        assert!(record.observe_refusal(&clone, at(600)).changed);
+        let refused = &record.spec.refused_machines[0];
+        assert_eq!(
+            (refused.first_refused, refused.last_refused),
+            (at(0), at(600))
+        );
+        assert_eq!(
+            refused.system_uuid.as_deref(),
+            Some("564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61")
+        );
+        assert_eq!(refused.node_resource_version.as_deref(), Some("100"));
+        // Rebooted, it is the same machine with another boot.
+        let mut rebooted = clone.clone();
+        rebooted.boot_id = crate::identity::BootId::parse(B);
+        assert!(record.observe_refusal(&rebooted, at(601)).changed);
+        assert_eq!(record.spec.refused_machines.len(), 1);
+        assert_eq!(record.spec.refused_machines[0].boot_id.as_deref(), Some(B));
+        // Refused against an earlier Node of the name: not this record's history.
+        let mut elsewhere = clone;
+        elsewhere.node_uid = Some("0b7e3c55-0000-4000-8000-000000000002".into());
+        assert!(!record.observe_refusal(&elsewhere, at(700)).changed);
+    }
+
+    #[test]
+    fn the_node_s_own_machine_writing_status_after_a_refusal_proves_two_machines() {
+        let (mut record, _) = replay(&[A]);
+        record.observe_refusal(&refused_clone(), at(0));
+        // The Node as it was refused against, or older: nothing proven.
+        assert!(
+            record
+                .observe_node(&heartbeat(A, 100, -30), at(1), Evidence::Watch)
+                .new_proofs
+                .is_empty()
+        );
+        // A later version with the same heartbeat (a label, the node controller): no.
+        assert!(
+            record
+                .observe_node(&heartbeat(A, 101, -30), at(2), Evidence::Watch)
+                .new_proofs
+                .is_empty()
+        );
+        // A later version whose heartbeat moved, showing the refused machine (it got
+        // through while nodeguard failed open): not the node's own machine.
+        let mut clone_wrote = heartbeat(C, 102, 40);
+        clone_wrote.system_uuid = Some("564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61".into());
+        let change = record.observe_node(&clone_wrote, at(3), Evidence::Watch);
+        assert!(change.new_proofs.is_empty());
+        assert_eq!(
+            record.spec.system_uuid.as_deref(),
+            Some("564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61"),
+            "an unproven refused machine's values are still recorded as the node's"
+        );
+        // The node's own machine writes its status (its boot coming back is confirmed by a
+        // fresh read, as for any boot that returns): proven, once.
+        let change = record.observe_node(&heartbeat(A, 103, 300), at(300), Evidence::Confirmed);
+        assert_eq!(change.new_proofs.len(), 1);
+        assert!(change.changed);
+        assert_eq!(record.spec.refused_machines[0].proven, Some(at(300)));
+        assert!(
+            record
+                .observe_node(&heartbeat(A, 104, 600), at(600), Evidence::Watch)
+                .new_proofs
+                .is_empty()
+        );
+        // From then on a write showing the refused machine never rewrites the node's.
+        let mut again = heartbeat(C, 105, 700);
+        again.system_uuid = Some("564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61".into());
+        record.observe_node(&again, at(700), Evidence::Watch);
+        assert_eq!(
+            record.spec.system_uuid.as_deref(),
+            Some("1139a350-3cd4-400f-875d-c270379811b0")
+        );
+    }
+
+    #[test]
+    fn refused_machines_are_bounded_keeping_the_proven_ones() {
+        let (mut record, _) = replay(&[A]);
+        let mut first = refused_clone();
+        record.observe_refusal(&first, at(0));
+        record.observe_node(&heartbeat(A, 200, 100), at(100), Evidence::Watch);
+        assert!(record.spec.refused_machines[0].proven.is_some());
+        for i in 0..6u8 {
+            first.system_uuid = crate::identity::SystemUuid::parse(&format!(
+                "{i:02x}4d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61"
+            ));
+            record.observe_refusal(&first, at(200 + i64::from(i)));
+        }
+        assert_eq!(
+            record.spec.refused_machines.len(),
+            crate::ledger::MAX_REFUSED_MACHINES
+        );
+        assert!(
+            record
+                .spec
+                .refused_machines
+                .iter()
+                .any(|r| r.system_uuid.as_deref() == Some("564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61"))
+        );
+        assert_eq!(record.status.refused, 4);
+    }
+
+    #[test]
+    fn forget_and_a_new_node_of_the_name_clear_the_refused_machines() {
+        let (mut record, _) = replay(&[A]);
+        record.observe_refusal(&refused_clone(), at(0));
+        let forgotten = record.forget();
+        assert_eq!(forgotten.refused_machines.len(), 1);
+        assert!(record.spec.refused_machines.is_empty());
+        assert_eq!(record.status.refused, 0);
+
+        let (mut record, _) = replay(&[A]);
+        record.observe_refusal(&refused_clone(), at(0));
+        let mut successor = node(B);
+        successor.uid = Some("0b7e3c55-0000-4000-8000-000000000002".into());
+        record.observe_node(&successor, at(10), Evidence::Watch);
+        assert!(record.spec.refused_machines.is_empty());
+    }
+
+    #[test]
+    fn an_entry_not_yet_judged_or_with_a_refusal_to_prove_is_never_said_unchanged() {
+        let (mut record, _) = replay(&[A]);
+        let entry = record.entry(meta()).unwrap();
+        assert!(
+            !node_leaves_unchanged(&entry, &node(A), at(60)),
+            "values not judged yet"
+        );
+        record.judge_sharing(Vec::new(), at(0));
+        let entry = record.entry(meta()).unwrap();
+        assert!(node_leaves_unchanged(&entry, &heartbeat(A, 10, 50), at(60)));
+        record.observe_refusal(&refused_clone(), at(0));
+        let entry = record.entry(meta()).unwrap();
+        assert!(
+            !node_leaves_unchanged(&entry, &heartbeat(A, 110, 50), at(60)),
+            "a status written since the refusal may prove it"
+        );
+    }
+}

@@ -198,7 +198,7 @@ impl Default for Config {
 /// exemptions:
 ///   nodes: ["lab-0"]
 ///   nodeSelector:
-///     matchLabels: {nodeguard.io/exempt: "true"}
+///     matchLabels: {node-restriction.kubernetes.io/nodeguard-exempt: "true"}
 /// checks:
 ///   hostname: warn
 ///   provider-id: off
@@ -253,7 +253,10 @@ struct ExpressionFile {
     values: Vec<String>,
 }
 
-/// Which labels a node must carry to be exempt: every requirement holds.
+pub use crate::identity::node::{ADMIN_LABEL_PREFIX, is_admin_label};
+
+/// Which labels a node must carry to be exempt: every requirement holds. At least one
+/// must be a label only an admin can set (see [`ADMIN_LABEL_PREFIX`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelSelector {
     requirements: Vec<Requirement>,
@@ -311,7 +314,30 @@ impl LabelSelector {
                 "an empty selector would exempt every node; to stop checking, set mode: off".into(),
             ));
         }
-        Ok(Self { requirements })
+        let selector = Self { requirements };
+        if !selector.needs_an_admin() {
+            return Err(bad(format!(
+                "a kubelet can satisfy {:?} by itself: it sets its own Node's labels \
+                 (--node-labels), all but those under {ADMIN_LABEL_PREFIX}, which only an \
+                 admin can set; select on one of those (In or Exists), e.g. matchLabels: \
+                 {{{ADMIN_LABEL_PREFIX}nodeguard-exempt: \"true\"}}, set with kubectl label \
+                 node NAME {ADMIN_LABEL_PREFIX}nodeguard-exempt=true",
+                selector.describe()
+            )));
+        }
+        Ok(selector)
+    }
+
+    /// Whether only a node an admin labelled can match: one requirement asks for a label
+    /// under [`ADMIN_LABEL_PREFIX`], which NodeRestriction forbids a kubelet to set,
+    /// change or remove on its own Node. Any other label a clone can put on itself.
+    fn needs_an_admin(&self) -> bool {
+        self.requirements
+            .iter()
+            .any(|requirement| match requirement {
+                Requirement::In(key, _) | Requirement::Exists(key) => is_admin_label(key),
+                Requirement::NotIn(..) | Requirement::DoesNotExist(_) => false,
+            })
     }
 
     /// Whether a node with these labels matches.
@@ -729,24 +755,26 @@ mod tests {
     #[test]
     fn exemptions_match_names_and_label_selectors_as_kubernetes_does() {
         let config = Config::from_yaml(
-            "exemptions:\n  nodes: [lab-0]\n  nodeSelector:\n    matchLabels: {pool: kiosk}\n    matchExpressions:\n      - {key: tier, operator: NotIn, values: [prod]}\n      - {key: nodeguard.io/checked, operator: DoesNotExist}\n",
+            "exemptions:\n  nodes: [lab-0]\n  nodeSelector:\n    matchLabels: {node-restriction.kubernetes.io/pool: kiosk}\n    matchExpressions:\n      - {key: tier, operator: NotIn, values: [prod]}\n      - {key: nodeguard.io/checked, operator: DoesNotExist}\n",
         )
         .unwrap();
         let labels = |pairs: &'static [(&'static str, &'static str)]| {
             move |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
         };
+        const POOL: &str = "node-restriction.kubernetes.io/pool";
         assert!(config.is_exempt("lab-0", |_| None));
-        assert!(config.is_exempt("kiosk-7", labels(&[("pool", "kiosk")])));
-        assert!(config.is_exempt("kiosk-7", labels(&[("pool", "kiosk"), ("tier", "dev")])));
-        assert!(!config.is_exempt("kiosk-8", labels(&[("pool", "kiosk"), ("tier", "prod")])));
+        assert!(config.is_exempt("kiosk-7", labels(&[(POOL, "kiosk")])));
+        assert!(config.is_exempt("kiosk-7", labels(&[(POOL, "kiosk"), ("tier", "dev")])));
+        assert!(!config.is_exempt("kiosk-8", labels(&[(POOL, "kiosk"), ("tier", "prod")])));
         assert!(!config.is_exempt(
             "kiosk-9",
-            labels(&[("pool", "kiosk"), ("nodeguard.io/checked", "")])
+            labels(&[(POOL, "kiosk"), ("nodeguard.io/checked", "")])
         ));
-        assert!(!config.is_exempt("worker-1", labels(&[("pool", "general")])));
+        assert!(!config.is_exempt("worker-1", labels(&[(POOL, "general")])));
+        assert!(!config.is_exempt("worker-1", labels(&[("pool", "kiosk")])));
         assert_eq!(
             config.exempt_selector().unwrap().describe(),
-            "pool=kiosk,tier notin (prod),!nodeguard.io/checked"
+            "node-restriction.kubernetes.io/pool=kiosk,tier notin (prod),!nodeguard.io/checked"
         );
         for (yaml, error) in [
             (
@@ -760,6 +788,15 @@ mod tests {
             (
                 "exemptions:\n  nodeSelector:\n    matchExpressions: [{key: a, operator: In}]\n",
                 "exemptions.nodeSelector: a: operator In needs at least one value",
+            ),
+            // A clone's kubelet puts any of these on its own Node (--node-labels).
+            (
+                "exemptions:\n  nodeSelector:\n    matchLabels: {nodeguard.io/exempt: \"true\"}\n",
+                "exemptions.nodeSelector: a kubelet can satisfy \"nodeguard.io/exempt=true\" by itself: it sets its own Node's labels (--node-labels), all but those under node-restriction.kubernetes.io/, which only an admin can set; select on one of those (In or Exists), e.g. matchLabels: {node-restriction.kubernetes.io/nodeguard-exempt: \"true\"}, set with kubectl label node NAME node-restriction.kubernetes.io/nodeguard-exempt=true",
+            ),
+            (
+                "exemptions:\n  nodeSelector:\n    matchExpressions: [{key: node-restriction.kubernetes.io/checked, operator: DoesNotExist}]\n",
+                "exemptions.nodeSelector: a kubelet can satisfy \"!node-restriction.kubernetes.io/checked\" by itself: it sets its own Node's labels (--node-labels), all but those under node-restriction.kubernetes.io/, which only an admin can set; select on one of those (In or Exists), e.g. matchLabels: {node-restriction.kubernetes.io/nodeguard-exempt: \"true\"}, set with kubectl label node NAME node-restriction.kubernetes.io/nodeguard-exempt=true",
             ),
         ] {
             assert_eq!(Config::from_yaml(yaml).unwrap_err().to_string(), error);

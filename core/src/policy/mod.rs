@@ -185,14 +185,23 @@ pub fn decide_node_against(
     if !matches!(review.operation, Operation::Create | Operation::Update) {
         return Verdict::default();
     }
-    if config.is_exempt(&object.name, |key| review.label(key)) {
-        return Verdict::exempt();
-    }
     let old_object = review.old_object.as_ref();
     let before = match review.operation {
         Operation::Update => old_object,
         _ => registered,
     };
+    // A label only an admin can set is read on the stored Node (a kubelet can put no
+    // such label on a Node it registers); others on the written one.
+    let exempt = config.is_exempt(&object.name, |key| {
+        if config::is_admin_label(key) {
+            before.and_then(|stored| stored.admin_label(key))
+        } else {
+            review.label(key)
+        }
+    });
+    if exempt {
+        return Verdict::exempt();
+    }
     let sameness = before.map(|before| {
         machine::compare(&object.name, before.ids(), object.ids(), inventory, config)
     });
