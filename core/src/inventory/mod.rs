@@ -851,6 +851,35 @@ mod tests {
     }
 
     #[test]
+    fn a_status_counts_as_written_when_this_replica_first_saw_its_heartbeat() {
+        let t0: Timestamp = "2026-12-01T08:00:00Z".parse().unwrap();
+        let minutes = |m: i64| t0 + SignedDuration::from_mins(m);
+        let timeout = SignedDuration::from_mins(10);
+        // A kubelet whose clock is an hour slow.
+        let mut node = Machine::new("worker-1", 1, "10.0.0.11");
+        node.heartbeat = minutes(-60);
+        let mut inventory = Inventory::new();
+        inventory.apply_node(claim(&node), t0);
+        assert!(inventory.is_running("worker-1", timeout, minutes(10)));
+        assert!(!inventory.is_running("worker-1", timeout, minutes(11)));
+        // The same heartbeat seen again (a label changed) is no new status.
+        inventory.apply_node(claim(&node), minutes(9));
+        assert!(!inventory.is_running("worker-1", timeout, minutes(11)));
+        // A new one is, however old by nodeguard's clock.
+        node.heartbeat = minutes(-55);
+        inventory.apply_node(claim(&node), minutes(9));
+        assert!(inventory.is_running("worker-1", timeout, minutes(19)));
+        // A relist keeps the moment a heartbeat was first seen.
+        let table = NodeTable::listed([claim(&node)], &inventory.status_seen_all(), minutes(15));
+        drop(inventory.install_nodes(table));
+        assert!(!inventory.is_running("worker-1", timeout, minutes(20)));
+        assert!(
+            inventory.is_running("worker-9", timeout, minutes(20)),
+            "unknown: running"
+        );
+    }
+
+    #[test]
     fn a_relist_of_csrs_keeps_the_keys_the_ledger_binds() {
         let mut inventory = Inventory::new();
         let mut entry = LedgerEntry::named("worker-1");

@@ -4,6 +4,8 @@
 pub mod audit;
 pub mod checks;
 pub mod config;
+#[cfg(test)]
+mod history;
 pub mod machine;
 pub mod sharing;
 pub mod verdict;

@@ -101,6 +101,28 @@ mod tests {
     }
 
     #[test]
+    fn nodes_behind_one_nat_renew_their_serving_certificates_for_the_address_they_share() {
+        let a = worker(1);
+        let mut b = worker(2);
+        b.internal_ip = a.internal_ip.clone();
+        let inventory = cluster(&[&a, &b]);
+        for node in ["worker-1", "worker-2"] {
+            let csr = serving_csr(node, &["10.0.0.11"]);
+            assert_eq!(
+                decide_csr_default(&csr_review(&csr), &inventory).outcome(),
+                Outcome::Allowed,
+                "{node}"
+            );
+        }
+        // A third node asking for it does not hold it: refused.
+        let csr = serving_csr("worker-3", &["10.0.0.11"]);
+        assert_eq!(
+            decide_csr_default(&csr_review(&csr), &cluster(&[&a, &b, &worker(3)])).outcome(),
+            Outcome::Denied
+        );
+    }
+
+    #[test]
     fn a_serving_csr_for_its_own_addresses_is_allowed() {
         let inventory = cluster(&[&worker(1), &worker(2)]);
         let csr = serving_csr("worker-2", &["10.0.0.12", "127.0.0.1"]);
