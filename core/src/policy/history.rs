@@ -448,7 +448,7 @@ fn nodes_that_shared_a_machine_id_before_nodeguard_can_be_deleted_and_join_again
 fn a_clone_let_in_while_nodeguard_only_warned_does_not_make_its_original_s_values_shared() {
     let original = worker();
     let mut cluster = Cluster::before_nodeguard(
-        &[original.clone()],
+        std::slice::from_ref(&original),
         Config::from_yaml("mode: warn\n").unwrap(),
     );
     cluster.joining();
