@@ -12,6 +12,10 @@
 //!   hypervisor (same SMBIOS UUID), with worker-2's static address and its kubelet key,
 //!   joined with a bootstrap token under a new name: warned, not refused. What it shares
 //!   with worker-2 is not shared by evidence: the next copy is refused.
+//! - worker-1's name is wanted by a copy of worker-1 with its own VM UUID, refused three
+//!   hours ago while worker-1 ran; worker-1 wrote its status since, so the ledger holds it
+//!   as a second machine, and its bootstrap CSR for worker-1, made with a new key, is
+//!   still pending.
 //! - worker-3 has been written by two machines (boot A, then B, then A again): the ledger
 //!   holds the conflict, and the Node reports the refused boot, the copy having written
 //!   last.
@@ -29,7 +33,7 @@ use nodeguard::inventory::Inventory;
 use nodeguard::ledger::NodeIdentity;
 use nodeguard::policy::Config;
 use nodeguard::policy::sharing::{self, Judging};
-use nodeguard::record::{Evidence, KeyObservation, NodeObservation};
+use nodeguard::record::{Evidence, KeyObservation, NodeObservation, RefusalObservation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -136,6 +140,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         items.push(csr);
     }
 
+    // The copy of worker-1 asking for worker-1's credentials with a bootstrap token:
+    // pending, since nodeguard was down when it was asked for.
+    let copy_key = kubelet::kubelet_key()?;
+    let pem = kubelet::csr_pem(&copy_key, "worker-1", &[], &[])?;
+    let mut pending = kubelet::csr_object(
+        "csr-zq8mv",
+        kubelet::CLIENT_SIGNER,
+        &pem,
+        &Requester::Bootstrap {
+            token_id: "07401b".into(),
+        },
+    );
+    let asked = (taken - SignedDuration::from_mins(10)).to_string();
+    pending["metadata"] = json!({
+        "name": "csr-zq8mv",
+        "generateName": "csr-",
+        "uid": "c5a1d6e0-2f4b-4a7c-8e9d-00000000000a",
+        "creationTimestamp": asked,
+        "resourceVersion": "91500",
+    });
+    items.push(pending);
+
     // The ledger nodeguard keeps: one record per node, and worker-9's from its CSR.
     let observe = |node: &Value| -> Option<NodeObservation> {
         let text = node.to_string();
@@ -181,6 +207,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             now: first,
         };
         record.update(|r| sharing::record_node(r, &observation, Evidence::Confirmed, judging));
+        if machine.name == "worker-1" {
+            // Its copy refused three hours ago, then worker-1's status written: proven.
+            let refused_at = taken - SignedDuration::from_hours(3);
+            let mut copy = machine.clone();
+            copy.system_uuid = "564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61".into();
+            copy.boot_id = "c10e0000-5b7a-4d8e-a6f1-0b2c3d4e5f60".into();
+            let refusal = RefusalObservation {
+                node: machine.name.clone(),
+                node_uid: observation.uid.clone(),
+                check: "name-takeover".into(),
+                machine_id: nodeguard::identity::MachineId::parse(&copy.machine_id),
+                system_uuid: nodeguard::identity::SystemUuid::parse(&copy.system_uuid),
+                provider_id: None,
+                boot_id: nodeguard::identity::BootId::parse(&copy.boot_id),
+                node_resource_version: observation.resource_version.clone(),
+                node_heartbeat: Some(refused_at - SignedDuration::from_mins(4)),
+            };
+            record.observe_refusal(&refusal, refused_at);
+            let mut later = node.clone();
+            later["metadata"]["resourceVersion"] = json!("80050");
+            let mut written = observe(&later).ok_or("a Node that does not parse")?;
+            let seen = refused_at + SignedDuration::from_mins(1);
+            written.heartbeat = Some(seen);
+            let judging = Judging {
+                inventory: &inventory,
+                config: &config,
+                now: seen,
+            };
+            record.update(|r| sharing::record_node(r, &written, Evidence::Watch, judging));
+        }
         if machine.name == "worker-3" {
             // Boot A, then the copy's boot B, then A again: the conflict.
             let mut copy = kubelet::node_object(&worker3_copy);

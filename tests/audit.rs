@@ -122,6 +122,30 @@ fn the_example_dump_shows_exactly_the_planted_clone_and_the_template_machine_id(
         .map(|o| (o.node.as_str(), o.owned, o.expired))
         .collect();
     assert_eq!(orphans, vec![("worker-9", false, true)]);
+    // worker-1's copy, refused while worker-1 ran, then proven a second machine.
+    let refused: Vec<(&str, &str, bool)> = report
+        .refused
+        .iter()
+        .map(|r| (r.node.as_str(), r.machine.as_str(), r.proven.is_some()))
+        .collect();
+    assert_eq!(
+        refused,
+        vec![(
+            "worker-1",
+            "system UUID 564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61, machine-id 7d3b0b8e54c84f5f9a6c1e2d3f4a5b6c",
+            true
+        )]
+    );
+    // Its bootstrap CSR, still pending, is one the webhook would refuse.
+    let pending: Vec<(&str, &str, Option<CheckId>)> = report
+        .pending
+        .iter()
+        .map(|p| (p.name.as_str(), p.node.as_str(), p.verdict.deciding_check()))
+        .collect();
+    assert_eq!(
+        pending,
+        vec![("csr-zq8mv", "worker-1", Some(CheckId::NameTakeover))]
+    );
 
     let restart: Vec<(&str, Outcome)> = report
         .verdicts
@@ -299,6 +323,15 @@ fn the_command_prints_documented_json_and_exits_0_1_or_2() {
         .collect();
     assert!(counts.contains(&("two-kubelets".into(), "refused".into(), 1)));
     assert!(counts.contains(&("ledger".into(), "orphan".into(), 1)));
+    assert!(counts.contains(&("name-takeover".into(), "second-machine".into(), 1)));
+    assert!(counts.contains(&("name-takeover".into(), "pending-refused".into(), 1)));
+    let refused = &report["ledger"]["refusedMachines"][0];
+    assert_eq!(refused["node"], "worker-1");
+    assert_eq!(refused["check"], "name-takeover");
+    assert_eq!(refused["proven"], "2026-11-30T06:01:00Z");
+    assert_eq!(report["pendingCSRs"][0]["name"], "csr-zq8mv");
+    assert_eq!(report["pendingCSRs"][0]["verdict"]["outcome"], "denied");
+    assert_eq!(report["collisions"][0]["evidence"], "since first seen");
 
     let table = nodeguard().args(["audit", "-f", DUMP]).output().unwrap();
     assert_eq!(table.status.code(), Some(1));

@@ -174,15 +174,16 @@ pub fn table(report: &Audit, cluster: &Cluster, config: &Config, now: Timestamp)
                 .to_vec(),
         ];
         for c in &report.collisions {
-            let kind = match c.kind {
-                crate::policy::CollisionKind::Clone => "likely clone",
-                crate::policy::CollisionKind::Shared => "shared (platform)",
-                crate::policy::CollisionKind::Reused => "reused address",
+            let kind = match (c.kind, c.evidence) {
+                (crate::policy::CollisionKind::Clone, _) => "likely clone".to_string(),
+                (crate::policy::CollisionKind::Shared, Some(why)) => format!("shared ({why})"),
+                (crate::policy::CollisionKind::Shared, None) => "shared".to_string(),
+                (crate::policy::CollisionKind::Reused, _) => "reused address".to_string(),
             };
             rows.push(vec![
                 c.check.to_string(),
                 format!("{} {}", c.field, crate::policy::verdict::clip(&c.value, 40)),
-                kind.to_string(),
+                kind,
                 match c.effect {
                     Effect::Deny => "denied".to_string(),
                     Effect::Warn => "warned".to_string(),
@@ -219,14 +220,34 @@ pub fn table(report: &Audit, cluster: &Cluster, config: &Config, now: Timestamp)
 
     text.push_str("\nLEDGER\n");
     if !cluster.ledger_read {
-        text.push_str("not read (no NodeIdentity objects)\n");
-    } else if report.conflicts.is_empty() && report.orphans.is_empty() {
-        text.push_str("no conflicts, every record has its Node\n");
+        text.push_str(
+            "not read (no NodeIdentity objects): judged with the history nodeguard records at its \
+             first sight of this cluster, where what nodes share now stays shared\n",
+        );
+    } else if report.conflicts.is_empty() && report.orphans.is_empty() && report.refused.is_empty()
+    {
+        text.push_str("no conflicts, no refused machines, every record has its Node\n");
     }
     for c in &report.conflicts {
         text.push_str(&format!(
             "conflict  {} [{}]: boot {} kept, boot {} refused since {}; after stopping the copy: nodeguard forget {}\n",
             c.node, c.check, c.kept_boot, c.refused_boot, c.detected, c.node
+        ));
+    }
+    for r in &report.refused {
+        let state = match r.proven {
+            Some(at) => format!(
+                "a second machine, proven at {at} (the node's own machine wrote its status after): refused even while {} is down, until nodeguard forget {} or the Node's deletion",
+                r.node, r.node
+            ),
+            None => format!(
+                "let through once {} has had no status written for the heartbeat timeout, unless its own machine writes again",
+                r.node
+            ),
+        };
+        text.push_str(&format!(
+            "refused   {} [{}]: machine {}, refused {} to {}; {state}\n",
+            r.node, r.check, r.machine, r.first_refused, r.last_refused
         ));
     }
     for o in &report.orphans {
@@ -238,6 +259,18 @@ pub fn table(report: &Audit, cluster: &Cluster, config: &Config, now: Timestamp)
             "made from a CSR; waiting for its Node to register"
         };
         text.push_str(&format!("no Node   {}: {fate}\n", o.node));
+    }
+
+    if !report.pending.is_empty() {
+        text.push_str("\nPENDING CSRS the webhook would refuse\n");
+        for p in &report.pending {
+            text.push_str(&format!(
+                "{} for node {}: {}\n",
+                p.name,
+                p.node,
+                p.verdict.denial_message().unwrap_or_default()
+            ));
+        }
     }
 
     text.push_str("\nNODES: what the webhook would answer\n");
@@ -273,10 +306,12 @@ pub fn table(report: &Audit, cluster: &Cluster, config: &Config, now: Timestamp)
         .count();
     text.push_str(&if report.has_findings() {
         format!(
-            "\nfindings: {} collision(s), {clones} likely clone(s); {not_unique} field(s) not unique; {} ledger conflict(s); {} record(s) without a Node; {refused} node(s) refused at restart\n",
+            "\nfindings: {} collision(s), {clones} likely clone(s); {not_unique} field(s) not unique; {} ledger conflict(s); {} refused machine(s); {} record(s) without a Node; {} pending CSR(s) refused; {refused} node(s) refused at restart\n",
             report.collisions.len(),
             report.conflicts.len(),
+            report.refused.len(),
             report.orphans.len(),
+            report.pending.len(),
         )
     } else {
         "\nno findings\n".to_string()
@@ -322,6 +357,12 @@ pub fn to_json(report: &Audit, cluster: &Cluster, now: Timestamp) -> Value {
             "effect": match c.effect { Effect::Deny => "deny", Effect::Warn => "warn" },
             "nodes": c.nodes,
             "message": c.message,
+            "evidence": c.evidence,
+        })).collect::<Vec<_>>(),
+        "pendingCSRs": report.pending.iter().map(|p| json!({
+            "name": p.name,
+            "node": p.node,
+            "verdict": verdict_json(&p.verdict),
         })).collect::<Vec<_>>(),
         "fields": report.fields.iter().map(|f| json!({
             "check": f.check.as_str(),
@@ -341,6 +382,14 @@ pub fn to_json(report: &Audit, cluster: &Cluster, now: Timestamp) -> Value {
                 "refusedBoot": c.refused_boot,
                 "detected": c.detected.to_string(),
                 "message": c.message,
+            })).collect::<Vec<_>>(),
+            "refusedMachines": report.refused.iter().map(|r| json!({
+                "node": r.node,
+                "check": r.check,
+                "machine": r.machine,
+                "firstRefused": r.first_refused.to_string(),
+                "lastRefused": r.last_refused.to_string(),
+                "proven": r.proven.map(|at| at.to_string()),
             })).collect::<Vec<_>>(),
             "withoutNode": report.orphans.iter().map(|o| json!({
                 "node": o.node,
