@@ -47,8 +47,18 @@ struct Replica {
 
 impl Replica {
     async fn start(api: &FakeApi, leadership: Leadership) -> Self {
-        let webhook = LocalWebhook::start(Config::default()).await.unwrap();
+        // The machines its webhook refuses for a name, written as `serve` writes them.
+        let (refusals, refused) = nodeguard::ledger::refusals::queue();
+        let webhook = LocalWebhook::start_recording(Config::default(), Some(refusals))
+            .await
+            .unwrap();
         let inventory = webhook.inventory.clone();
+        let writer = nodeguard::ledger::refusals::RefusalWriter::new(
+            api.client(),
+            inventory.clone(),
+            Arc::clone(&webhook.metrics),
+        );
+        let writing = tokio::spawn(writer.run(refused));
         let readiness = Readiness::new();
         let (observations, observed) = observations::observations();
         let watcher = tokio::spawn({
@@ -69,7 +79,7 @@ impl Replica {
         let replica = Self {
             webhook,
             readiness,
-            tasks: vec![watcher, recording],
+            tasks: vec![watcher, recording, writing],
         };
         let ready = tokio::time::timeout(GUARD, replica.readiness.wait()).await;
         assert!(ready.is_ok(), "the replica never became ready");
@@ -328,6 +338,127 @@ async fn the_incident_a_perfect_copy_is_refused_at_its_second_alternation() {
         );
     }
     replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_refused_while_its_original_runs_stays_refused_once_the_original_writes_again() {
+    let api = FakeApi::new();
+    let mut worker1 = cluster(&api);
+    let replica = Replica::start(&api, Leadership::always()).await;
+    replica
+        .until_ledger("worker-1 recorded", |r| {
+            r.is_some_and(|r| !r.boots.is_empty())
+        })
+        .await;
+
+    // The incident's clone: worker-1's name, credentials and machine-id, its own UUID.
+    let mut clone = worker1.rebooted(BOOT_B);
+    clone.system_uuid = "564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61".into();
+    // A dry run records nothing.
+    let mut dry = kubelet::node_review(
+        "4e0a9f3c-1111-4d0a-9d8e-1c2b3a4d5e6f",
+        Write::Create,
+        &kubelet::node_object(&clone),
+        None,
+        "system:node:worker-1",
+    );
+    dry["request"]["dryRun"] = json!(true);
+    let (_, answer) = replica.webhook.ask(Endpoint::Nodes, &dry).await.unwrap();
+    refused_registration(&answer["response"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        stored_identity(&api, "worker-1")
+            .unwrap()
+            .spec
+            .refused_machines
+            .is_empty(),
+        "a dry run recorded a refusal"
+    );
+
+    // Refused for real, it is recorded once, however often it retries.
+    let writes_before = ledger_writes(&api);
+    for _ in 0..5 {
+        refused_registration(&kubelet_writes(&api, &replica, Write::Create, &clone).await);
+    }
+    replica
+        .until_ledger("the clone recorded as refused", |r| {
+            r.is_some_and(|r| r.refused.len() == 1)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        ledger_writes(&api) - writes_before,
+        1,
+        "one write for five refusals"
+    );
+    let refused = &stored_identity(&api, "worker-1")
+        .unwrap()
+        .spec
+        .refused_machines[0];
+    assert_eq!(refused.check, "name-takeover");
+    assert_eq!(
+        refused.system_uuid.as_deref(),
+        Some("564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61")
+    );
+    assert!(refused.proven.is_none());
+
+    // worker-1's next status report: two machines proven, an Event says so.
+    worker1.heartbeat += jiff::SignedDuration::from_secs(300);
+    allowed(&kubelet_writes(&api, &replica, Write::StatusPatch, &worker1).await);
+    replica
+        .until_ledger("the refusal proven", |r| {
+            r.is_some_and(|r| r.refused.first().is_some_and(|m| m.proven.is_some()))
+        })
+        .await;
+    eventually("the Event about the second machine", || {
+        api.objects(NODE_EVENTS)
+            .iter()
+            .any(|e| e["action"] == "ProvenSecondMachine" && e["regarding"]["name"] == "worker-1")
+    })
+    .await;
+    replica.stop().await;
+
+    // A replica started afresh reads it all from the ledger: twenty minutes later, with
+    // no status from worker-1 since (it rebooted), the clone is still refused, and
+    // worker-1 itself is not.
+    let fresh = Replica::start(&api, Leadership::never()).await;
+    fresh
+        .until_ledger("the proven refusal read", |r| {
+            r.is_some_and(|r| r.refused.first().is_some_and(|m| m.proven.is_some()))
+        })
+        .await;
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_mins(20);
+    let decide = |machine: &Machine| {
+        let review = nodeguard::policy::NodeReview::new(
+            nodeguard::policy::Operation::Create,
+            Some(claim_of(&kubelet::node_object(machine))),
+            None,
+        );
+        fresh
+            .inventory()
+            .read(|inv| nodeguard::policy::decide_node(&review, inv, &Config::default(), later))
+    };
+    let verdict = decide(&clone);
+    assert_eq!(
+        verdict.outcome(),
+        nodeguard::policy::Outcome::Denied,
+        "{verdict:?}"
+    );
+    assert!(
+        verdict
+            .denial_message()
+            .unwrap()
+            .contains("stays refused for the name even while worker-1 is down"),
+        "{verdict:?}"
+    );
+    assert!(decide(&worker1.rebooted(BOOT_C)).allowed());
+    fresh.stop().await;
+}
+
+fn claim_of(node: &Value) -> nodeguard::identity::NodeClaim {
+    let text = node.to_string();
+    let doc: nodeguard::identity::NodeDoc<'_> = serde_json::from_str(&text).unwrap();
+    nodeguard::identity::NodeClaim::from_doc(&doc).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,15 @@ pub struct LocalWebhook {
 
 impl LocalWebhook {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_recording(config, None).await
+    }
+
+    /// The webhook handing the machines it refuses for a name to `refusals`, as `serve`
+    /// hands them to its ledger writer.
+    pub async fn start_recording(
+        config: Config,
+        refusals: Option<tokio::sync::mpsc::Sender<crate::record::RefusalObservation>>,
+    ) -> anyhow::Result<Self> {
         let pki = certs::generate_dev_pki(&[SERVICE_DNS_NAME]).context("cannot generate a CA")?;
         let tls_config = pki.server_config()?;
         let inventory = SharedInventory::default();
@@ -79,7 +88,7 @@ impl LocalWebhook {
             config: crate::webhook::SharedConfig::new(config),
             events: None,
             readiness: None,
-            refusals: None,
+            refusals,
             metrics: metrics.clone(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
