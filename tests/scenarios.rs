@@ -221,13 +221,13 @@ fn the_demo_replays_every_scenario_as_expected() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("\n8 scenarios: 8 answered as expected\n"),
+        stdout.contains("\n10 scenarios: 10 answered as expected\n"),
         "{stdout}"
     );
     assert_eq!(stdout.matches("NOT AS EXPECTED").count(), 0);
     assert_eq!(
         stdout.matches("denied the request: nodeguard [").count(),
-        6,
+        7,
         "{stdout}"
     );
 }
@@ -259,8 +259,8 @@ fn json_logs_give_one_line_per_denial_and_warning_with_uid_node_and_checks() {
         .copied()
         .filter(|l| l["fields"]["message"] == "warned")
         .collect();
-    assert_eq!(denied.len(), 6, "{stderr}");
-    assert_eq!(warned.len(), 1, "{stderr}");
+    assert_eq!(denied.len(), 7, "{stderr}");
+    assert_eq!(warned.len(), 2, "{stderr}");
     for line in denied.iter().chain(&warned) {
         assert_eq!(line["level"], "INFO");
         let fields = &line["fields"];
@@ -281,4 +281,34 @@ fn json_logs_give_one_line_per_denial_and_warning_with_uid_node_and_checks() {
     assert_eq!(incident["fields"]["node"], "worker-1");
     assert_eq!(incident["fields"]["operation"], "UPDATE");
     assert_eq!(warned[0]["fields"]["check"], "machine-id");
+}
+
+#[tokio::test]
+async fn the_waiting_clone_is_refused_while_its_original_reboots_and_only_on_the_recorded_proof() {
+    let cluster = HealthyCluster::new().unwrap();
+    let waiting = scenario(&cluster, 'i');
+    let response = answer(waiting).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(response["status"]["code"], 422);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "nodeguard [name-takeover]: node \"worker-1\" belongs to another machine (system UUID 1139a350…), seen writing its status after this machine (564d2a7e…) was first refused at "
+        ),
+        "{message}"
+    );
+    // The same request, against the same cluster without the ledger's record of the
+    // refusal and of worker-1's status since: the escape for a machine nothing ties to
+    // the registered one, after 15 minutes without status.
+    let mut forgetful = scenario(&cluster, 'i');
+    forgetful.inventory.delete_identity("worker-1");
+    let response = answer(forgetful).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(
+        response["warnings"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("nodeguard [name-takeover]: taking over node \"worker-1\" from another machine (no status for 15m)"),
+        "{response}"
+    );
 }

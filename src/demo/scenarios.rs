@@ -139,8 +139,8 @@ fn binding_of(csr: &Value) -> Option<KeyBinding> {
         .and_then(|doc| KeyBinding::from_doc(&doc))
 }
 
-/// The cases, in the order the README tells them: (a)–(f) from the design's list and
-/// (g)–(h), the incident itself.
+/// The cases, in the order the README tells them: (a)–(f) from the design's list,
+/// (g)–(i), the incident itself, and (j), a laptop cluster.
 pub fn all() -> Result<Vec<Scenario>, rcgen::Error> {
     with_cluster(&HealthyCluster::new()?)
 }
@@ -332,7 +332,97 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
         expected: Outcome::Denied,
     });
 
+    // (i) The clone of (g) waits: refused while worker-1 ran, it retries for ever. Since
+    // then worker-1 wrote its status (two machines proven), and now worker-1 reboots: no
+    // status for 15 minutes, and the clone registers once more.
+    let mut rebooting = worker1.clone();
+    rebooting.heartbeat = worker1.heartbeat - jiff::SignedDuration::from_mins(15);
+    let mut machines = cluster.machines.clone();
+    for machine in &mut machines {
+        if machine.name == "worker-1" {
+            *machine = rebooting.clone();
+        }
+    }
+    let mut inventory = inventory_of(&machines);
+    let mut record = ledger_after(&[&worker1]);
+    if let Some(claim) = claim_of(&twin) {
+        let refusal = crate::record::RefusalObservation {
+            node: "worker-1".into(),
+            node_uid: None,
+            check: "name-takeover".into(),
+            machine_id: claim.machine_id.clone(),
+            system_uuid: claim.system_uuid.clone(),
+            provider_id: None,
+            boot_id: claim.boot_id.clone(),
+            node_resource_version: None,
+            node_heartbeat: Some(rebooting.heartbeat - jiff::SignedDuration::from_mins(5)),
+        };
+        record.observe_refusal(
+            &refusal,
+            rebooting.heartbeat - jiff::SignedDuration::from_mins(5),
+        );
+    }
+    if let Some(claim) = claim_of(&rebooting) {
+        record.observe_node(
+            &NodeObservation::of(&claim),
+            rebooting.heartbeat,
+            Evidence::Watch,
+        );
+    }
+    if let Some(entry) = record.entry() {
+        inventory.apply_identity(entry);
+    }
+    scenarios.push(Scenario {
+        key: 'i',
+        title: "the clone of (g), refused while worker-1 ran, registers again while worker-1 reboots",
+        inventory,
+        endpoint: Endpoint::Nodes,
+        action: KubeletAction::Register,
+        node: "worker-1".into(),
+        review: kubelet::node_review(
+            "b0d3a1c2-0a01-4a5e-9f1d-000000000009",
+            Write::Create,
+            &kubelet::node_object(&twin),
+            None,
+            "system:node:worker-1",
+        ),
+        expected: Outcome::Denied,
+    });
+
+    // (j) A laptop cluster: minikube's nodes are containers on one host, with one
+    // machine-id baked into the image and the host's running kernel.
+    let host_boot = "8ae9952f-63cd-46a4-b013-ffe977e95508";
+    let mut first = Machine::new("minikube", 0x50, "192.168.49.2");
+    first.machine_id = "e366bd4b77b9d6be2d67552f69964f40".into();
+    first.boot_id = host_boot.into();
+    let mut second = Machine::new("minikube-m02", 0x51, "192.168.49.3");
+    second.machine_id = first.machine_id.clone();
+    second.boot_id = host_boot.into();
+    scenarios.push(Scenario {
+        key: 'j',
+        title: "the second node of a minikube cluster joins: a container on the same host",
+        inventory: inventory_of(&[first]),
+        endpoint: Endpoint::Nodes,
+        action: KubeletAction::Register,
+        node: "minikube-m02".into(),
+        review: kubelet::node_review(
+            "b0d3a1c2-0a01-4a5e-9f1d-00000000000a",
+            Write::Create,
+            &kubelet::node_object(&second),
+            None,
+            "system:node:minikube-m02",
+        ),
+        expected: Outcome::Warned,
+    });
+
     Ok(scenarios)
+}
+
+/// A machine's Node as the watchers decode it.
+fn claim_of(machine: &Machine) -> Option<NodeClaim> {
+    let text = kubelet::node_object(machine).to_string();
+    let doc = serde_json::from_str::<NodeDoc<'_>>(&text).ok()?;
+    NodeClaim::from_doc(&doc)
 }
 
 /// The NodeIdentity the recorder writes after seeing a node report these machines'
