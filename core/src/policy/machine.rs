@@ -4,8 +4,9 @@
 //!
 //! A machine is told apart by its machine-id, its system UUID and its provider ID, but
 //! each can be missing or prove nothing: placeholders, values the admin declares
-//! shared, and values shared by evidence (see [`super::sharing`]) say nothing about
-//! which machine is which, so they neither match nor differ. A machine-id can also
+//! shared, and a machine-id shared by evidence (see [`super::sharing`]: an image's
+//! baked id) say nothing about which machine is which, so they neither match nor
+//! differ. A machine-id can also
 //! change on the same machine: kind and minikube make a new one at every container
 //! start, stateless systems at every boot, and an operator may regenerate it. The
 //! system UUID then still tells: the same real UUID under the same name is the same
@@ -129,10 +130,9 @@ fn compare_fields(
         }
         proven_same = true;
     }
-    let uuid_telling = |v: &SystemUuid| {
-        !config.system_uuid_is_shared(v)
-            && !sharing::is_platform_shared(ValueField::SystemUuid, v.as_str(), name, inventory)
-    };
+    // A UUID nodes share (containers on one host) still tells one name's machine from
+    // another: the same UUID under the same name is that machine, restarted.
+    let uuid_telling = |v: &SystemUuid| !config.system_uuid_is_shared(v);
     let same_uuid = match (
         registered.system_uuid.filter(|v| uuid_telling(v)),
         claim.system_uuid.filter(|v| uuid_telling(v)),

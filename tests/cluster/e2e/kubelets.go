@@ -254,6 +254,7 @@ var kubeletScenarios = []kubeletScenario{
 	{name: "a reboot, a kubelet restart and a new address are never refused", run: scenarioOneMachineChanges},
 	{name: "a node deleted, and a new machine joins under its name", run: scenarioRejoinAfterDelete},
 	{name: "a machine replaces a node that has gone NotReady", run: scenarioReplaceNotReady},
+	{name: "the clone that waits: refused while the original runs, and while it reboots", run: scenarioCloneWaits},
 	{name: "a refused bootstrap: the kubelet gives up after 5 minutes", run: scenarioBootstrapGivesUp, long: true},
 }
 
@@ -641,73 +642,247 @@ func scenarioRejoinAfterDelete(k *kubeletRun) {
 	k.step("it joins under the name, with nothing refused or warned of", firstErr(err, k.waitNodeReady(m, 90*time.Second), k.legitimate(m, 0, findings)))
 }
 
+// withConfig runs a scenario with nodeguard restarted on its own configuration, then
+// restarts it on the shipped one.
+func (k *kubeletRun) withConfig(config string, run func()) {
+	restart := func(config string) error {
+		if err := k.r.ng.Stop(); err != nil {
+			return err
+		}
+		if err := k.r.configure(config); err != nil {
+			return err
+		}
+		return k.r.ng.Start(k.r.readyWait)
+	}
+	if !k.step("nodeguard restarts with "+strings.TrimSpace(config), restart(config)) {
+		return
+	}
+	run()
+	if err := restart(""); err != nil {
+		k.step("nodeguard restarts with the shipped configuration", err)
+	}
+}
+
+// A machine replaces a node whose machine died, without the node being deleted: it is
+// another machine (its own UUID, its own machine-id), refused while the node's status
+// was written within the heartbeat timeout, let through once it was not. Not Ready alone
+// proves nothing: a kubelet's status writes do.
 func scenarioReplaceNotReady(k *kubeletRun) {
-	old, ok := k.joined(worker2, "abcdef")
-	if !ok {
-		return
-	}
-	old.Stop()
-	// The node lifecycle controller marks it Unknown after nodeMonitorGracePeriod (50 s).
-	deadline := time.Now().Add(120 * time.Second)
-	var nerr error
-	for {
-		cx, cancel := ctx()
-		n, err := k.r.cluster.admin.CoreV1().Nodes().Get(cx, "worker-2", metav1.GetOptions{})
-		cancel()
-		if err == nil && readyStatus(n) != corev1.ConditionTrue {
-			break
+	k.withConfig("heartbeatTimeout: 1m\n", func() {
+		old, ok := k.joined(worker2, "abcdef")
+		if !ok {
+			return
 		}
-		if time.Now().After(deadline) {
-			nerr = fmt.Errorf("worker-2 still Ready 120 s after its kubelet stopped")
-			break
+		old.Stop()
+		stopped := time.Now()
+		// The node lifecycle controller marks it Unknown after nodeMonitorGracePeriod (50 s).
+		deadline := time.Now().Add(120 * time.Second)
+		var nerr error
+		for {
+			cx, cancel := ctx()
+			n, err := k.r.cluster.admin.CoreV1().Nodes().Get(cx, "worker-2", metav1.GetOptions{})
+			cancel()
+			if err == nil && readyStatus(n) != corev1.ConditionTrue {
+				break
+			}
+			if time.Now().After(deadline) {
+				nerr = fmt.Errorf("worker-2 still Ready 120 s after its kubelet stopped")
+				break
+			}
+			time.Sleep(time.Second)
 		}
-		time.Sleep(time.Second)
-	}
-	if !k.step("worker-2's machine dies and the node lifecycle controller marks it NotReady", nerr) {
-		return
-	}
-	m, err := k.machine(newMachineAs("worker-2", "10.250.0.42"), "07401b")
-	if !k.step("a replacement machine is prepared as worker-2", err) {
-		return
-	}
-	err = m.Start()
-	err = firstErr(err, k.waitNodeReady(m, 90*time.Second))
-	// Its fast status update after turning ready may patch the existing Node before its
-	// registration CREATE is sent: wait for both.
-	if err == nil {
-		_, err = m.WaitLog(0, 60*time.Second, "Node was previously registered")
-	}
-	k.step("it joins under the name: nothing refused", firstErr(err, noDenial(m, 0)))
-	// A takeover of a NotReady node is let through with warnings, which the kubelet logs.
-	// Which ones depends on the kubelet's order: its registration CREATE warns of the
-	// takeover only while the Node still holds the old machine's identity, and its fast
-	// status update, which can come first, replaces it (with the identity-drift warning).
-	allowed := map[string]bool{
-		`"Warning: nodeguard [name-takeover]: taking over node \"worker-2\" from another machine (not Ready)"`:   true,
-		`"Warning: nodeguard [identity-drift]: node \"worker-2\" changed system UUID (not Ready; new machine?)"`: true,
-	}
-	got := nodeguardLines(m)
-	var werr error
-	seen := 0
-	for _, line := range strings.Split(got, "\n") {
-		if line == "" {
-			continue
+		if !k.step("worker-2's machine dies and the node lifecycle controller marks it NotReady", nerr,
+			fmt.Sprintf("after %s", time.Since(stopped).Round(time.Second))) {
+			return
 		}
-		known := false
-		for w := range allowed {
-			if strings.HasSuffix(line, w) {
-				known = true
+		m, err := k.machine(newMachineAs("worker-2", "10.250.0.42"), "07401b")
+		if !k.step("a replacement machine is prepared as worker-2", err) {
+			return
+		}
+		err = m.Start()
+		err = firstErr(err, k.waitNodeReady(m, 150*time.Second))
+		// Its fast status update after turning ready may patch the existing Node before its
+		// registration CREATE is sent: wait for both.
+		if err == nil {
+			_, err = m.WaitLog(0, 60*time.Second, "Node was previously registered")
+		}
+		k.step("it joins under the name once worker-2 has had no status written for the timeout", err,
+			fmt.Sprintf("Ready %s after the old machine stopped", time.Since(stopped).Round(time.Second)))
+		// What its kubelet logged of nodeguard: refusals while the old status was recent,
+		// then the warnings of the takeover (which ones depends on the kubelet's order).
+		known := []string{
+			`nodeguard [name-takeover]: node \"worker-2\" is registered to another machine that is running`,
+			`"Warning: nodeguard [name-takeover]: taking over node \"worker-2\" from another machine (no status for `,
+			`"Warning: nodeguard [identity-drift]: node \"worker-2\" changed system UUID (no status for `,
+		}
+		got := nodeguardLines(m)
+		var werr error
+		warned := 0
+		for _, line := range strings.Split(got, "\n") {
+			if line == "" {
+				continue
+			}
+			ok := false
+			for i, part := range known {
+				if strings.Contains(line, part) {
+					ok = true
+					if i > 0 {
+						warned++
+					}
+				}
+			}
+			if !ok {
+				werr = fmt.Errorf("an unexpected nodeguard line: %s", line)
 			}
 		}
-		if !known {
-			werr = fmt.Errorf("an unexpected nodeguard line: %s", line)
+		if werr == nil && warned == 0 {
+			werr = fmt.Errorf("no nodeguard warning of the takeover in its log")
 		}
-		seen++
+		k.step("its kubelet logs nodeguard's refusals while worker-2 ran, then its warnings of the takeover", werr,
+			"its log's nodeguard lines:\n"+got)
+	})
+}
+
+// The founding incident, left running: the clone has worker-1's disk and credentials
+// and its own VM UUID. Refused while worker-1 runs, its kubelet retries for ever. Once
+// worker-1 wrote its status after that refusal, two machines are proven, and the clone
+// stays refused when worker-1 reboots and writes nothing for longer than the heartbeat
+// timeout; worker-1 itself registers and reports again at once.
+func scenarioCloneWaits(k *kubeletRun) {
+	k.withConfig("heartbeatTimeout: 1m\n", func() {
+		spec := worker1
+		// Its status written every 20 s when nothing changes (default 5 min), so that the
+		// proof the scenario waits for comes within seconds.
+		spec.StatusReport = "20s"
+		orig, ok := k.joined(spec, "abcdef")
+		if !ok {
+			return
+		}
+		origLog := orig.LogSize()
+		cloneSpec := spec
+		cloneSpec.IP = "10.250.0.17"
+		cloneSpec.SystemUUID = "564d2a7e-90b1-4c3f-8e21-7f0c9a4b5d61"
+		cloneSpec.BootID = "c10e0000-5b7a-4d8e-a6f1-0b2c3d4e5f60"
+		clone, err := k.copyOf(orig, cloneSpec)
+		if !k.step("worker-1's disk and credentials are copied to a VM with its own UUID", err) {
+			return
+		}
+		started := time.Now()
+		if !k.step("the clone's kubelet starts while worker-1 runs", clone.Start()) {
+			return
+		}
+		refusal := `admission webhook \"nodes.nodeguard.io\" denied the request: nodeguard [name-takeover]: node \"worker-1\" is registered to another machine that is running`
+		line, err := clone.WaitLog(0, 60*time.Second, "Unable to register node with API server", refusal)
+		k.step("its registration is refused [name-takeover], in its log", err,
+			fmt.Sprintf("after %s: %s", time.Since(started).Round(time.Millisecond), line))
+		res := k.r.waitFor(&WaitFor{NodeIdentity: "worker-1", Refused: intp(1)})
+		k.step("the ledger records the refused machine", resultErr(res), res.Info...)
+		// The proof: worker-1's next status write, within a report period.
+		proofWait := time.Now()
+		var perr error
+		for {
+			if v := k.r.nodeIdentity("worker-1"); v.proven == 1 {
+				break
+			}
+			if time.Since(proofWait) > 60*time.Second {
+				perr = fmt.Errorf("not proven within 60 s: %s", k.r.describe(k.r.nodeIdentity("worker-1")))
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		k.step("worker-1 writes its status: two machines proven", perr,
+			fmt.Sprintf("%s after the clone started", time.Since(started).Round(time.Second)))
+
+		// worker-1 reboots and stays down longer than the heartbeat timeout.
+		down := orig.LogSize()
+		orig.Stop()
+		stopped := time.Now()
+		cloneLog := clone.LogSize()
+		leftReady := true
+		for time.Since(stopped) < 100*time.Second {
+			cx, cancel := ctx()
+			n, err := k.r.cluster.admin.CoreV1().Nodes().Get(cx, "worker-1", metav1.GetOptions{})
+			cancel()
+			if err == nil && readyStatus(n) != corev1.ConditionTrue {
+				leftReady = false
+			}
+			time.Sleep(2 * time.Second)
+		}
+		readiness := "stayed Ready throughout (the refused clone renews its Lease)"
+		if !leftReady {
+			readiness = "went NotReady"
+		}
+		during := clone.LogSince(cloneLog)
+		refusals := strings.Count(during, "denied the request: nodeguard [name-takeover]")
+		var cerr error
+		switch {
+		case strings.Contains(during, "Successfully registered node") || strings.Contains(during, "Node was previously registered"):
+			cerr = fmt.Errorf("the clone registered while worker-1 was down")
+		case refusals == 0:
+			cerr = fmt.Errorf("no refusal in the clone's log while worker-1 was down")
+		case !strings.Contains(during, "stays refused for the name even while worker-1 is down"):
+			cerr = fmt.Errorf("the clone's refusals do not say it stays refused")
+		}
+		k.step("the clone retries while worker-1 is down 100 s, and is refused every time", firstErr(cerr, noAdmitted(clone, cloneLog)),
+			fmt.Sprintf("%d refusals in its log; worker-1 %s", refusals, readiness))
+		k.step("the Node still holds worker-1's machine", k.nodeUUIDIs("worker-1", worker1.SystemUUID))
+
+		// worker-1 comes back with a new boot.
+		orig.BootID = "1b007b00-40ea-4cf5-9f24-53d6e200ef11"
+		restarted := time.Now()
+		err = orig.Start()
+		err = firstErr(err, k.nodeBootIsWithin("worker-1", orig.BootID, 60*time.Second))
+		k.step("worker-1 reboots, registers and reports its new boot", firstErr(err, noRefusal(orig, down)),
+			fmt.Sprintf("its status written %s after its kubelet started, %s after it stopped",
+				time.Since(restarted).Round(time.Millisecond), time.Since(stopped).Round(time.Second)))
+		after := clone.LogSize()
+		time.Sleep(20 * time.Second)
+		k.step("the clone is still refused, and worker-1 refused nothing",
+			firstErr(noAdmitted(clone, after), noRefusal(orig, origLog), k.waitNodeReady(orig, 5*time.Second)))
+		clone.Stop()
+	})
+}
+
+// noAdmitted says whether the machine's kubelet registered since offset.
+func noAdmitted(m *Machine, offset int) error {
+	log := m.LogSince(offset)
+	for _, mark := range []string{"Successfully registered node", "Node was previously registered"} {
+		if strings.Contains(log, mark) {
+			return fmt.Errorf("kubelet %s registered: %q in its log", m.Name, mark)
+		}
 	}
-	if werr == nil && seen == 0 {
-		werr = fmt.Errorf("no nodeguard warning of the takeover in its log")
+	return nil
+}
+
+func resultErr(res StepResult) error {
+	if res.Pass {
+		return nil
 	}
-	k.step("its kubelet logs nodeguard's warnings of the takeover, and nothing else of nodeguard", werr, "its log's nodeguard lines:\n"+got)
+	return fmt.Errorf("%s", strings.Join(res.Details, "; "))
+}
+
+func (k *kubeletRun) nodeUUIDIs(name, uuid string) error {
+	cx, cancel := ctx()
+	defer cancel()
+	n, err := k.r.cluster.admin.CoreV1().Nodes().Get(cx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if n.Status.NodeInfo.SystemUUID != uuid {
+		return fmt.Errorf("node %s reports system UUID %s, not %s", name, n.Status.NodeInfo.SystemUUID, uuid)
+	}
+	return nil
+}
+
+func (k *kubeletRun) nodeBootIsWithin(name, boot string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := k.nodeBootIs(name, boot)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // noDenial says whether the machine's log since offset holds no refusal by nodeguard.

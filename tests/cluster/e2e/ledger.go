@@ -37,6 +37,8 @@ type niView struct {
 	boots    []string    // spec.boots[].bootID, in order
 	keys     []string    // spec.keys[].fingerprint
 	conflict interface{} // status.conflict; nil when absent, null or false
+	refused  []string    // spec.refusedMachines[].systemUUID
+	proven   int         // how many of them are proven second machines
 }
 
 func (v niView) hasConflict() bool { return v.conflict != nil }
@@ -88,6 +90,12 @@ func viewOf(name string, o map[string]interface{}) niView {
 	}
 	v.boots = listField(o, "bootID", "spec", "boots")
 	v.keys = listField(o, "fingerprint", "spec", "keys")
+	v.refused = listField(o, "systemUUID", "spec", "refusedMachines")
+	for _, p := range listField(o, "proven", "spec", "refusedMachines") {
+		if p != "" {
+			v.proven++
+		}
+	}
 	switch c := nested(o, "status", "conflict").(type) {
 	case nil:
 	case bool:
@@ -129,8 +137,8 @@ func (r *Runner) describe(v niView) string {
 		b, _ := json.Marshal(v.conflict)
 		conflict = string(b)
 	}
-	return fmt.Sprintf("NodeIdentity %s: boots [%s], keys [%s], status.conflict %s",
-		v.name, strings.Join(v.boots, ", "), strings.Join(keys, ", "), conflict)
+	return fmt.Sprintf("NodeIdentity %s: boots [%s], keys [%s], refused machines [%s] (%d proven), status.conflict %s",
+		v.name, strings.Join(v.boots, ", "), strings.Join(keys, ", "), strings.Join(v.refused, ", "), v.proven, conflict)
 }
 
 // ledgerState describes every NodeIdentity and nodeguard's ledger gauges, for the
@@ -236,24 +244,24 @@ type WaitFor struct {
 	Conflict     *bool  `json:"conflict,omitempty"`
 	Boots        *int   `json:"boots,omitempty"`
 	Key          string `json:"key,omitempty"`
+	// Refused is how many machines the record holds as refused for the name; Proven,
+	// how many of them are proven second machines.
+	Refused *int `json:"refused,omitempty"`
+	Proven  *int `json:"proven,omitempty"`
 }
 
 func (w *WaitFor) check() error {
 	n := 0
-	if w.Conflict != nil {
-		n++
-	}
-	if w.Boots != nil {
-		n++
-	}
-	if w.Key != "" {
-		n++
+	for _, set := range []bool{w.Conflict != nil, w.Boots != nil, w.Key != "", w.Refused != nil, w.Proven != nil} {
+		if set {
+			n++
+		}
 	}
 	switch {
 	case w.NodeIdentity == "":
 		return fmt.Errorf("waitFor: nodeIdentity is required")
 	case n != 1:
-		return fmt.Errorf("waitFor: exactly one of conflict, boots and key")
+		return fmt.Errorf("waitFor: exactly one of conflict, boots, key, refused and proven")
 	}
 	return nil
 }
@@ -264,6 +272,10 @@ func (w *WaitFor) String() string {
 		return fmt.Sprintf("waitFor %s conflict=%v", w.NodeIdentity, *w.Conflict)
 	case w.Boots != nil:
 		return fmt.Sprintf("waitFor %s boots=%d", w.NodeIdentity, *w.Boots)
+	case w.Refused != nil:
+		return fmt.Sprintf("waitFor %s refused=%d", w.NodeIdentity, *w.Refused)
+	case w.Proven != nil:
+		return fmt.Sprintf("waitFor %s proven=%d", w.NodeIdentity, *w.Proven)
 	}
 	return fmt.Sprintf("waitFor %s key=%s", w.NodeIdentity, w.Key)
 }
@@ -292,6 +304,10 @@ func (r *Runner) waitFor(w *WaitFor) StepResult {
 			reached = v.hasConflict() == *w.Conflict
 		case w.Boots != nil:
 			reached = len(v.boots) == *w.Boots
+		case w.Refused != nil:
+			reached = len(v.refused) == *w.Refused
+		case w.Proven != nil:
+			reached = v.proven == *w.Proven
 		default:
 			reached = v.hasKey(fp)
 		}
@@ -333,6 +349,8 @@ type NodeIdentityExpect struct {
 	Exists   *bool  `json:"exists,omitempty"`
 	Conflict *bool  `json:"conflict,omitempty"`
 	Boots    *int   `json:"boots,omitempty"`
+	Refused  *int   `json:"refused,omitempty"`
+	Proven   *int   `json:"proven,omitempty"`
 }
 
 type seenEvent struct {
@@ -529,6 +547,12 @@ func (r *Runner) checkNodeIdentity(e *NodeIdentityExpect) (details, info []strin
 		}
 		if v.exists && e.Boots != nil && len(v.boots) != *e.Boots {
 			mismatches = append(mismatches, fmt.Sprintf("nodeIdentity %s: expected %d boots, got %d", e.Name, *e.Boots, len(v.boots)))
+		}
+		if v.exists && e.Refused != nil && len(v.refused) != *e.Refused {
+			mismatches = append(mismatches, fmt.Sprintf("nodeIdentity %s: expected %d refused machines, got %d", e.Name, *e.Refused, len(v.refused)))
+		}
+		if v.exists && e.Proven != nil && v.proven != *e.Proven {
+			mismatches = append(mismatches, fmt.Sprintf("nodeIdentity %s: expected %d proven second machines, got %d", e.Name, *e.Proven, v.proven))
 		}
 		if len(mismatches) == 0 {
 			return nil, []string{r.describe(v)}

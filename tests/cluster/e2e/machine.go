@@ -34,6 +34,9 @@ type MachineSpec struct {
 	MachineID  string
 	SystemUUID string
 	BootID     string
+	// StatusReport is the kubelet's nodeStatusReportFrequency (default 5m): how often it
+	// writes its status when nothing changed.
+	StatusReport string
 }
 
 // Machine is one simulated machine: its directory holds its disk (the kubelet's
@@ -141,7 +144,14 @@ authentication:
   webhook: {enabled: true}
   x509: {clientCAFile: %[2]s}
 authorization: {mode: Webhook}
-`, m.Dir, m.env.caFile)
+`, m.Dir, m.env.caFile) + m.statusReport()
+}
+
+func (m *Machine) statusReport() string {
+	if m.StatusReport == "" {
+		return ""
+	}
+	return "nodeStatusReportFrequency: " + m.StatusReport + "\n"
 }
 
 // Start brings the machine's network up (once) and starts fakecri and the kubelet.

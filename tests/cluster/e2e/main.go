@@ -141,6 +141,14 @@ func run() int {
 
 	r := &Runner{cluster: cluster, ng: ng, keys: NewKeys(), clock: &clock{}, warnings: warnings,
 		grace: *grace, readyWait: *readyTimeout, kubectl: *kubectl}
+	if r.configFile = os.Getenv("NODEGUARD_CONFIG"); r.configFile != "" {
+		shipped, err := os.ReadFile(r.configFile)
+		if err != nil {
+			return setupErr("reading nodeguard's configuration: %v", err)
+		}
+		r.shippedConfig = string(shipped)
+		defer func() { _ = os.WriteFile(r.configFile, shipped, 0o644) }()
+	}
 	switch *ledgerMode {
 	case "on":
 		r.ledger = true

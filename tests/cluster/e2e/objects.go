@@ -120,6 +120,8 @@ type NodeSpec struct {
 	// kubelet whose writes are refused keeps renewing its Lease, so the node lifecycle
 	// controller keeps such a Node Ready while its heartbeat ages.
 	HeartbeatAge string `json:"heartbeatAge,omitempty"`
+	// Labels are further labels its kubelet sets on its Node (--node-labels).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // heartbeat is when the node's kubelet last wrote its status: now, or heartbeatAge
@@ -244,6 +246,9 @@ func buildNode(s NodeSpec, now metav1.Time) *corev1.Node {
 			},
 			Features: &corev1.NodeFeatures{SupplementalGroupsPolicy: &supplemental},
 		},
+	}
+	for k, v := range s.Labels {
+		n.Labels[k] = v
 	}
 	return n
 }

@@ -28,8 +28,11 @@ import (
 )
 
 type Scenario struct {
-	Name  string `json:"name"`
-	Setup struct {
+	Name string `json:"name"`
+	// Config is nodeguard's configuration file for this scenario (YAML), in force from
+	// its start; without it, the shipped one.
+	Config string `json:"config,omitempty"`
+	Setup  struct {
 		Nodes []NodeSpec `json:"nodes,omitempty"`
 		CSRs  []CSRSpec  `json:"csrs,omitempty"`
 	} `json:"setup"`
@@ -50,21 +53,28 @@ type StatusUpdate struct {
 	InternalIP *string `json:"internalIP,omitempty"`
 	Ready      *bool   `json:"ready,omitempty"`
 	Heartbeat  bool    `json:"heartbeat,omitempty"`
+	// HeartbeatAge writes the heartbeat as a kubelet whose clock is that far behind
+	// (e.g. "30m"): a status written now, dated earlier.
+	HeartbeatAge string `json:"heartbeatAge,omitempty"`
 }
 
 type NodeUpdate struct {
 	Name       string  `json:"name"`
 	ProviderID *string `json:"providerID,omitempty"`
 	Hostname   *string `json:"hostname,omitempty"`
+	// Labels are set on the Node (as `kubectl label node` does, by an administrator).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 type Expect struct {
 	// Admitted steps.
-	Allowed  *bool     `json:"allowed,omitempty"`
-	Code     *int32    `json:"code,omitempty"`
-	Error    *string   `json:"error,omitempty"`
-	Warnings *[]string `json:"warnings,omitempty"`
-	Reached  *bool     `json:"reached,omitempty"`
+	Allowed *bool   `json:"allowed,omitempty"`
+	Code    *int32  `json:"code,omitempty"`
+	Error   *string `json:"error,omitempty"`
+	// ErrorContains is a part of the error, for a message that names a moment.
+	ErrorContains *string   `json:"errorContains,omitempty"`
+	Warnings      *[]string `json:"warnings,omitempty"`
+	Reached       *bool     `json:"reached,omitempty"`
 	// forget and audit.
 	ExitCode *int    `json:"exitCode,omitempty"`
 	Output   *string `json:"output,omitempty"`
@@ -76,7 +86,7 @@ type Expect struct {
 }
 
 func (e *Expect) admission() bool {
-	return e.Allowed != nil || e.Code != nil || e.Error != nil || e.Warnings != nil || e.Reached != nil
+	return e.Allowed != nil || e.Code != nil || e.Error != nil || e.ErrorContains != nil || e.Warnings != nil || e.Reached != nil
 }
 
 type Step struct {
@@ -105,6 +115,8 @@ type Step struct {
 	Repeat int `json:"repeat,omitempty"`
 	// DryRun sends an admitted write with dryRun=All.
 	DryRun bool `json:"dryRun,omitempty"`
+	// Sleep waits this long (e.g. "65s"): time passing on nodeguard's clock.
+	Sleep string `json:"sleep,omitempty"`
 
 	Expect *Expect `json:"expect,omitempty"`
 }
@@ -144,6 +156,9 @@ func (s *Step) action() (string, bool) {
 	if s.Forget != "" {
 		names = append(names, "forget")
 	}
+	if s.Sleep != "" {
+		names = append(names, "sleep")
+	}
 	if len(names) != 1 {
 		return strings.Join(names, ", "), false
 	}
@@ -179,6 +194,8 @@ func (s *Step) title() string {
 		return s.WaitFor.String()
 	case s.Forget != "":
 		return "forget " + s.Forget
+	case s.Sleep != "":
+		return "sleep " + s.Sleep
 	default:
 		return "nodeguard " + s.Nodeguard
 	}
@@ -366,6 +383,10 @@ type Runner struct {
 	// false, noLedger says why.
 	ledger   bool
 	noLedger string
+	// configFile is nodeguard's configuration file, which a scenario may replace;
+	// shippedConfig its content when the run started.
+	configFile    string
+	shippedConfig string
 }
 
 // StepResult is one line of the report.
@@ -386,6 +407,9 @@ type StepResult struct {
 // each registered by its kubelet with the status it reports.
 func (r *Runner) Reset(sc *Scenario) error {
 	if err := r.ng.Stop(); err != nil {
+		return err
+	}
+	if err := r.configure(sc.Config); err != nil {
 		return err
 	}
 	if err := r.cluster.Clear(); err != nil {
@@ -440,6 +464,21 @@ func (r *Runner) Reset(sc *Scenario) error {
 	r.warnings.Take()
 	time.Sleep(r.grace)
 	return nil
+}
+
+// configure writes nodeguard's configuration file for a scenario: its own, or the one
+// the run started with.
+func (r *Runner) configure(config string) error {
+	if r.configFile == "" {
+		if config != "" {
+			return fmt.Errorf("the scenario sets a configuration, and nodeguard's file is unknown (NODEGUARD_CONFIG)")
+		}
+		return nil
+	}
+	if config == "" {
+		config = r.shippedConfig
+	}
+	return os.WriteFile(r.configFile, []byte(config), 0o644)
 }
 
 // setupCSR creates a setup CSR as its requester; an approved one is then approved
@@ -561,6 +600,13 @@ func (r *Runner) act(st *Step) StepResult {
 	cx, cancel := ctx()
 	defer cancel()
 	switch {
+	case st.Sleep != "":
+		d, err := time.ParseDuration(st.Sleep)
+		if err != nil || d <= 0 {
+			return StepResult{Details: []string{fmt.Sprintf("sleep %q is not a duration such as 65s", st.Sleep)}}
+		}
+		time.Sleep(d)
+		return StepResult{Pass: true}
 	case st.WaitFor != nil:
 		return r.waitFor(st.WaitFor)
 	case st.Forget != "":
@@ -712,9 +758,17 @@ func (r *Runner) admit(st *Step) StepResult {
 			if u.Ready != nil {
 				setReady(node, *u.Ready, now)
 			}
-			if u.Heartbeat {
+			if u.Heartbeat || u.HeartbeatAge != "" {
+				beat := now
+				if u.HeartbeatAge != "" {
+					age, err := time.ParseDuration(u.HeartbeatAge)
+					if err != nil {
+						return StepResult{Details: []string{fmt.Sprintf("heartbeatAge %q is not a duration such as 30m", u.HeartbeatAge)}}
+					}
+					beat = metav1.NewTime(now.Add(-age))
+				}
 				for i := range node.Status.Conditions {
-					node.Status.Conditions[i].LastHeartbeatTime = now
+					node.Status.Conditions[i].LastHeartbeatTime = beat
 				}
 			}
 		} else {
@@ -722,11 +776,14 @@ func (r *Runner) admit(st *Step) StepResult {
 			if u.ProviderID != nil {
 				node.Spec.ProviderID = *u.ProviderID
 			}
+			if node.Labels == nil {
+				node.Labels = map[string]string{}
+			}
 			if u.Hostname != nil {
-				if node.Labels == nil {
-					node.Labels = map[string]string{}
-				}
 				node.Labels["kubernetes.io/hostname"] = *u.Hostname
+			}
+			for k, v := range u.Labels {
+				node.Labels[k] = v
 			}
 		}
 		patch, err := twoWayPatch(old, node)
@@ -795,6 +852,9 @@ func (r *Runner) admit(st *Step) StepResult {
 			} else if want != out.Err && !(want == "" && out.AlreadyExists) {
 				mismatches = append(mismatches, fmt.Sprintf("error:\n        expected %q\n        got      %q", want, out.Err))
 			}
+		}
+		if e.ErrorContains != nil && !strings.Contains(out.Err, *e.ErrorContains) {
+			mismatches = append(mismatches, fmt.Sprintf("error:\n        expected to contain %q\n        got      %q", *e.ErrorContains, out.Err))
 		}
 		if e.Warnings != nil {
 			want := []string{}

@@ -224,7 +224,15 @@ mod tests {
         for node in &mut nodes {
             node.system_uuid = host_uuid.into();
         }
-        let inventory = cluster(&nodes.iter().collect::<Vec<_>>());
+        let mut inventory = cluster(&nodes.iter().collect::<Vec<_>>());
+        // The UUID they shared when nodeguard first saw them still tells one name's
+        // machine: the same UUID under the same name is that node, restarted.
+        shared_at_first_sight(
+            &mut inventory,
+            &["worker-1", "worker-2", "worker-3"],
+            crate::ledger::ValueField::SystemUuid,
+            host_uuid,
+        );
         let mut restarted = nodes[0].rebooted("4b6f1c2e-8d3a-4e5f-9a7b-0c1d2e3f4a5b");
         restarted.machine_id = "7d2e4f6a8b0c1d3e5f7a9b1c3d5e7f90".into();
         let verdict = decide(&create(&restarted), &inventory);
