@@ -570,6 +570,7 @@ fn the_monitoring_component_scrapes_the_metrics_port_and_uses_only_exported_metr
         alerts,
         [
             "NodeguardLedgerConflict",
+            "NodeguardSecondMachine",
             "NodeguardRefusing",
             "NodeguardServingCertificateExpiring",
             "NodeguardInventoryNotCurrent",

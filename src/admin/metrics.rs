@@ -71,6 +71,7 @@ pub struct Metrics {
     inventory_ready: Gauge,
     ledger_records: Gauge,
     ledger_conflicts: Gauge,
+    second_machines: Gauge,
     conflicts_recorded: Family<FindingCheck, Counter>,
     ledger_writes: Family<WriteLabels, Counter>,
     recorder_leading: Gauge,
@@ -151,6 +152,7 @@ impl Metrics {
         let inventory_ready = Gauge::default();
         let ledger_records = Gauge::default();
         let ledger_conflicts = Gauge::default();
+        let second_machines = Gauge::default();
         let conflicts_recorded = Family::<FindingCheck, Counter>::default();
         let ledger_writes = Family::<WriteLabels, Counter>::default();
         let recorder_leading = Gauge::default();
@@ -212,6 +214,11 @@ impl Metrics {
             "nodeguard_ledger_conflicts",
             "NodeIdentity records with a conflict (two machines writing one node)",
             ledger_conflicts.clone(),
+        );
+        registry.register(
+            "nodeguard_ledger_second_machines",
+            "Machines refused for a node's name and proven to run beside the node's own (a waiting clone)",
+            second_machines.clone(),
         );
         registry.register(
             "nodeguard_identity_conflicts_recorded",
@@ -295,6 +302,7 @@ impl Metrics {
             inventory_ready,
             ledger_records,
             ledger_conflicts,
+            second_machines,
             conflicts_recorded,
             ledger_writes,
             recorder_leading,
@@ -455,6 +463,8 @@ impl Metrics {
         self.ledger_records.set(gauge_value(size.ledger_records));
         self.ledger_conflicts
             .set(gauge_value(size.ledger_conflicts));
+        self.second_machines
+            .set(gauge_value(size.second_machines));
     }
 
     /// The OpenMetrics text exposition of every metric.

@@ -177,6 +177,8 @@ pub struct Inventory {
     keys: Index<KeyFingerprint>,
     ledger: HashMap<NodeName, LedgerEntry>,
     ledger_conflicts: usize,
+    /// Refused machines proven to be second machines, over every record.
+    second_machines: usize,
     /// The ledger's shared values, counted over every record.
     shared: HashMap<(ValueField, Box<str>), SharedCounts>,
     /// The records' creation times, for the ledger's epoch.
@@ -365,6 +367,9 @@ pub struct InventorySize {
     pub indexed_values: usize,
     pub ledger_records: usize,
     pub ledger_conflicts: usize,
+    /// Machines refused for a name and proven to be second machines (see
+    /// [`crate::ledger::RefusedMachine::proven`]).
+    pub second_machines: usize,
 }
 
 impl Inventory {
@@ -494,6 +499,7 @@ impl Inventory {
             self.keys.add(fingerprint, &name);
         }
         self.ledger_conflicts += usize::from(entry.conflict.is_some());
+        self.second_machines += proven(&entry);
         self.count_shared(&entry, true);
         if let Some(created) = entry.created {
             *self.record_times.entry(created).or_insert(0) += 1;
@@ -507,6 +513,7 @@ impl Inventory {
                 self.keys.remove(fingerprint, &name);
             }
             self.ledger_conflicts -= usize::from(old.conflict.is_some());
+            self.second_machines -= proven(&old);
             self.count_shared(&old, false);
             if let Some(created) = old.created
                 && let Some(count) = self.record_times.get_mut(&created)
@@ -642,8 +649,14 @@ impl Inventory {
             indexed_values: self.by.len() + self.keys.len(),
             ledger_records: self.ledger.len(),
             ledger_conflicts: self.ledger_conflicts,
+            second_machines: self.second_machines,
         }
     }
+}
+
+/// The refused machines of a record proven to be second machines.
+fn proven(entry: &LedgerEntry) -> usize {
+    entry.refused.iter().filter(|r| r.proven.is_some()).count()
 }
 
 /// The inventory shared between the watchers (writers) and the request handlers
@@ -740,6 +753,7 @@ mod tests {
                 indexed_values: 0,
                 ledger_records: 0,
                 ledger_conflicts: 0,
+                second_machines: 0,
             }
         );
     }
