@@ -88,7 +88,8 @@ pub struct AuditCollision {
     pub check: CheckId,
     pub field: &'static str,
     pub value: String,
-    /// `clone` (two nodes: likely a clone), `shared` (the platform shares it: warned),
+    /// `clone` (held with no evidence that it is shared, or by exactly two nodes since
+    /// before nodeguard: likely a clone), `shared` (shared by evidence: warned),
     /// `reused` (an address of a node no kubelet runs).
     pub kind: CollisionKind,
     /// What the webhook does with it for a newcomer, after modes: deny or warn.

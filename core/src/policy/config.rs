@@ -65,8 +65,9 @@ impl CheckId {
         }
     }
 
-    /// Every check enforces by default: each one only fires on a value that exactly one
-    /// other node holds, which a healthy cluster never shows.
+    /// Every check enforces by default: each one only fires on a value other nodes hold
+    /// without evidence that it is shared, or on another machine claiming a running
+    /// node's name, which a healthy cluster never shows.
     pub fn default_mode(self) -> Mode {
         Mode::Enforce
     }

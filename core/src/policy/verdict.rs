@@ -37,10 +37,10 @@ pub struct Finding {
 /// What kind of sharing a value shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CollisionKind {
-    /// Exactly one other node holds it: the signature of a clone.
+    /// Other nodes hold it with no evidence that it is shared: the signature of a clone.
     Clone,
-    /// Two or more other nodes hold it (or the evidence says the platform shares it,
-    /// such as one host UUID behind different machine-ids): not proof of a clone.
+    /// Shared on evidence a clone cannot produce (see `policy::sharing`): not proof of a
+    /// clone.
     Shared,
     /// An address whose only other holder no kubelet is running: a lease handed out again.
     Reused,
