@@ -712,6 +712,7 @@ func scenarioReplaceNotReady(k *kubeletRun) {
 		// then the warnings of the takeover (which ones depends on the kubelet's order).
 		known := []string{
 			`nodeguard [name-takeover]: node \"worker-2\" is registered to another machine that is running`,
+			`nodeguard [name-takeover]: a bootstrap token asks for the credentials of node \"worker-2\", which a kubelet on another machine is running`,
 			`"Warning: nodeguard [name-takeover]: taking over node \"worker-2\" from another machine (no status for `,
 			`"Warning: nodeguard [identity-drift]: node \"worker-2\" changed system UUID (no status for `,
 		}
@@ -726,7 +727,7 @@ func scenarioReplaceNotReady(k *kubeletRun) {
 			for i, part := range known {
 				if strings.Contains(line, part) {
 					ok = true
-					if i > 0 {
+					if i > 1 {
 						warned++
 					}
 				}
