@@ -463,8 +463,7 @@ impl Metrics {
         self.ledger_records.set(gauge_value(size.ledger_records));
         self.ledger_conflicts
             .set(gauge_value(size.ledger_conflicts));
-        self.second_machines
-            .set(gauge_value(size.second_machines));
+        self.second_machines.set(gauge_value(size.second_machines));
     }
 
     /// The OpenMetrics text exposition of every metric.
