@@ -504,6 +504,7 @@ mod tests {
                 indexed_values: 10,
                 ledger_records: 4,
                 ledger_conflicts: 1,
+                second_machines: 2,
             },
             true,
         );
@@ -519,6 +520,7 @@ mod tests {
             "nodeguard_inventory_ready 1",
             "nodeguard_ledger_records 4",
             "nodeguard_ledger_conflicts 1",
+            "nodeguard_ledger_second_machines 2",
             "nodeguard_serving_certificate_expiry_timestamp_seconds 0",
             "nodeguard_serving_certificate_reloads_total{result=\"loaded\"} 0",
             "nodeguard_serving_certificate_reloads_total{result=\"rejected\"} 0",
