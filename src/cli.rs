@@ -35,7 +35,8 @@ pub enum Command {
     Config(ConfigCommand),
     /// Write a development CA and serving certificate for `serve`.
     Certs(CertsArgs),
-    /// Clear a node's two-kubelets conflict once the copy has its own identity.
+    /// Clear a node's two-kubelets conflict and the machines refused for its name, once
+    /// the copy has its own identity.
     Forget(ForgetArgs),
     /// Print the NodeIdentity CustomResourceDefinition (YAML), as deploy/ ships it.
     Crd,
@@ -51,7 +52,7 @@ pub enum ConfigCommand {
     },
 }
 
-/// Which node's conflict to clear, in which cluster.
+/// Which node's conflict and refused machines to clear, in which cluster.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ForgetArgs {
     /// The node name (the NodeIdentity's name).

@@ -69,23 +69,13 @@ impl Forgotten {
 
 /// A refused machine as a person recognises it.
 fn describe_machine(machine: &RefusedMachine) -> String {
-    let mut ids = Vec::new();
-    if let Some(uuid) = &machine.system_uuid {
-        ids.push(format!("system UUID {uuid}"));
-    }
-    if let Some(id) = &machine.machine_id {
-        ids.push(format!("machine-id {id}"));
-    }
-    if let Some(id) = &machine.provider_id {
-        ids.push(format!("provider ID {id}"));
-    }
     let proven = match machine.proven {
         Some(at) => format!(", proven a second machine at {at}"),
         None => String::new(),
     };
     format!(
         "{}, first refused at {}{proven}",
-        ids.join(", "),
+        machine.describe(),
         machine.first_refused
     )
 }

@@ -63,7 +63,7 @@ impl RefusalWriter {
     /// Records one refusal, unless the ledger (or this replica's last write) already
     /// holds it recently enough.
     pub async fn write(&mut self, refusal: &RefusalObservation, now: Timestamp) {
-        let key = (refusal.node.clone(), machine_key(refusal));
+        let key = (refusal.node.clone(), refusal.describe());
         let recent =
             |at: &Timestamp| now.duration_since(*at) < nodeguard_core::ledger::REFUSAL_REFRESH;
         if self.written.get(&key).is_some_and(recent) {
@@ -140,27 +140,4 @@ impl RefusalWriter {
         self.metrics.observe_ledger_write("failed");
         tracing::warn!(node = %name, %error, "could not record a refused machine; recorded at its next refusal");
     }
-}
-
-/// The refused machine as one line: its identifying values.
-fn machine_key(refusal: &RefusalObservation) -> String {
-    let part = |label: &str, value: Option<&str>| value.map(|v| format!("{label} {v}"));
-    [
-        part(
-            "system UUID",
-            refusal.system_uuid.as_ref().map(|v| v.as_str()),
-        ),
-        part(
-            "machine-id",
-            refusal.machine_id.as_ref().map(|v| v.as_str()),
-        ),
-        part(
-            "provider ID",
-            refusal.provider_id.as_ref().map(|v| v.as_str()),
-        ),
-    ]
-    .into_iter()
-    .flatten()
-    .collect::<Vec<_>>()
-    .join(", ")
 }

@@ -179,8 +179,8 @@ pub struct Inventory {
     ledger_conflicts: usize,
     /// Refused machines proven to be second machines, over every record.
     second_machines: usize,
-    /// The ledger's shared values, counted over every record.
-    shared: HashMap<(ValueField, Box<str>), SharedCounts>,
+    /// The ledger's shared values, counted over every record, by field.
+    shared: HashMap<ValueField, HashMap<Box<str>, SharedCounts>>,
     /// The records' creation times, for the ledger's epoch.
     record_times: BTreeMap<Timestamp, u32>,
 }
@@ -528,8 +528,8 @@ impl Inventory {
 
     fn count_shared(&mut self, entry: &LedgerEntry, add: bool) {
         for mark in entry.shared.iter() {
-            let key = (mark.field, mark.value.clone());
-            let counts = self.shared.entry(key.clone()).or_default();
+            let values = self.shared.entry(mark.field).or_default();
+            let counts = values.entry(mark.value.clone()).or_default();
             let step = |count: &mut u32| {
                 if add {
                     *count += 1;
@@ -550,14 +550,14 @@ impl Inventory {
                 _ => step(&mut counts.evidence),
             }
             if counts.is_empty() {
-                self.shared.remove(&key);
+                values.remove(&mark.value);
             }
         }
     }
 
     /// How the ledger's records mark a value as shared.
     pub fn shared(&self, field: ValueField, value: &str) -> Option<&SharedCounts> {
-        self.shared.get(&(field, Box::from(value)))
+        self.shared.get(&field)?.get(value)
     }
 
     /// When the ledger began: the creation of its oldest record. A Node created before

@@ -88,6 +88,15 @@ impl RefusedEntry {
         }
     }
 
+    /// Its values as a person compares them with a machine.
+    pub fn describe(&self) -> String {
+        super::describe_machine(
+            self.system_uuid.as_ref().map(SystemUuid::as_str),
+            self.machine_id.as_ref().map(MachineId::as_str),
+            self.provider_id.as_ref().map(ProviderId::as_str),
+        )
+    }
+
     /// Whether a refusal of the same machine now needs no write: it is recorded, with
     /// this boot, and its last refusal is recent.
     pub fn covers(&self, boot: Option<&BootId>, now: Timestamp) -> bool {

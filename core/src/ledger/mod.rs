@@ -193,6 +193,34 @@ pub struct RefusedMachine {
     pub proven: Option<Timestamp>,
 }
 
+impl RefusedMachine {
+    /// Its values as a person compares them with a machine: `system UUID …, machine-id …`.
+    pub fn describe(&self) -> String {
+        describe_machine(
+            self.system_uuid.as_deref(),
+            self.machine_id.as_deref(),
+            self.provider_id.as_deref(),
+        )
+    }
+}
+
+/// A machine's identifying values, those it has, in one line.
+pub(crate) fn describe_machine(
+    system_uuid: Option<&str>,
+    machine_id: Option<&str>,
+    provider_id: Option<&str>,
+) -> String {
+    [
+        ("system UUID", system_uuid),
+        ("machine-id", machine_id),
+        ("provider ID", provider_id),
+    ]
+    .into_iter()
+    .filter_map(|(label, value)| Some(format!("{label} {}", value?)))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
 /// An identity field whose values can be shared by evidence.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -163,6 +163,17 @@ pub struct RefusalObservation {
     pub node_heartbeat: Option<Timestamp>,
 }
 
+impl RefusalObservation {
+    /// The refused machine's values as a person compares them with a machine.
+    pub fn describe(&self) -> String {
+        super::describe_machine(
+            self.system_uuid.as_ref().map(SystemUuid::as_str),
+            self.machine_id.as_ref().map(MachineId::as_str),
+            self.provider_id.as_ref().map(ProviderId::as_str),
+        )
+    }
+}
+
 /// Two machines proven to run as one node: the node's own machine wrote its status
 /// after `refused` was refused for the name.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -285,27 +285,10 @@ pub fn assemble(input: AuditInput<'_>, mut verdicts: Vec<NodeVerdicts>) -> Audit
     for record in records {
         let name = &*record.name;
         for machine in record.refused.iter() {
-            let values: Vec<String> = [
-                machine
-                    .system_uuid
-                    .as_ref()
-                    .map(|v| format!("system UUID {v}")),
-                machine
-                    .machine_id
-                    .as_ref()
-                    .map(|v| format!("machine-id {v}")),
-                machine
-                    .provider_id
-                    .as_ref()
-                    .map(|v| format!("provider ID {v}")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
             refused.push(RefusedReport {
                 node: name.to_string(),
                 check: machine.check.to_string(),
-                machine: values.join(", "),
+                machine: machine.describe(),
                 first_refused: machine.first_refused,
                 last_refused: machine.last_refused,
                 proven: machine.proven,

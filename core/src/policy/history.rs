@@ -405,8 +405,10 @@ impl Cluster {
         cluster
     }
 
-    /// From now on Nodes are created after the ledger: they joined under nodeguard.
+    /// From now on Nodes are created after the ledger: they join under nodeguard, a few
+    /// seconds after it first saw the cluster.
     fn joining(&mut self) {
+        self.pass(SignedDuration::from_secs(5));
         self.created = self.now;
     }
 }
@@ -579,4 +581,44 @@ fn a_vsphere_hardware_upgrade_that_flips_the_uuid_s_byte_order_is_the_same_machi
         cluster.write_status(&node, NO_SKEW).outcome(),
         Outcome::Allowed
     );
+}
+
+/// A machine nothing ties to the registered one (a PXE reinstall: a new machine-id, a
+/// board without a real UUID), retrying at random, while the node's old self writes its
+/// status at random and then stops for good: refused while the node's status was seen
+/// within the heartbeat timeout, let through at its first attempt after.
+#[test]
+fn a_machine_nothing_ties_to_the_node_gets_it_once_the_node_stops_writing() {
+    let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+    let timeout = Config::default().heartbeat_timeout();
+    for round in 0..100 {
+        let mut cluster = Cluster::new(Config::default());
+        let original = worker();
+        assert!(cluster.register(&original, NO_SKEW).allowed());
+        let mut last_status = cluster.now;
+        let mut reinstalled = original.clone();
+        reinstalled.machine_id = "2f3e4d5c6b7a49887766554433221100".into();
+        reinstalled.system_uuid = "03000200-0400-0500-0006-000700080009".into();
+        reinstalled.boot_id = "1a0427b0-40ea-4cf5-9f24-53d6e200ef21".into();
+        // The old self's last status reports, then the reinstall: it never writes again.
+        for _ in 0..dice.roll(6) {
+            cluster.pass(SignedDuration::from_secs(1 + dice.roll(300) as i64));
+            assert!(cluster.write_status(&original, NO_SKEW).allowed());
+            last_status = cluster.now;
+        }
+        loop {
+            cluster.pass(SignedDuration::from_secs(1 + dice.roll(240) as i64));
+            let verdict = cluster.register(&reinstalled, NO_SKEW);
+            let due = cluster.now.duration_since(last_status) > timeout;
+            assert_eq!(
+                verdict.allowed(),
+                due,
+                "round {round}: at {} (status last written {last_status}): {verdict:?}",
+                cluster.now
+            );
+            if due {
+                break;
+            }
+        }
+    }
 }

@@ -102,18 +102,19 @@ pub fn compare(
     compare_fields(name, registered, claim, inventory, config).sameness
 }
 
-/// Whether the claim is proven to come from the machine `registered` describes: its
-/// real system UUID or its provider ID is the registered one, values no other machine
-/// reports.
-pub fn proven_same_machine(
+/// [`compare`], and whether the claim is proven to come from the machine `registered`
+/// describes: its real system UUID or its provider ID is the registered one, values no
+/// other machine reports.
+pub fn compare_proven(
     name: &str,
     registered: MachineIds<'_>,
     claim: MachineIds<'_>,
     inventory: &Inventory,
     config: &Config,
-) -> bool {
+) -> (Sameness, bool) {
     let compared = compare_fields(name, registered, claim, inventory, config);
-    compared.sameness.is_same_machine() && compared.proven_same
+    let proven = compared.sameness.is_same_machine() && compared.proven_same;
+    (compared.sameness, proven)
 }
 
 fn compare_fields(

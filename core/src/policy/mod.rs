@@ -204,19 +204,18 @@ pub fn decide_node_against(
     if exempt {
         return Verdict::exempt();
     }
-    let sameness = before.map(|before| {
-        machine::compare(&object.name, before.ids(), object.ids(), inventory, config)
+    let compared = before.map(|before| {
+        machine::compare_proven(&object.name, before.ids(), object.ids(), inventory, config)
     });
+    // A write proven to come from the registered machine (its real UUID or provider
+    // ID) is never refused for a value another node holds: a kubelet restart after an
+    // image update, an address handed out twice. Such collisions are warnings.
+    let own_machine = compared.as_ref().is_some_and(|(_, proven)| *proven);
+    let sameness = compared.map(|(sameness, _)| sameness);
     let baseline = match review.operation {
         Operation::Update => old_object,
         _ => before.filter(|_| sameness.as_ref().is_some_and(Sameness::is_same_machine)),
     };
-    // A write proven to come from the registered machine (its real UUID or provider
-    // ID) is never refused for a value another node holds: a kubelet restart after an
-    // image update, an address handed out twice. Such collisions are warnings.
-    let own_machine = before.is_some_and(|before| {
-        machine::proven_same_machine(&object.name, before.ids(), object.ids(), inventory, config)
-    });
     let input = NodeInput {
         operation: review.operation,
         object,

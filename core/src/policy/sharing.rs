@@ -309,9 +309,10 @@ pub fn judge(
     } = judging;
     let name = node.name.as_str();
     let epoch = inventory.ledger_epoch().unwrap_or(now);
-    // The API server stamps every Node's creation; one without (a hand-made dump) is
-    // taken as older than the ledger.
-    let existed_before = |created: Option<Timestamp>| created.is_none_or(|c| c < epoch);
+    // The API server stamps every Node's creation, to the second; one without (a
+    // hand-made dump) is taken as older than the ledger, and so is one stamped in the
+    // second the ledger began.
+    let existed_before = |created: Option<Timestamp>| created.is_none_or(|c| c <= epoch);
     let first_sight = before.first_sight.is_none() && existed_before(node.created);
     let mut shared = Vec::new();
     for (field, value) in values(after) {
