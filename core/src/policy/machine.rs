@@ -93,32 +93,29 @@ struct Compared {
 /// Values that prove nothing on either side count as unknown, and unknown values never
 /// differ.
 pub fn compare(
-    name: &str,
     registered: MachineIds<'_>,
     claim: MachineIds<'_>,
     inventory: &Inventory,
     config: &Config,
 ) -> Sameness {
-    compare_fields(name, registered, claim, inventory, config).sameness
+    compare_fields(registered, claim, inventory, config).sameness
 }
 
 /// [`compare`], and whether the claim is proven to come from the machine `registered`
 /// describes: its real system UUID or its provider ID is the registered one, values no
 /// other machine reports.
 pub fn compare_proven(
-    name: &str,
     registered: MachineIds<'_>,
     claim: MachineIds<'_>,
     inventory: &Inventory,
     config: &Config,
 ) -> (Sameness, bool) {
-    let compared = compare_fields(name, registered, claim, inventory, config);
+    let compared = compare_fields(registered, claim, inventory, config);
     let proven = compared.sameness.is_same_machine() && compared.proven_same;
     (compared.sameness, proven)
 }
 
 fn compare_fields(
-    name: &str,
     registered: MachineIds<'_>,
     claim: MachineIds<'_>,
     inventory: &Inventory,
@@ -147,7 +144,7 @@ fn compare_fields(
     proven_same |= same_uuid;
     let machine_id_telling = |v: &MachineId| {
         !config.machine_id_is_shared(v)
-            && !sharing::is_platform_shared(ValueField::MachineId, v.as_str(), name, inventory)
+            && !sharing::is_platform_shared(ValueField::MachineId, v.as_str(), inventory)
     };
     let sameness = match (
         registered.machine_id.filter(|v| machine_id_telling(v)),
@@ -183,18 +180,17 @@ fn different(field: &'static str, registered: &str, claimed: &str) -> Compared {
 /// and at least one such value is equal (a machine that reports nothing telling is no
 /// machine in particular).
 fn is_refused_machine(
-    name: &str,
     refused: &RefusedEntry,
     claim: MachineIds<'_>,
     inventory: &Inventory,
     config: &Config,
 ) -> bool {
-    let compared = compare_fields(name, refused.ids(), claim, inventory, config);
+    let compared = compare_fields(refused.ids(), claim, inventory, config);
     let same_machine_id = matches!(
         (refused.machine_id.as_ref(), claim.machine_id),
         (Some(a), Some(b)) if a == b
             && !config.machine_id_is_shared(a)
-            && !sharing::is_platform_shared(ValueField::MachineId, a.as_str(), name, inventory)
+            && !sharing::is_platform_shared(ValueField::MachineId, a.as_str(), inventory)
     );
     compared.sameness == Sameness::Same && (compared.proven_same || same_machine_id)
 }
@@ -213,9 +209,8 @@ pub fn proven_refusal<'a>(
     if !entry.may_belong_to(registered.uid.as_deref()) {
         return None;
     }
-    let name = &*registered.name;
     entry.refused.iter().find(|refused| {
-        is_refused_machine(name, refused, claim, inventory, config)
+        is_refused_machine(refused, claim, inventory, config)
             && (refused.proven.is_some()
                 || status_written_since(refused, registered, inventory, config))
     })
@@ -236,13 +231,7 @@ fn status_written_since(
             registered.resource_version.as_deref(),
             refused.node_resource_version.as_deref(),
         )
-        && !is_refused_machine(
-            &registered.name,
-            refused,
-            registered.ids(),
-            inventory,
-            config,
-        )
+        && !is_refused_machine(refused, registered.ids(), inventory, config)
 }
 
 /// Whether a kubelet is running the node of that name now: this replica saw its status

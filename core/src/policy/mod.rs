@@ -204,9 +204,8 @@ pub fn decide_node_against(
     if exempt {
         return Verdict::exempt();
     }
-    let compared = before.map(|before| {
-        machine::compare_proven(&object.name, before.ids(), object.ids(), inventory, config)
-    });
+    let compared =
+        before.map(|before| machine::compare_proven(before.ids(), object.ids(), inventory, config));
     // A write proven to come from the registered machine (its real UUID or provider
     // ID) is never refused for a value another node holds: a kubelet restart after an
     // image update, an address handed out twice. Such collisions are warnings.

@@ -22,7 +22,8 @@ use jiff::Timestamp;
 use crate::identity::{Hostname, MachineId, ProviderId, SystemUuid};
 use crate::inventory::Inventory;
 use crate::ledger::{
-    Change, Evidence, NodeObservation, Record, RecordSpec, SharedValue, SharingEvidence, ValueField,
+    Change, Evidence, NodeObservation, Record, RecordSpec, SharedMark, SharedValue,
+    SharingEvidence, ValueField,
 };
 use crate::policy::Config;
 
@@ -67,12 +68,7 @@ pub fn is_declared(field: ValueField, value: &str, config: &Config) -> bool {
 /// Whether the ledger marks `value` as shared by the platform: first sight, inherited,
 /// or moved to by two nodes or more from one shared value. Such a value tells no
 /// machine apart.
-pub fn is_platform_shared(
-    field: ValueField,
-    value: &str,
-    _node: &str,
-    inventory: &Inventory,
-) -> bool {
+pub fn is_platform_shared(field: ValueField, value: &str, inventory: &Inventory) -> bool {
     inventory.shared(field, value).is_some_and(|counts| {
         counts.evidence > 0 || counts.moved_from.iter().any(|(_, count)| *count >= 2)
     })
@@ -91,19 +87,19 @@ pub fn evidence(
     config: &Config,
 ) -> Option<Shared> {
     let own = inventory.identity(writer);
-    let own_marks = |evidence: &dyn Fn(&crate::ledger::SharedMark) -> bool| -> u32 {
+    let own_marks = |counted: fn(&SharedMark, &str) -> bool, moved_from: &str| -> u32 {
         own.map_or(0, |entry| {
-            u32::try_from(entry.marks(field, value).filter(|m| evidence(m)).count()).unwrap_or(0)
+            let marks = entry.marks(field, value).filter(|m| counted(m, moved_from));
+            u32::try_from(marks.count()).unwrap_or(u32::MAX)
         })
     };
-    let counts = inventory.shared(field, value);
-    if let Some(counts) = counts {
-        let recorded = own_marks(&|m| m.evidence != SharingEvidence::Moved);
+    if let Some(counts) = inventory.shared(field, value) {
+        let recorded = own_marks(|m, _| m.evidence != SharingEvidence::Moved, "");
         if counts.evidence > recorded {
             return Some(Shared::Recorded);
         }
         for (moved_from, count) in &counts.moved_from {
-            let own_move = own_marks(&|m| m.from.as_deref() == Some(&**moved_from));
+            let own_move = own_marks(|m, from| m.from.as_deref() == Some(from), moved_from);
             let others = count.saturating_sub(own_move);
             if others >= 2 || (others >= 1 && from == Some(&**moved_from)) {
                 return Some(Shared::MovedTogether);
@@ -138,7 +134,7 @@ fn is_shared_for(
         || inventory
             .identity(node)
             .is_some_and(|entry| entry.marks(field, value).next().is_some())
-        || is_platform_shared(field, value, node, inventory)
+        || is_platform_shared(field, value, inventory)
 }
 
 /// The single value of `field` a record holds.
@@ -309,10 +305,9 @@ pub fn judge(
     } = judging;
     let name = node.name.as_str();
     let epoch = inventory.ledger_epoch().unwrap_or(now);
-    // The API server stamps every Node's creation, to the second; one without (a
-    // hand-made dump) is taken as older than the ledger, and so is one stamped in the
-    // second the ledger began.
-    let existed_before = |created: Option<Timestamp>| created.is_none_or(|c| c <= epoch);
+    // The API server stamps every Node's creation (to the second); one without (a
+    // hand-made dump) is taken as older than the ledger.
+    let existed_before = |created: Option<Timestamp>| created.is_none_or(|c| c < epoch);
     let first_sight = before.first_sight.is_none() && existed_before(node.created);
     let mut shared = Vec::new();
     for (field, value) in values(after) {
@@ -360,7 +355,7 @@ pub fn judge(
                         .shared_values
                         .iter()
                         .any(|s| s.field == field && s.value == *from)
-                    || is_platform_shared(field, from, name, inventory))
+                    || is_platform_shared(field, from, inventory))
         });
         if let Some(from) = moved_from_shared {
             shared.push(mark(SharingEvidence::Moved, Some(from)));
