@@ -181,8 +181,8 @@ pub struct Inventory {
     second_machines: usize,
     /// The ledger's shared values, counted over every record, by field.
     shared: HashMap<ValueField, HashMap<Box<str>, SharedCounts>>,
-    /// The records' creation times, for the ledger's epoch.
-    record_times: BTreeMap<Timestamp, u32>,
+    /// When each record was first judged, for the ledger's epoch.
+    sight_times: BTreeMap<Timestamp, u32>,
 }
 
 /// When a node's status was last seen written: the Ready heartbeat its kubelet last
@@ -501,8 +501,8 @@ impl Inventory {
         self.ledger_conflicts += usize::from(entry.conflict.is_some());
         self.second_machines += proven(&entry);
         self.count_shared(&entry, true);
-        if let Some(created) = entry.created {
-            *self.record_times.entry(created).or_insert(0) += 1;
+        if let Some(sight) = entry.first_sight {
+            *self.sight_times.entry(sight).or_insert(0) += 1;
         }
         self.ledger.insert(name, entry);
     }
@@ -515,12 +515,12 @@ impl Inventory {
             self.ledger_conflicts -= usize::from(old.conflict.is_some());
             self.second_machines -= proven(&old);
             self.count_shared(&old, false);
-            if let Some(created) = old.created
-                && let Some(count) = self.record_times.get_mut(&created)
+            if let Some(sight) = old.first_sight
+                && let Some(count) = self.sight_times.get_mut(&sight)
             {
                 *count -= 1;
                 if *count == 0 {
-                    self.record_times.remove(&created);
+                    self.sight_times.remove(&sight);
                 }
             }
         }
@@ -560,10 +560,12 @@ impl Inventory {
         self.shared.get(&field)?.get(value)
     }
 
-    /// When the ledger began: the creation of its oldest record. A Node created before
-    /// it existed before nodeguard saw the cluster.
+    /// When nodeguard first saw the cluster: the first time the recorder judged a record
+    /// that is still in the ledger (its `firstSight`), at nodeguard's install or at its
+    /// upgrade to a release that judges them. A Node created before it existed before
+    /// nodeguard saw the cluster.
     pub fn ledger_epoch(&self) -> Option<Timestamp> {
-        self.record_times.keys().next().copied()
+        self.sight_times.keys().next().copied()
     }
 
     /// Replaces all ledger entries at once, after a full list.

@@ -622,3 +622,34 @@ fn a_machine_nothing_ties_to_the_node_gets_it_once_the_node_stops_writing() {
         }
     }
 }
+
+#[test]
+fn an_upgrade_takes_the_cluster_as_it_is_for_its_first_sight() {
+    // Records written by a release that kept no shared values, long ago; the pool's
+    // nodes all joined since (a rotated AKS pool, every node the image's machine-id).
+    let pool = fleet(&["aks-5", "aks-6"], "0a1b2c3d4e5f60718293a4b5c6d7e8f9");
+    let mut cluster = Cluster::new(Config::default());
+    cluster.created = cluster.now;
+    for machine in &pool {
+        let claim = cluster.written(machine, NO_SKEW);
+        cluster.nodes.push(claim.clone());
+        cluster.inventory.apply_node(claim.clone(), cluster.now);
+        let (observation, now) = (NodeObservation::of(&claim), cluster.now);
+        cluster
+            .record(&machine.name)
+            .observe_node(&observation, now, Evidence::Watch);
+        cluster.publish(&machine.name);
+        assert!(cluster.record(&machine.name).spec.first_sight.is_none());
+    }
+    // The upgraded recorder's first resync judges every record: first sight now.
+    cluster.pass(SignedDuration::from_hours(24 * 30));
+    for machine in &pool {
+        let claim = cluster.stored(&machine.name).cloned().unwrap();
+        cluster.store(claim);
+    }
+    cluster.joining();
+    let mut newcomer = Machine::new("aks-7", 0x27, "10.1.0.17");
+    newcomer.machine_id = "0a1b2c3d4e5f60718293a4b5c6d7e8f9".into();
+    let verdict = cluster.register(&newcomer, NO_SKEW);
+    assert_eq!(verdict.outcome(), Outcome::Warned, "{verdict:?}");
+}

@@ -4,9 +4,10 @@
 //! how many nodes hold a value proves nothing. What does:
 //!
 //! - the admin declares it (`sharedValues`), or it is a known placeholder;
-//! - it was shared when nodeguard first saw the cluster: two Nodes that existed before
-//!   the ledger did held it (`FirstSight`), and it stays shared when holders drop to
-//!   one, so deleting one of them and letting it join again keeps working;
+//! - it was shared when nodeguard first saw the cluster: two Nodes older than the first
+//!   judgment of the ledger's records held it (`FirstSight`), and it stays shared when
+//!   holders drop to one, so deleting one of them and letting it join again keeps
+//!   working;
 //! - a node came to hold it while it was shared by evidence (`Inherited`): a pool whose
 //!   nodes are replaced one by one keeps its shared value;
 //! - the nodes holding it moved to it together from a value shared by evidence
@@ -288,8 +289,9 @@ pub struct Judging<'a> {
 /// `before` is the record as it was, `after` as the observation left it.
 ///
 /// A mark once given stays while the node holds the value. A record judged for the
-/// first time whose Node existed before the ledger did marks the values another such
-/// Node holds (`FirstSight`): the cluster as nodeguard first saw it. A value already
+/// first time whose Node existed before nodeguard first judged the ledger (see
+/// [`Inventory::ledger_epoch`]) marks the values another such Node holds
+/// (`FirstSight`): the cluster as nodeguard first saw it. A value already
 /// shared by evidence is `Inherited`. A value the node moved to from one of its own
 /// shared values is `Moved` from it.
 pub fn judge(
