@@ -113,8 +113,20 @@ def normalise(obj, keep_tls):
     return obj
 
 
+def lines(value):
+    """For a diff: each multi-line string as the list of its lines."""
+    if isinstance(value, dict):
+        return {k: lines(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [lines(v) for v in value]
+    if isinstance(value, str) and "\n" in value:
+        return value.split("\n")
+    return value
+
+
 def dump(obj):
-    return yaml.safe_dump(obj, sort_keys=True, default_flow_style=False, width=1000).splitlines()
+    text = yaml.safe_dump(lines(obj), sort_keys=True, default_flow_style=False, width=1000)
+    return text.splitlines()
 
 
 def main():
