@@ -45,9 +45,10 @@ pub struct ServeArgs {
     /// gone. E.g. `5s`, `1500ms`, `0` (none).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
-    /// How long a watched view (Nodes, CSRs, NodeIdentities) may go without an event or
-    /// a bookmark (the API server sends one a minute) before the inventory counts as not
-    /// current: `/readyz` answers 503 and reviews are let through unchecked.
+    /// How long a watched view (Nodes, CSRs, NodeIdentities) may go without a response,
+    /// an event or a bookmark before the inventory counts as not current: `/readyz`
+    /// answers 503 and reviews are let through unchecked. Each watch is reopened every
+    /// two thirds of it (whole seconds), so a quiet view stays current.
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
     pub stale_after: Duration,
 }

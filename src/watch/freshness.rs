@@ -1,11 +1,16 @@
 //! How current each of the three views (Nodes, CSRs, NodeIdentities) is, measured on the
 //! wire. kube-runtime's watcher keeps its bookmarks to itself, so the watchers' client
 //! is wrapped in a layer that sees every list and watch response of those collections:
-//! a response received, and every chunk of a watch's body (an event or a bookmark, which
-//! the API server's watch cache sends a quiet watch every minute), make the view fresh;
-//! a failed response or a failed stream counts an error, and any success clears the run.
-//! A watch that stalls (an API server that stops answering, a connection gone half-open)
-//! sends nothing, and its view ages.
+//! a response received, and every chunk of a watch's body (an event or a bookmark),
+//! make the view fresh; a failed response or a failed stream counts an error, and any
+//! success clears the run. A watch that stalls (an API server that stops answering, a
+//! connection gone half-open) sends nothing, and its view ages.
+//!
+//! A quiet collection gets no bookmark: the API server's watch cache sends one only
+//! once the collection's resourceVersion has moved past the watch's, which takes a
+//! write to that collection or etcd's progress notification (every ten minutes by
+//! default). So each watch asks the API server to end it after two thirds of the bound
+//! (`watch_timeout`), and the next watch's response keeps a healthy quiet view current.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -17,9 +22,17 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-/// The API server sends a quiet watch a bookmark every minute; a view with nothing for a
-/// little longer than that is stale.
+/// A view with nothing received for longer than this is stale; its watches are reopened
+/// every minute (`watch_timeout`).
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(90);
+
+/// The `timeoutSeconds` of each watch under a bound of `stale_after`: two thirds of it,
+/// in whole seconds and at least one, so a watch nothing happens on is ended by the API
+/// server and opened again well within the bound.
+pub fn watch_timeout(stale_after: Duration) -> u32 {
+    let seconds = stale_after.as_millis() * 2 / 3 / 1000;
+    u32::try_from(seconds).unwrap_or(u32::MAX).max(1)
+}
 
 /// One of the watched collections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

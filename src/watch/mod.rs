@@ -9,7 +9,7 @@ pub mod observations;
 pub mod readiness;
 
 pub use feed::{Feed, Watched};
-pub use freshness::{View, Views};
+pub use freshness::{View, Views, watch_timeout};
 pub use objects::{WatchedCsr, WatchedNode};
 pub use readiness::Readiness;
 
@@ -37,9 +37,14 @@ pub async fn run(
     readiness: Readiness,
     observations: Option<Observations>,
 ) -> anyhow::Result<()> {
-    let mut nodes = pin!(watch::<WatchedNode>(client.clone()));
-    let mut csrs = pin!(watch::<WatchedCsr>(client.clone()));
-    let mut ledger = pin!(watch::<NodeIdentity>(client));
+    // Under a freshness bound, each watch ends within it (see `freshness`).
+    let config = match readiness.views() {
+        Some(views) => watcher::Config::default().timeout(watch_timeout(views.stale_after())),
+        None => watcher::Config::default(),
+    };
+    let mut nodes = pin!(watch::<WatchedNode>(client.clone(), config.clone()));
+    let mut csrs = pin!(watch::<WatchedCsr>(client.clone(), config.clone()));
+    let mut ledger = pin!(watch::<NodeIdentity>(client, config));
     let mut node_feed = Feed::<WatchedNode>::new();
     let mut csr_feed = Feed::<WatchedCsr>::new();
     let mut ledger_feed = Feed::<NodeIdentity>::new();
@@ -78,8 +83,9 @@ pub async fn run(
 /// A cluster-wide watch of one kind, retried with kube-runtime's default backoff.
 fn watch<K: Watched>(
     client: kube::Client,
+    config: watcher::Config,
 ) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send {
-    watcher::watcher(Api::<K>::all(client), watcher::Config::default()).default_backoff()
+    watcher::watcher(Api::<K>::all(client), config).default_backoff()
 }
 
 /// Applies one item of a watch stream; true when it completed a full list.

@@ -199,10 +199,22 @@ impl FakeApi {
         self.shared.lock().faults.clear();
     }
 
-    /// Watches that ask for bookmarks get one every `every`, as the API server's watch
-    /// cache sends them (every minute) to a quiet watch.
+    /// Watches that ask for bookmarks are considered for one every `every`, as the API
+    /// server's watch cache considers them every minute. As there, one is sent only when
+    /// the watch cache's resourceVersion has moved past the watch's: a quiet watch gets
+    /// none until [`FakeApi::progress`].
     pub fn bookmark_every(&self, every: Duration) {
         self.shared.lock().bookmark_every = Some(every);
+        self.shared.revisions.send_modify(|_| {});
+    }
+
+    /// etcd's progress notification (every ten minutes by default, or asked for by a
+    /// consistent list): the watch caches learn the store's current resourceVersion, so
+    /// the next bookmark of every watch behind it carries that version.
+    pub fn progress(&self) {
+        let mut state = self.shared.lock();
+        state.progress_revision = state.revision;
+        drop(state);
         self.shared.revisions.send_modify(|_| {});
     }
 
@@ -416,8 +428,11 @@ struct State {
     hooks: Vec<Hook>,
     partitioned: Vec<String>,
     closed: bool,
-    /// Watches that asked for bookmarks get one this often (the API server: a minute).
+    /// Watches that asked for bookmarks are considered for one this often (the API
+    /// server: a minute).
     bookmark_every: Option<Duration>,
+    /// The revision the last progress notification carried.
+    progress_revision: u64,
     /// While set, open watches send nothing and new requests are not answered: an API
     /// server that stopped answering mid-watch.
     stalled: bool,
@@ -1034,9 +1049,12 @@ impl Shared {
         tokio::spawn(async move {
             let mut revisions = shared.revisions.subscribe();
             let mut next_bookmark: Option<tokio::time::Instant> = None;
+            // The resourceVersion this watch has reached: where it started, then its last
+            // event's, then its last bookmark's.
+            let mut sent = seen;
             loop {
                 revisions.borrow_and_update();
-                let (closed, stalled, every) = {
+                let (closed, stalled, every, progress) = {
                     let state = shared.lock();
                     if state.watch_epoch != epoch {
                         return;
@@ -1045,6 +1063,7 @@ impl Shared {
                         state.closed,
                         state.stalled,
                         state.bookmark_every.filter(|_| bookmarks),
+                        state.progress_revision,
                     )
                 };
                 if stalled && !closed {
@@ -1059,12 +1078,16 @@ impl Shared {
                 if let Some(every) = every {
                     let due = *next_bookmark.get_or_insert(now + every);
                     if due <= now {
-                        let bookmark = json!({
-                            "apiVersion": api_version,
-                            "kind": kind,
-                            "metadata": { "resourceVersion": seen.to_string() },
-                        });
-                        lines.push(event_line("BOOKMARK", &bookmark));
+                        // Only a bookmark that moves the watch forward is sent.
+                        if progress > sent {
+                            let bookmark = json!({
+                                "apiVersion": api_version,
+                                "kind": kind,
+                                "metadata": { "resourceVersion": progress.to_string() },
+                            });
+                            lines.push(event_line("BOOKMARK", &bookmark));
+                            sent = progress;
+                        }
                         next_bookmark = Some(now + every);
                     }
                 }
@@ -1079,6 +1102,7 @@ impl Shared {
                         seen = change.revision;
                         if collection.covers(&change.collection) {
                             lines.push(event_line(change.kind, &change.object));
+                            sent = change.revision;
                         }
                     }
                     state.closed
