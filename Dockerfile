@@ -6,8 +6,14 @@
 #
 # Multi-arch builds (docker buildx --platform linux/amd64,linux/arm64) compile natively
 # for each platform.
+#
+# BINARY=prebuilt takes a static binary built outside instead of compiling one, from a
+# build context holding only `nodeguard` (what .ci/build-image does, where no base image
+# can be pulled); the image's last stage is the same either way.
 
-FROM rust:1-bookworm AS build
+ARG BINARY=compiled
+
+FROM rust:1-bookworm AS compiled
 ARG TARGETARCH
 RUN apt-get update \
     && apt-get install -y --no-install-recommends musl-tools \
@@ -27,8 +33,13 @@ COPY tests/fixtures/real/node-kind-control-plane.json tests/fixtures/real/
 RUN cargo build --release --locked --target "$(cat /target)" --bin nodeguard \
     && cp "target/$(cat /target)/release/nodeguard" /nodeguard
 
+FROM scratch AS prebuilt
+COPY nodeguard /nodeguard
+
+FROM ${BINARY} AS binary
+
 FROM scratch
-COPY --from=build /nodeguard /nodeguard
+COPY --from=binary /nodeguard /nodeguard
 # The numeric user the Deployment's securityContext expects (runAsNonRoot).
 USER 65532:65532
 ENTRYPOINT ["/nodeguard"]

@@ -38,7 +38,7 @@ func newKubeletRun(r *Runner, clusterBin, fakecri, dir string) (*kubeletRun, err
 	}
 	// Mount targets the machines bind their own directories on.
 	var made []string
-	for _, d := range []string{"/var/lib/kubelet", "/var/log"} {
+	for _, d := range []string{"/var/lib/kubelet", "/var/log", "/var/lib/cni"} {
 		if _, err := os.Stat(d); os.IsNotExist(err) {
 			made = append(made, d)
 		}

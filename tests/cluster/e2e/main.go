@@ -69,6 +69,9 @@ func run() int {
 	soak := fs.Duration("soak", 0, "instead of the scenarios, run the soak this long (needs --fakecri)")
 	soakMachines := fs.Int("soak-machines", 6, "machines in the soak")
 	verbose := fs.Bool("v", false, "print the details of passing steps too")
+	podImages := fs.String("pods", "", "instead of the scenarios, install nodeguard from deploy/ as pods, from the image archives in this directory (.ci/build-image), and run the pod scenarios (needs --fakecri)")
+	repo := fs.String("repo", "", "the repository, whose deploy/ the pod scenarios install (default: three levels above --scenarios)")
+	helm := fs.String("helm", "", "the helm binary, for the pod scenarios' Helm install")
 	ledgerMode := fs.String("ledger", "auto", "whether nodeguard keeps a NodeIdentity ledger the reset waits for: on, off, or auto (on when the cluster serves nodeidentities.nodeguard.io)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: nodeguard-e2e [flags] -- NODEGUARD-SERVE-COMMAND...\n")
@@ -81,6 +84,26 @@ func run() int {
 	setupErr := func(format string, args ...interface{}) int {
 		fmt.Fprintf(os.Stderr, "nodeguard-e2e: "+format+"\n", args...)
 		return 2
+	}
+	if *podImages != "" {
+		if *clusterDir == "" || *binary == "" || *fakecri == "" {
+			return setupErr("--pods needs --cluster-dir, --nodeguard and --fakecri (tests/e2e/pods sets them)")
+		}
+		if *repo == "" {
+			*repo = filepath.Join(*scenarios, "..", "..", "..")
+		}
+		cluster, err := NewCluster(*clusterDir, *apiserverLog, &warningLog{})
+		if err != nil {
+			return setupErr("the cluster in %s: %v", *clusterDir, err)
+		}
+		started := time.Now()
+		passed, failed := RunPodScenarios(cluster, PodOptions{ClusterBin: os.Getenv("CLUSTER_BIN"), Fakecri: *fakecri,
+			Images: *podImages, Dir: filepath.Join(*clusterDir, "pods"), Root: *repo, Nodeguard: *binary, Helm: *helm, Only: *only})
+		fmt.Printf("%d passed, %d failed (%s)\n", passed, failed, time.Since(started).Round(time.Second))
+		if failed > 0 {
+			return 1
+		}
+		return 0
 	}
 	if *admin == "" && os.Getenv("NODEGUARD_ADDRESS") != "" {
 		*admin = "http://" + os.Getenv("NODEGUARD_ADDRESS") + ":8080"
