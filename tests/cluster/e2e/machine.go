@@ -37,6 +37,8 @@ type MachineSpec struct {
 	// StatusReport is the kubelet's nodeStatusReportFrequency (default 5m): how often it
 	// writes its status when nothing changed.
 	StatusReport string
+	// Taint is registered with the Node (key=value:Effect), when set.
+	Taint string
 }
 
 // Machine is one simulated machine: its directory holds its disk (the kubelet's
@@ -48,6 +50,8 @@ type Machine struct {
 	env   *machineEnv
 	cmd   *exec.Cmd
 	done  chan struct{}
+	// networkUp: its namespace and veth are made, by this run.
+	networkUp bool
 }
 
 // machineEnv is what every machine shares: the binaries, the cluster's CA and address.
@@ -195,6 +199,7 @@ func (m *Machine) Start() error {
 			"--node-ip=" + m.nodeIP(),
 			"--machine-id-file=" + d + "/machine-id",
 			"--boot-id-file=" + d + "/boot_id",
+			m.taintFlag(),
 		}, " "),
 	}, "\n")
 	cmd := exec.Command("nsenter", "--net=/run/netns/"+m.env.netns(m), "--",
@@ -265,6 +270,7 @@ func (m *Machine) Readdress(ip string) error {
 // Destroy stops the machine and removes its network namespace.
 func (m *Machine) Destroy() {
 	m.Stop()
+	m.networkUp = false
 	_ = exec.Command("ip", "netns", "del", m.env.netns(m)).Run()
 	// The namespace may outlive its processes while its sockets linger, and its end
 	// of the veth with it.
@@ -274,11 +280,14 @@ func (m *Machine) Destroy() {
 // network makes the namespace, a veth into the bridge with the machine's address, a
 // default route via the host, and the node IP on loopback when it differs.
 func (m *Machine) network() error {
-	ns := m.env.netns(m)
-	if _, err := os.Stat("/run/netns/" + ns); err == nil {
+	if m.networkUp {
 		return nil
 	}
+	ns := m.env.netns(m)
 	host, peer := fmt.Sprintf("ngm%dh", m.index), fmt.Sprintf("ngm%dn", m.index)
+	// A namespace of that name left by an interrupted run is not this machine's network.
+	_ = exec.Command("ip", "netns", "del", ns).Run()
+	_ = exec.Command("ip", "link", "del", host).Run()
 	steps := [][]string{
 		{"ip", "netns", "add", ns},
 		{"ip", "link", "add", host, "type", "veth", "peer", "name", peer},
@@ -299,6 +308,7 @@ func (m *Machine) network() error {
 			return fmt.Errorf("machine %s: %s: %v: %s", m.Name, strings.Join(s, " "), err, bytes.TrimSpace(out))
 		}
 	}
+	m.networkUp = true
 	return nil
 }
 
@@ -346,4 +356,11 @@ func (m *Machine) WaitLog(offset int, timeout time.Duration, parts ...string) (s
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+func (m *Machine) taintFlag() string {
+	if m.Taint == "" {
+		return ""
+	}
+	return "--register-with-taints=" + m.Taint
 }

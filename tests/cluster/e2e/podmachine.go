@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -197,6 +198,9 @@ func (p *PodMachine) startRuntime() error {
 		"mount --bind " + d + "/log /var/log",
 		// libcni's cache of each pod's network, the machine's own.
 		"mount --bind " + d + "/cni-cache /var/lib/cni",
+		// Where containerd pins its pods' network namespaces: the machine's own, so none
+		// outlives the machine on the host.
+		"mount -t tmpfs -o mode=0755 netns /run/netns",
 		"mount --bind " + d + "/system-uuid /etc/machine-id",
 		"if [ -e /sys/class/dmi/id/product_uuid ]; then mount --bind " + d + "/system-uuid /sys/class/dmi/id/product_uuid; fi",
 		"mount --bind " + d + "/sysctl/overcommit_memory /proc/sys/vm/overcommit_memory",
@@ -312,7 +316,7 @@ func (p *PodMachine) PowerOff() {
 	_ = syscall.Kill(-p.runtime.Process.Pid, syscall.SIGKILL)
 	<-p.runtimeDone
 	// The shims outlive containerd by design (their own process groups).
-	_ = exec.Command("pkill", "-9", "-f", "containerd-shim-runc-v2 -namespace k8s.io -address "+p.socket()).Run()
+	_ = exec.Command("pkill", "-9", "-f", "containerd-shim-runc-v2 .*-address "+regexp.QuoteMeta(p.socket())+"( |$)").Run()
 }
 
 // Reboot powers the machine off and boots it with a new boot id.

@@ -21,11 +21,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -46,6 +48,16 @@ type podRun struct {
 	nodeguard string // the host's nodeguard binary, for `nodeguard certs` and `forget`
 	helm      string // the helm binary, when the Helm scenarios run
 	http      *http.Client
+}
+
+// noRuntime keeps pods off the machines whose kubelet runs the fake CRI, which starts no
+// container: the scheduler would otherwise place a nodeguard replica there.
+const noRuntime = "nodeguard-e2e/no-runtime=true:NoSchedule"
+
+// fakeMachine is a machine with the fake CRI, tainted so that no pod lands on it.
+func (p *podRun) fakeMachine(spec MachineSpec, tokenID string) (*Machine, error) {
+	spec.Taint = noRuntime
+	return p.machine(spec, tokenID)
 }
 
 // PodOptions are what the pod scenarios need from the command line.
@@ -76,17 +88,27 @@ func RunPodScenarios(cluster *Cluster, o PodOptions) (passed, failed int) {
 	}
 	p := &podRun{kubeletRun: k, root: o.Root, install: filepath.Join(o.Dir, "deploy"), bin: o.ClusterBin,
 		nodeguard: o.Nodeguard, helm: o.Helm, http: &http.Client{Timeout: 3 * time.Second}}
-	defer func() {
-		for _, n := range p.nodes {
-			n.Destroy()
-		}
-		k.cleanup()
-		k.removeMountTargets()
-		// containerd's pod network namespaces, whose mounts died with its mount namespace.
-		if leftovers, _ := filepath.Glob("/run/netns/cni-*"); len(leftovers) > 0 {
-			for _, f := range leftovers {
-				_ = os.Remove(f)
+	var once sync.Once
+	cleanup := func() {
+		once.Do(func() {
+			for _, n := range p.nodes {
+				n.Destroy()
 			}
+			k.cleanup()
+			k.removeMountTargets()
+		})
+	}
+	defer cleanup()
+	// Interrupted, the machines are powered off too: their containers and runtimes
+	// would outlive this process.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		if s, ok := <-sigs; ok {
+			fmt.Fprintf(os.Stderr, "nodeguard-e2e: %v: powering the machines off\n", s)
+			cleanup()
+			os.Exit(130)
 		}
 	}()
 	k.scenario = "pods: setup"
@@ -219,7 +241,19 @@ func describePods(pods []ngPod) string {
 	return strings.Join(s, "; ")
 }
 
-// waitReplicas waits until exactly n nodeguard pods exist, all Ready, none terminating.
+// answers is whether the pod's /readyz answers 200 on its address: a pod the API server
+// still shows Ready may be on a machine that has lost power.
+func (p *podRun) answers(pod ngPod) bool {
+	resp, err := p.http.Get("http://" + net.JoinHostPort(pod.IP, "8080") + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// waitReplicas waits until exactly n nodeguard pods exist, all Ready and answering on
+// their addresses, none terminating.
 func (p *podRun) waitReplicas(n int, timeout time.Duration) ([]ngPod, time.Duration, error) {
 	started := time.Now()
 	deadline := started.Add(timeout)
@@ -230,7 +264,7 @@ func (p *podRun) waitReplicas(n int, timeout time.Duration) ([]ngPod, time.Durat
 			last = describePods(pods)
 			ready := 0
 			for _, x := range pods {
-				if x.Ready && !x.Deleting {
+				if x.Ready && !x.Deleting && p.answers(x) {
 					ready++
 				}
 			}
@@ -496,7 +530,7 @@ func scenarioPodInstall(p *podRun) bool {
 		return false
 	}
 	// worker-1 runs no pods: a kubelet with fakecri, as in the other kubelet scenarios.
-	w, err := p.machine(worker1, "abcdef")
+	w, err := p.fakeMachine(worker1, "abcdef")
 	if err == nil {
 		err = w.Start()
 	}
@@ -618,7 +652,7 @@ func scenarioPodClone(p *podRun) bool {
 	orig := p.machineNamed("worker-1")
 	origLog := orig.LogSize()
 	before := p.requestsOnPods()
-	cp, err := p.copyOf(orig, perfectCopy(worker1))
+	cp, err := p.copyOf(orig, perfectCopy(orig.MachineSpec))
 	if !p.step("worker-1's disk is copied whole to another machine", err) {
 		return false
 	}
@@ -783,10 +817,19 @@ func (p *podRun) setMode(mode string) (string, error) {
 	}
 	started := time.Now()
 	line := fmt.Sprintf(`kubectl -n nodeguard get configmap nodeguard-config -o json \
-  | jq '.data["config.yaml"] |= sub("(?<k>\n    mode: )[a-z]+"; "\(.k)%s")' \
+  | jq '.data["config.yaml"] |= sub("(?<k>(^|\n)mode: )[a-z]+"; "\(.k)%s")' \
   | kubectl replace -f -`, mode)
 	if out, err := p.sh(time.Minute, line); err != nil {
 		return out, err
+	}
+	cx, cancel := ctx()
+	defer cancel()
+	cm, err := p.r.cluster.admin.CoreV1().ConfigMaps("nodeguard").Get(cx, "nodeguard-config", metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	if !strings.Contains("\n"+cm.Data["config.yaml"], "\nmode: "+mode+"\n") {
+		return "", fmt.Errorf("the edit did not take: the ConfigMap's config.yaml does not say mode: %s:\n%s", mode, cm.Data["config.yaml"])
 	}
 	deadline := started.Add(4 * time.Minute)
 	seen := map[string]time.Duration{}
@@ -826,8 +869,10 @@ func scenarioPodConfig(p *podRun) bool {
 	switch {
 	case err != nil:
 		warned = err
-	case !strings.Contains(out, "Warning: nodeguard [machine-id]: machine-id 11c1f8e2fbf5540cd8ff218ef016ba11 is already used by node \"worker-1\""):
+	case !strings.Contains(out, "Warning: nodeguard [machine-id]: machine-id 11c1f8e2fbf55… is already used by node \"worker-1\""):
 		warned = fmt.Errorf("no warning:\n%s", out)
+	case !strings.Contains(out, "node/nodeguard-probe created (server dry run)"):
+		warned = fmt.Errorf("not let through:\n%s", out)
 	}
 	p.step("the dry-run copy is let through with nodeguard's warning", warned, strings.TrimSpace(out))
 	info, err = p.setMode("enforce")
@@ -895,7 +940,7 @@ func scenarioPodGoneIgnore(p *podRun) bool {
 	p.powerOffPodNodes()
 	started := time.Now()
 	logSize := p.r.cluster.LogSize()
-	m, err := p.machine(MachineSpec{Name: "worker-2", IP: "10.250.0.12", MachineID: "12c1f8e2fbf5540cd8ff218ef016ba12",
+	m, err := p.fakeMachine(MachineSpec{Name: "worker-2", IP: "10.250.0.12", MachineID: "12c1f8e2fbf5540cd8ff218ef016ba12",
 		SystemUUID: "1239a350-3cd4-400f-875d-c270379811b0", BootID: "12a0427b-40ea-4cf5-9f24-53d6e200ef12"}, "abcdeg")
 	if err == nil {
 		err = m.Start()
