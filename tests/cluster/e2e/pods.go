@@ -1075,9 +1075,13 @@ func scenarioHelm(p *podRun) bool {
 	}
 	chart := filepath.Join(p.root, "deploy", "helm", "nodeguard")
 	started := time.Now()
-	out, err = p.sh(5*time.Minute, fmt.Sprintf("%s install nodeguard %s -n nodeguard --create-namespace --wait --timeout 4m", p.helm, chart))
+	// The README's commands; the image's repository is the one the machines hold.
+	out, err = p.sh(5*time.Minute, fmt.Sprintf(`%s install nodeguard %s -n nodeguard --create-namespace \
+  --set image.repository=nodeguard/nodeguard &&
+kubectl label namespace nodeguard pod-security.kubernetes.io/enforce=restricted &&
+kubectl -n nodeguard rollout status deployment/nodeguard --timeout=4m`, p.helm, chart))
 	pods, _, werr := p.waitReplicas(2, time.Minute)
-	if !p.step("helm install nodeguard deploy/helm/nodeguard -n nodeguard --create-namespace: both replicas Ready", firstErr(err, werr),
+	if !p.step("helm install nodeguard deploy/helm/nodeguard -n nodeguard --create-namespace; kubectl label namespace (restricted); rollout status: both replicas Ready", firstErr(err, werr),
 		fmt.Sprintf("after %s: %s", time.Since(started).Round(time.Millisecond), describePods(pods)), out) {
 		return false
 	}
@@ -1098,7 +1102,7 @@ func scenarioHelm(p *podRun) bool {
 	started = time.Now()
 	out, err = p.sh(5*time.Minute, fmt.Sprintf("%s upgrade nodeguard %s -n nodeguard --reuse-values --set resources.requests.cpu=150m --wait --timeout 4m", p.helm, chart))
 	pods, _, werr = p.waitReplicas(2, time.Minute)
-	p.step("helm upgrade --set resources.requests.cpu=150m: the pods roll", firstErr(err, werr),
+	p.step("helm upgrade --set resources.requests.cpu=150m: the pods roll, admitted under the restricted Pod Security Standard", firstErr(err, werr),
 		fmt.Sprintf("after %s: %s", time.Since(started).Round(time.Millisecond), describePods(pods)), out)
 	summary, err := load.finish()
 	p.step("no review failed during the upgrade", err, summary)
