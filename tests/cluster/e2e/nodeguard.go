@@ -157,38 +157,11 @@ func (n *Nodeguard) Metrics() (map[string]float64, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("/metrics: HTTP %d", resp.StatusCode)
 	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		name := line
-		rest := ""
-		if i := strings.IndexAny(line, "{ "); i >= 0 {
-			name = line[:i]
-			rest = line[i:]
-		}
-		if strings.HasPrefix(rest, "{") {
-			j := strings.LastIndex(rest, "}")
-			if j < 0 {
-				continue
-			}
-			rest = rest[j+1:]
-		}
-		fields := strings.Fields(rest)
-		if len(fields) == 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			continue
-		}
-		out[name] += v
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
 	}
-	return out, sc.Err()
+	return parseMetrics(string(b)), nil
 }
 
 // RequestsTotal is the sum of nodeguard_admission_requests_total over all labels;
@@ -228,4 +201,36 @@ func (n *Nodeguard) WaitInventory(nodes, bindings int, timeout time.Duration) er
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
+}
+
+// parseMetrics sums each metric's samples over their labels.
+func parseMetrics(text string) map[string]float64 {
+	out := map[string]float64{}
+	sc := bufio.NewScanner(strings.NewReader(text))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, rest := line, ""
+		if i := strings.IndexAny(line, "{ "); i >= 0 {
+			name, rest = line[:i], line[i:]
+		}
+		if strings.HasPrefix(rest, "{") {
+			j := strings.LastIndex(rest, "}")
+			if j < 0 {
+				continue
+			}
+			rest = rest[j+1:]
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+			out[name] += v
+		}
+	}
+	return out
 }

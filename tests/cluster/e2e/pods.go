@@ -8,7 +8,6 @@ package main
 // on the API server's side.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -295,38 +294,6 @@ func (p *podRun) metrics(pod ngPod) (map[string]float64, string, error) {
 	return parseMetrics(string(b)), string(b), nil
 }
 
-// parseMetrics sums each metric's samples over their labels.
-func parseMetrics(text string) map[string]float64 {
-	out := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(text))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		name, rest := line, ""
-		if i := strings.IndexAny(line, "{ "); i >= 0 {
-			name, rest = line[:i], line[i:]
-		}
-		if strings.HasPrefix(rest, "{") {
-			j := strings.LastIndex(rest, "}")
-			if j < 0 {
-				continue
-			}
-			rest = rest[j+1:]
-		}
-		f := strings.Fields(rest)
-		if len(f) == 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
-			out[name] += v
-		}
-	}
-	return out
-}
-
 // requestsOnPods is the sum of nodeguard_admission_requests_total over the ready pods.
 func (p *podRun) requestsOnPods() float64 {
 	pods, err := p.ngPods()
@@ -415,6 +382,22 @@ func (p *podRun) probeNode() (*corev1.Node, error) {
 	}
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "nodeguard-probe"}, Status: n.Status}, nil
 }
+
+// readmeCheckRefused runs the README's check and says how its answer differs from the
+// documented refusal.
+func (p *podRun) readmeCheckRefused() error {
+	out, err := p.sh(time.Minute, readmeDryRun)
+	if err == nil || !strings.Contains(out, probeRefusal) {
+		return fmt.Errorf("not refused:\n%s", out)
+	}
+	return nil
+}
+
+// readmeDryRun is the README's "Check that it works": a copy of worker-1 under a new
+// name, created as a server-side dry run.
+const readmeDryRun = `kubectl get node worker-1 -o json \
+  | jq '{apiVersion, kind, metadata: {name: "nodeguard-probe"}, status}' \
+  | kubectl create --dry-run=server -f -`
 
 const probeRefusal = `admission webhook "nodes.nodeguard.io" denied the request: nodeguard [machine-id]: machine-id 11c1f8e2fbf5540cd8ff218ef016ba11 is already used by node "worker-1"`
 
@@ -567,9 +550,7 @@ func scenarioPodInstall(p *podRun) bool {
 	p.step("the recorder writes a NodeIdentity per node", p.waitRecorded([]string{"pod-node-1", "pod-node-2", "worker-1"}, 60*time.Second))
 
 	before := p.requestsOnPods()
-	out, err = p.sh(time.Minute, `kubectl get node worker-1 -o json \
-  | jq '{apiVersion, kind, metadata: {name: "nodeguard-probe"}, status}' \
-  | kubectl create --dry-run=server -f -`)
+	out, err = p.sh(time.Minute, readmeDryRun)
 	var refused error
 	switch {
 	case err == nil:
@@ -862,9 +843,7 @@ func scenarioPodConfig(p *podRun) bool {
 	if !p.step("mode: warn in the ConfigMap reaches both pods, without a restart", err, info) {
 		return false
 	}
-	out, err := p.sh(time.Minute, `kubectl get node worker-1 -o json \
-  | jq '{apiVersion, kind, metadata: {name: "nodeguard-probe"}, status}' \
-  | kubectl create --dry-run=server -f -`)
+	out, err := p.sh(time.Minute, readmeDryRun)
 	var warned error
 	switch {
 	case err != nil:
@@ -879,14 +858,7 @@ func scenarioPodConfig(p *podRun) bool {
 	if !p.step("mode: enforce in the ConfigMap reaches both pods, without a restart", err, info) {
 		return false
 	}
-	out, err = p.sh(time.Minute, `kubectl get node worker-1 -o json \
-  | jq '{apiVersion, kind, metadata: {name: "nodeguard-probe"}, status}' \
-  | kubectl create --dry-run=server -f -`)
-	var refused error
-	if err == nil || !strings.Contains(out, probeRefusal) {
-		refused = fmt.Errorf("not refused:\n%s", out)
-	}
-	return p.step("the dry-run copy is refused again", refused)
+	return p.step("the dry-run copy is refused again", p.readmeCheckRefused())
 }
 
 // scenarioPodRollout: kubectl rollout restart, then a drain of the node running one
@@ -1008,6 +980,20 @@ func scenarioPodGoneFail(p *podRun) bool {
 		out, err := p.sh(time.Minute, "kubectl apply -k deploy/overlays/static")
 		p.step("back to the shipped failurePolicy Ignore", err, out)
 	}()
+	// Which machines run the replicas: after the drain, both run on one.
+	before, _ := p.ngPods()
+	runsReplica := map[string]bool{}
+	for _, x := range before {
+		runsReplica[x.Node] = true
+	}
+	var holding, empty []*PodMachine
+	for _, n := range p.nodes {
+		if runsReplica[n.Name] {
+			holding = append(holding, n)
+		} else {
+			empty = append(empty, n)
+		}
+	}
 	p.powerOffPodNodes()
 	lost := time.Now()
 	orig := p.machineNamed("worker-1")
@@ -1030,21 +1016,41 @@ func scenarioPodGoneFail(p *podRun) bool {
 	}
 	p.step("meanwhile: worker-1's Node as the control plane sees it", nerr, state)
 
-	started := time.Now()
-	first := p.nodes[0]
-	firstLog := first.LogSize()
-	err = first.Reboot(newBootID())
-	var regLine string
-	if err == nil {
-		regLine, err = first.WaitLog(firstLog, 5*time.Minute, "Successfully registered node")
+	// A machine that runs no replica boots first: nothing can answer for it.
+	emptyLogs := map[string]int{}
+	for _, m := range empty {
+		emptyLogs[m.Name] = m.LogSize()
+		booted := time.Now()
+		err := m.Reboot(newBootID())
+		var line string
+		if err == nil {
+			line, err = m.WaitLog(emptyLogs[m.Name], 2*time.Minute, "Unable to register node with API server", `failed calling webhook \"nodes.nodeguard.io\"`)
+		}
+		p.step(m.Name+", which runs no replica, gets power back: its registration fails while no replica answers", err,
+			fmt.Sprintf("after %s: %s", time.Since(booted).Round(time.Millisecond), line))
 	}
-	firstRegistered := time.Since(started)
-	pods, _ := p.ngPods()
-	p.step("pod-node-1 gets power back: does its kubelet register, and nodeguard come back on it?", err,
-		fmt.Sprintf("pod-node-1's kubelet registered %s after its boot: %s; nodeguard pods: %s", firstRegistered.Round(time.Millisecond), regLine, describePods(pods)))
+	// The machine that runs them starts them before it has registered, and registers
+	// through them.
+	for _, m := range holding {
+		logSize := m.LogSize()
+		booted := time.Now()
+		err := m.Reboot(newBootID())
+		var line string
+		if err == nil {
+			line, err = m.WaitLog(logSize, 5*time.Minute, "Successfully registered node")
+		}
+		pods, _ := p.ngPods()
+		p.step(m.Name+", which runs the replicas, gets power back: nodeguard comes back on it, and it registers", err,
+			fmt.Sprintf("registered %s after its boot: %s; nodeguard pods: %s", time.Since(booted).Round(time.Millisecond), line, describePods(pods)))
+	}
+	for _, m := range empty {
+		_, err := m.WaitLog(emptyLogs[m.Name], 5*time.Minute, "Successfully registered node")
+		p.step(m.Name+" registers once nodeguard answers again", err, fmt.Sprintf("%s after the power loss", time.Since(lost).Round(time.Millisecond)))
+	}
 	_, err = orig.WaitLog(offset, 5*time.Minute, "Successfully registered node")
 	p.step("worker-1's kubelet registers once nodeguard answers again", err, fmt.Sprintf("%s after the power loss", time.Since(lost).Round(time.Millisecond)))
-	return p.restorePodNodes()
+	pods, took, err := p.waitReplicas(2, 4*time.Minute)
+	return p.step("both replicas are Ready again", err, fmt.Sprintf("after %s more: %s", took.Round(time.Millisecond), describePods(pods)))
 }
 
 // ---- Helm -------------------------------------------------------------------------------
@@ -1086,14 +1092,7 @@ kubectl -n nodeguard rollout status deployment/nodeguard --timeout=4m`, p.helm, 
 		return false
 	}
 	p.step("the recorder writes the NodeIdentities again", p.waitRecorded([]string{"pod-node-1", "pod-node-2", "worker-1"}, 90*time.Second))
-	out, err = p.sh(time.Minute, `kubectl get node worker-1 -o json \
-  | jq '{apiVersion, kind, metadata: {name: "nodeguard-probe"}, status}' \
-  | kubectl create --dry-run=server -f -`)
-	var refused error
-	if err == nil || !strings.Contains(out, probeRefusal) {
-		refused = fmt.Errorf("not refused:\n%s", out)
-	}
-	p.step("the README's check: the dry-run copy is refused", refused, strings.TrimSpace(out))
+	p.step("the README's check: the dry-run copy is refused", p.readmeCheckRefused())
 
 	load, err := p.startLoad()
 	if !p.step("reviews flow", err) {
