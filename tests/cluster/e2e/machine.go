@@ -191,33 +191,53 @@ func (m *Machine) Start() error {
 		"rm -f " + d + "/cri.sock",
 		m.env.fakecri + " unix://" + d + "/cri.sock " + d + "/root &",
 		"while [ ! -S " + d + "/cri.sock ]; do sleep 0.05; done",
-		"exec " + strings.Join([]string{m.env.kubelet,
-			"--config=" + d + "/kubelet-config.yaml",
-			"--bootstrap-kubeconfig=" + d + "/bootstrap-kubelet.conf",
-			"--kubeconfig=" + d + "/kubelet.conf",
-			"--cert-dir=" + d + "/pki",
-			"--node-ip=" + m.nodeIP(),
-			"--machine-id-file=" + d + "/machine-id",
-			"--boot-id-file=" + d + "/boot_id",
-			m.taintFlag(),
-		}, " "),
+		"exec " + strings.Join(append([]string{m.env.kubelet}, m.kubeletArgs()...), " "),
 	}, "\n")
 	cmd := exec.Command("nsenter", "--net=/run/netns/"+m.env.netns(m), "--",
 		"unshare", "--mount", "--uts", "--propagation", "private", "--", "/bin/sh", "-c", script)
+	done, err := startInGroup(cmd, log)
+	if err != nil {
+		return fmt.Errorf("machine %s: %v", m.Name, err)
+	}
+	m.cmd, m.done = cmd, done
+	return nil
+}
+
+// kubeletArgs are the kubelet's flags: everything else is in its config file.
+func (m *Machine) kubeletArgs() []string {
+	d := m.Dir
+	args := []string{
+		"--config=" + d + "/kubelet-config.yaml",
+		"--bootstrap-kubeconfig=" + d + "/bootstrap-kubelet.conf",
+		"--kubeconfig=" + d + "/kubelet.conf",
+		"--cert-dir=" + d + "/pki",
+		"--node-ip=" + m.nodeIP(),
+		"--machine-id-file=" + d + "/machine-id",
+		"--boot-id-file=" + d + "/boot_id",
+	}
+	if m.Taint != "" {
+		args = append(args, "--register-with-taints="+m.Taint)
+	}
+	return args
+}
+
+// startInGroup starts cmd in a process group of its own (so that the whole machine can
+// be stopped at once), killed if the harness dies, its output appended to log; the
+// channel closes when it has exited, and log with it.
+func startInGroup(cmd *exec.Cmd, log *os.File) (chan struct{}, error) {
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		log.Close()
-		return fmt.Errorf("machine %s: %v", m.Name, err)
+		return nil, err
 	}
-	m.cmd = cmd
-	m.done = make(chan struct{})
+	done := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
 		log.Close()
-		close(m.done)
+		close(done)
 	}()
-	return nil
+	return done, nil
 }
 
 func (m *Machine) Running() bool {
@@ -356,11 +376,4 @@ func (m *Machine) WaitLog(offset int, timeout time.Duration, parts ...string) (s
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-func (m *Machine) taintFlag() string {
-	if m.Taint == "" {
-		return ""
-	}
-	return "--register-with-taints=" + m.Taint
 }

@@ -223,19 +223,11 @@ func (p *PodMachine) startRuntime() error {
 	}
 	cmd := exec.Command("nsenter", "--net=/run/netns/"+p.env.netns(p.Machine), "--",
 		"unshare", "--mount", "--uts", "--propagation", "private", "--", "/bin/sh", "-c", script)
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		log.Close()
+	done, err := startInGroup(cmd, log)
+	if err != nil {
 		return fmt.Errorf("machine %s: runtime: %v", p.Name, err)
 	}
-	p.runtime = cmd
-	p.runtimeDone = make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		log.Close()
-		close(p.runtimeDone)
-	}()
+	p.runtime, p.runtimeDone = cmd, done
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if _, err := os.Stat(filepath.Join(d, "runtime-ready")); err == nil {
@@ -263,29 +255,14 @@ func (p *PodMachine) StartKubelet() error {
 		return err
 	}
 	fmt.Fprintf(log, "----- nodeguard-e2e: machine %s starts its kubelet (boot %s)\n", p.Name, p.BootID)
-	d := p.Dir
-	cmd := exec.Command("nsenter", "--target", fmt.Sprint(p.runtime.Process.Pid), "--net", "--mount", "--uts", "--",
-		p.env.kubelet,
-		"--config="+d+"/kubelet-config.yaml",
-		"--bootstrap-kubeconfig="+d+"/bootstrap-kubelet.conf",
-		"--kubeconfig="+d+"/kubelet.conf",
-		"--cert-dir="+d+"/pki",
-		"--node-ip="+p.nodeIP(),
-		"--machine-id-file="+d+"/machine-id",
-		"--boot-id-file="+d+"/boot_id")
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		log.Close()
+	args := append([]string{"--target", fmt.Sprint(p.runtime.Process.Pid), "--net", "--mount", "--uts", "--",
+		p.env.kubelet}, p.kubeletArgs()...)
+	cmd := exec.Command("nsenter", args...)
+	done, err := startInGroup(cmd, log)
+	if err != nil {
 		return fmt.Errorf("machine %s: kubelet: %v", p.Name, err)
 	}
-	p.cmd = cmd
-	p.done = make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		log.Close()
-		close(p.done)
-	}()
+	p.cmd, p.done = cmd, done
 	return nil
 }
 

@@ -912,8 +912,7 @@ func scenarioPodGoneIgnore(p *podRun) bool {
 	p.powerOffPodNodes()
 	started := time.Now()
 	logSize := p.r.cluster.LogSize()
-	m, err := p.fakeMachine(MachineSpec{Name: "worker-2", IP: "10.250.0.12", MachineID: "12c1f8e2fbf5540cd8ff218ef016ba12",
-		SystemUUID: "1239a350-3cd4-400f-875d-c270379811b0", BootID: "12a0427b-40ea-4cf5-9f24-53d6e200ef12"}, "abcdeg")
+	m, err := p.fakeMachine(worker2, "abcdeg")
 	if err == nil {
 		err = m.Start()
 	}
