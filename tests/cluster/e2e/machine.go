@@ -148,6 +148,12 @@ authentication:
   webhook: {enabled: true}
   x509: {clientCAFile: %[2]s}
 authorization: {mode: Webhook}
+# Every machine's disk is a directory of the host's, shared with builds and other
+# checkouts: the host's free space is no measure of a machine's, so disk pressure
+# neither evicts pods nor taints the node, and image GC never removes the image
+# loaded into the runtime (it cannot be pulled back).
+evictionHard: {memory.available: 100Mi, nodefs.available: "0%%", nodefs.inodesFree: "0%%", imagefs.available: "0%%", imagefs.inodesFree: "0%%"}
+imageGCHighThresholdPercent: 100
 `, m.Dir, m.env.caFile) + m.statusReport()
 }
 
