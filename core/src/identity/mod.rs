@@ -2,6 +2,7 @@
 
 pub mod csr;
 pub mod node;
+pub mod pod;
 mod text;
 pub mod values;
 

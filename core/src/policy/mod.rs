@@ -7,6 +7,7 @@ pub mod config;
 #[cfg(test)]
 mod history;
 pub mod machine;
+pub mod pods;
 pub mod sharing;
 pub mod verdict;
 

@@ -32,6 +32,8 @@ type auditEvent struct {
 		Code int `json:"code"`
 	} `json:"responseStatus"`
 	StageTimestamp time.Time `json:"stageTimestamp"`
+	// The objects, for the writes the policy keeps whole.
+	ResponseObject json.RawMessage `json:"responseObject"`
 }
 
 func (e auditEvent) resource() string {

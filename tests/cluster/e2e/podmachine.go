@@ -44,6 +44,9 @@ type podEnv struct {
 type PodMachine struct {
 	*Machine
 	PodCIDR string
+	// Copy: a copy of another machine's disk. The host keeps routing the node's pod
+	// range to the original, as a cluster's pod network does.
+	Copy    bool
 	pods    *podEnv
 	runtime *exec.Cmd
 	// runtimeDone is closed when the runtime's process group leader exits.
@@ -162,8 +165,10 @@ func (p *PodMachine) Boot() error {
 	if err := p.network(); err != nil {
 		return err
 	}
-	if err := p.route(); err != nil {
-		return err
+	if !p.Copy {
+		if err := p.route(); err != nil {
+			return err
+		}
 	}
 	if err := p.writeFiles(); err != nil {
 		return err
@@ -306,6 +311,8 @@ func (p *PodMachine) Reboot(bootID string) error {
 // Destroy powers the machine off and removes its network and route.
 func (p *PodMachine) Destroy() {
 	p.PowerOff()
-	_ = exec.Command("ip", "route", "del", p.PodCIDR).Run()
+	if !p.Copy {
+		_ = exec.Command("ip", "route", "del", p.PodCIDR).Run()
+	}
 	p.Machine.Destroy()
 }

@@ -115,7 +115,7 @@ func RunPodScenarios(cluster *Cluster, o PodOptions) (passed, failed int) {
 		return k.passed, k.failed
 	}
 	for _, sc := range podScenarios {
-		if o.Only != "" && !strings.Contains(sc.name, o.Only) && !strings.Contains("pods", o.Only) {
+		if !selected(sc.name, o.Only) {
 			continue
 		}
 		k.scenario = "pods: " + sc.name
@@ -127,6 +127,19 @@ func RunPodScenarios(cluster *Cluster, o PodOptions) (passed, failed int) {
 	return k.passed, k.failed
 }
 
+// selected: only is empty, "pods", or one of its comma-separated parts is in name.
+func selected(name, only string) bool {
+	if only == "" || strings.Contains("pods", only) {
+		return true
+	}
+	for _, part := range strings.Split(only, ",") {
+		if part != "" && strings.Contains(name, part) {
+			return true
+		}
+	}
+	return false
+}
+
 type podScenario struct {
 	name string
 	// run reports its steps and says whether the next scenario can build on it.
@@ -136,6 +149,7 @@ type podScenario struct {
 var podScenarios = []podScenario{
 	{"installed as the README says, nodeguard runs as two pods", scenarioPodInstall},
 	{"the incident's clone is refused by the pods", scenarioPodClone},
+	{"a copy of a machine that runs pods rewrites their status", scenarioPodCopyWrites},
 	{"the serving certificate is rotated as the README says", scenarioPodRotate},
 	{"the configuration goes from warn to enforce", scenarioPodConfig},
 	{"a rolling restart and a drain, while reviews flow", scenarioPodRollout},
