@@ -551,8 +551,14 @@ fn cases() -> Vec<Case> {
             expect: Expect::Status(StatusCode::METHOD_NOT_ALLOWED, ""),
         },
         post(
-            "an unknown path",
+            "a Node review sent to the pods endpoint",
             "/validate/pods",
+            json_bytes(&review),
+            Expect::Status(StatusCode::BAD_REQUEST, "but /validate/pods reviews"),
+        ),
+        post(
+            "an unknown path",
+            "/validate/services",
             json_bytes(&review),
             Expect::Status(StatusCode::NOT_FOUND, ""),
         ),

@@ -173,7 +173,8 @@ fn the_webhooks_fail_open_write_nothing_on_a_dry_run_and_answer_fast() {
         [
             "nodes.nodeguard.io",
             "node-updates.nodeguard.io",
-            "csrs.nodeguard.io"
+            "csrs.nodeguard.io",
+            "pod-status.nodeguard.io"
         ]
     );
     let service = one(&objects, "Service", "nodeguard");
@@ -200,6 +201,28 @@ fn the_webhooks_fail_open_write_nothing_on_a_dry_run_and_answer_fast() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(conditions.len(), 2, "{conditions:?}");
+    // So are pod status writes: only a kubelet's, only those that move a sandbox or
+    // change a container, and nothing but their status.
+    let pods = &webhooks[3];
+    assert_eq!(pods["clientConfig"]["service"]["path"], "/validate/pods");
+    assert_eq!(
+        pods["rules"][0]["resources"],
+        serde_json::json!(["pods/status"])
+    );
+    assert_eq!(
+        pods["rules"][0]["operations"],
+        serde_json::json!(["UPDATE"])
+    );
+    let conditions: Vec<&str> = pods["matchConditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        conditions,
+        ["kubelet-writers", "sandbox-or-containers-changed"]
+    );
 }
 
 #[test]

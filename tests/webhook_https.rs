@@ -525,7 +525,7 @@ async fn unknown_paths_are_404_and_other_methods_405() {
         let server = TestServer::ecdsa(cluster().inventory).await;
         let client = server.client();
         let body = serde_json::to_vec(&create("uid-path", &worker_2())).unwrap();
-        let (status, _) = client.post("/validate/pods", body.clone()).await.unwrap();
+        let (status, _) = client.post("/validate/services", body.clone()).await.unwrap();
         assert_eq!(status, StatusCode::NOT_FOUND);
         let (status, _) = client
             .request(Method::GET, "/validate/nodes", Vec::new())
@@ -863,6 +863,112 @@ async fn a_review_in_flight_when_shutdown_starts_is_still_answered() {
             serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap();
         assert_eq!(answer, allowed("uid-in-flight"));
         server.task.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+/// A kubelet's pods/status write of `web-1` on worker-1, as the API server reviews it:
+/// the status before (the original's sandbox 10.244.2.3 and container d504…) and after.
+fn pod_status_review(uid: &str, written: Value) -> Value {
+    let pod = |status: Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "6f1c0c3e-4b7e-4d52-9a51-0a3c5b1f2e11",
+                "managedFields": [{"manager": "kubelet", "operation": "Update", "subresource": "status",
+                    "apiVersion": "v1", "time": "2026-12-06T22:04:07Z"}]},
+            "spec": {"nodeName": "worker-1", "containers": [{"name": "app", "image": "nginx:1.27"}]},
+            "status": status
+        })
+    };
+    let stored = json!({
+        "phase": "Running", "hostIP": "10.250.0.11", "podIP": "10.244.2.3", "podIPs": [{"ip": "10.244.2.3"}],
+        "containerStatuses": [{"name": "app", "ready": true, "restartCount": 1, "image": "nginx:1.27",
+            "containerID": "containerd://d5048065130f5c4f8e5bb0a1d1bd5b1cf0c6a3c5f0d1e8b9a7c6d5e4f3a2b1c0",
+            "state": {"running": {"startedAt": "2026-12-06T22:04:07Z"}},
+            "lastState": {"terminated": {"exitCode": 137, "reason": "Error",
+                "containerID": "containerd://3930b8e85298a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6"}}}]
+    });
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "subResource": "status",
+            "name": "web-1", "namespace": "shop",
+            "operation": "UPDATE",
+            "userInfo": {"username": "system:node:worker-1", "groups": ["system:nodes", "system:authenticated"]},
+            "object": pod(written),
+            "oldObject": pod(stored),
+            "dryRun": false
+        }
+    })
+}
+
+/// The copy's report of web-1: its own sandbox, its container naming the original's.
+fn copys_status() -> Value {
+    json!({
+        "phase": "Running", "hostIP": "10.250.0.11", "podIP": "10.244.2.6", "podIPs": [{"ip": "10.244.2.6"}],
+        "containerStatuses": [{"name": "app", "ready": true, "restartCount": 2, "image": "nginx:1.27",
+            "containerID": "containerd://5151ae7fc38a0f9e8d7c6b5a49382716a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0",
+            "state": {"running": {"startedAt": "2026-12-06T22:04:10Z"}},
+            "lastState": {"terminated": {"exitCode": 255, "reason": "Unknown",
+                "containerID": "containerd://d5048065130f5c4f8e5bb0a1d1bd5b1cf0c6a3c5f0d1e8b9a7c6d5e4f3a2b1c0"}}}]
+    })
+}
+
+#[tokio::test]
+async fn a_pod_status_write_is_judged_only_on_a_node_another_machine_writes_as() {
+    with_hang_guard(async {
+        // No second machine: the copy's report of the pod is not even read.
+        let server = TestServer::ecdsa(cluster().inventory).await;
+        let (status, answer) =
+            review(&server.client(), "/validate/pods", &pod_status_review("uid-pod-1", copys_status())).await;
+        assert_eq!((status, answer), (StatusCode::OK, allowed("uid-pod-1")));
+        server.shutdown().await;
+
+        let mut inventory = cluster().inventory;
+        let mut record = nodeguard::inventory::LedgerEntry::named("worker-1");
+        record.current_boot_since = Some("2026-12-01T08:00:00Z".parse().unwrap());
+        record.conflict = Some(Box::new(nodeguard::inventory::LedgerConflict {
+            check: "two-kubelets".into(),
+            kept_boot: "32b0070a-2222-4c2d-8e9f-0a1b2c3d4e32".into(),
+            refused_boot: "42b0070a-4242-4c2d-8e9f-0a1b2c3d4e42".into(),
+            detected: jiff::Timestamp::now(),
+            message: "".into(),
+        }));
+        inventory.apply_identity(record);
+        let server = TestServer::ecdsa(inventory).await;
+        let (_, answer) =
+            review(&server.client(), "/validate/pods", &pod_status_review("uid-pod-2", copys_status())).await;
+        assert_eq!(
+            answer,
+            denied(
+                "uid-pod-2",
+                "nodeguard [two-kubelets]: another machine is writing as node \"worker-1\": its status of \
+                 pod shop/web-1 is not the node's machine's (it moves the pod from 10.244.2.3 to \
+                 10.244.2.6, another sandbox); stop this machine's kubelet and give it its own identity \
+                 (hostname, rm /etc/machine-id && systemd-machine-id-setup, remove \
+                 /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join with a \
+                 bootstrap token), then run nodeguard forget worker-1"
+            )
+        );
+        // The original's own container restart, in the same sandbox, goes through.
+        let mut restarted = pod_status_review("uid-pod-3", Value::Null)["request"]["oldObject"]["status"].clone();
+        let app = &mut restarted["containerStatuses"][0];
+        app["lastState"]["terminated"]["containerID"] = app["containerID"].clone();
+        app["containerID"] = json!("containerd://0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9");
+        app["restartCount"] = json!(2);
+        let (_, answer) =
+            review(&server.client(), "/validate/pods", &pod_status_review("uid-pod-3", restarted)).await;
+        assert_eq!(answer, allowed("uid-pod-3"));
+        // A review whose object is not a Pod is a 400, as on the other endpoints.
+        let mut wrong = pod_status_review("uid-pod-4", copys_status());
+        wrong["request"]["kind"]["kind"] = json!("Node");
+        let (status, _) = text(&server.client(), "/validate/pods", serde_json::to_vec(&wrong).unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        server.shutdown().await;
     })
     .await;
 }

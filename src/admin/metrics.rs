@@ -25,6 +25,7 @@ const DURATION_BUCKETS: [f64; 13] = [
 pub enum Webhook {
     Nodes,
     Csrs,
+    Pods,
 }
 
 impl Webhook {
@@ -32,6 +33,7 @@ impl Webhook {
         match self {
             Webhook::Nodes => "nodes",
             Webhook::Csrs => "csrs",
+            Webhook::Pods => "pods",
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod body;
 pub mod client;
 mod csrs;
 mod nodes;
+mod pods;
 pub mod reload;
 pub mod review;
 pub mod server;
@@ -82,10 +83,11 @@ fn reviewed(webhook: Webhook) -> &'static review::Reviewed {
     match webhook {
         Webhook::Nodes => &review::NODES,
         Webhook::Csrs => &review::CSRS,
+        Webhook::Pods => &review::PODS,
     }
 }
 
-/// The two admission endpoints. Unknown paths answer 404 and other methods 405.
+/// The admission endpoints. Unknown paths answer 404 and other methods 405.
 pub fn router(state: AppState) -> Router {
     router_with_budget(state, BodyBudget::default())
 }
@@ -95,6 +97,7 @@ pub fn router_with_budget(state: AppState, budget: BodyBudget) -> Router {
     Router::new()
         .route(review::NODES.endpoint, post(nodes::validate))
         .route(review::CSRS.endpoint, post(csrs::validate))
+        .route(review::PODS.endpoint, post(pods::validate))
         // The body is read by `body::read`, within the budget, not by axum's limit.
         .layer(DefaultBodyLimit::disable())
         .layer(Extension(budget))
@@ -207,7 +210,7 @@ fn notices(
             .flatten();
         match (webhook, node) {
             (_, Some(node)) => events::node_reference(&node.name, node.uid.as_deref()),
-            (Webhook::Nodes, None) => events::node_reference(subject.node, None),
+            (Webhook::Nodes | Webhook::Pods, None) => events::node_reference(subject.node, None),
             (Webhook::Csrs, None) => events::csr_reference(subject.name),
         }
     });

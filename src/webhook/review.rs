@@ -107,6 +107,13 @@ pub const CSRS: Reviewed = Reviewed {
     endpoint: "/validate/csrs",
 };
 
+pub const PODS: Reviewed = Reviewed {
+    group: "",
+    kind: "Pod",
+    api_version: "v1",
+    endpoint: "/validate/pods",
+};
+
 /// An object that says what it is: the API server sends each object of a review with
 /// its `apiVersion` and `kind`.
 pub trait Typed {
@@ -115,6 +122,16 @@ pub trait Typed {
 }
 
 impl Typed for crate::identity::NodeDoc<'_> {
+    fn api_version(&self) -> Option<&str> {
+        self.api_version.as_deref()
+    }
+
+    fn kind(&self) -> Option<&str> {
+        self.kind.as_deref()
+    }
+}
+
+impl Typed for crate::identity::pod::PodDoc {
     fn api_version(&self) -> Option<&str> {
         self.api_version.as_deref()
     }

@@ -5,7 +5,57 @@
 //! with a new sandbox. Decoded only for the pods of a node that another machine writes
 //! as.
 
+use jiff::Timestamp;
 use serde::Deserialize;
+
+/// A Pod as a review carries it, read only as far as the pod guard needs: which node,
+/// whether it is being deleted, when its kubelet last changed its status, and the
+/// status itself (decoded into [`PodRuntime`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PodDoc {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub metadata: PodMetaDoc,
+    pub spec: PodSpecDoc,
+    pub status: serde_json::Value,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PodMetaDoc {
+    pub name: String,
+    pub namespace: String,
+    pub deletion_timestamp: Option<String>,
+    pub managed_fields: Vec<ManagedFieldsDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ManagedFieldsDoc {
+    pub manager: String,
+    pub subresource: String,
+    pub time: Option<Timestamp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PodSpecDoc {
+    pub node_name: String,
+}
+
+impl PodDoc {
+    /// When the kubelet last changed the pod's status: the time the API server stamped
+    /// on the kubelet's `managedFields` entry for the status.
+    pub fn status_changed_at(&self) -> Option<Timestamp> {
+        self.metadata
+            .managed_fields
+            .iter()
+            .filter(|m| m.manager == "kubelet" && m.subresource == "status")
+            .filter_map(|m| m.time)
+            .max()
+    }
+}
 
 /// The runtime facts of one pod's status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -145,6 +195,29 @@ mod tests {
         );
         let side = pod.container("side").unwrap();
         assert_eq!((side.id.as_deref(), side.replaced.as_deref()), (None, None));
+    }
+
+    #[test]
+    fn reads_the_node_and_when_the_kubelet_last_changed_the_status() {
+        let pod: PodDoc = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "shop", "managedFields": [
+                {"manager": "kube-controller-manager", "operation": "Update", "time": "2026-12-06T22:04:01Z"},
+                {"manager": "kubelet", "operation": "Update", "subresource": "status", "time": "2026-12-06T22:04:07Z"}
+            ]},
+            "spec": {"nodeName": "worker-1", "containers": [{"name": "app", "image": "nginx"}]},
+            "status": {"podIP": "10.244.2.3"}
+        }))
+        .unwrap();
+        assert_eq!(pod.spec.node_name, "worker-1");
+        assert_eq!(
+            pod.status_changed_at(),
+            Some("2026-12-06T22:04:07Z".parse().unwrap())
+        );
+        assert_eq!(
+            PodRuntime::from_status(&pod.status).unwrap().ips,
+            ["10.244.2.3"]
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct LedgerEntry {
     pub boots: Box<[BootId]>,
     /// The boot the Node reported last.
     pub current_boot: Option<BootId>,
+    /// When the recorder first saw that boot.
+    pub current_boot_since: Option<Timestamp>,
     /// Kubelet keys bound to the node by issued CSRs, with their signers.
     pub keys: Box<[(KeyFingerprint, KubeletSigner)]>,
     pub conflict: Option<Box<LedgerConflict>>,
@@ -55,6 +57,16 @@ pub struct LedgerConflict {
     pub refused_boot: Box<str>,
     pub detected: Timestamp,
     pub message: Box<str>,
+}
+
+/// A node's pods guarded: another machine writes as the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodGuard {
+    /// When the ledger first recorded the other machine.
+    pub since: Timestamp,
+    /// When the kept machine's current boot was first seen: a pod status stored before
+    /// it predates the machine's reboot.
+    pub kept_boot_since: Option<Timestamp>,
 }
 
 /// A refused machine, parsed.
@@ -156,6 +168,7 @@ impl LedgerEntry {
             provider_id: None,
             boots: Box::default(),
             current_boot: None,
+            current_boot_since: None,
             keys: Box::default(),
             conflict: None,
             refused: Box::default(),
@@ -167,6 +180,28 @@ impl LedgerEntry {
 
     pub fn conflict(&self) -> Option<&LedgerConflict> {
         self.conflict.as_deref()
+    }
+
+    /// Whether another machine writes as this node, and since when: a recorded
+    /// two-kubelets conflict (until `nodeguard forget`), or a machine refused for the name
+    /// that is still being refused (its last refusal within two refresh intervals). Only
+    /// then are the node's pod writes judged.
+    pub fn pod_guard(&self, now: Timestamp) -> Option<PodGuard> {
+        let conflict = self.conflict().map(|c| c.detected);
+        let refused = self
+            .refused
+            .iter()
+            .filter(|r| now.duration_since(r.last_refused) <= super::REFUSAL_REFRESH * 2)
+            .map(|r| r.first_refused)
+            .min();
+        let since = match (conflict, refused) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(PodGuard {
+            since,
+            kept_boot_since: self.current_boot_since,
+        })
     }
 
     /// Whether this record can be the one of the Node with `uid`: it is unless both

@@ -14,8 +14,8 @@ mod entry;
 pub(crate) mod record;
 
 pub use entry::{
-    LedgerConflict, LedgerEntry, RecordedDigests, RefusedEntry, SharedMark, key_leaves_unchanged,
-    node_leaves_unchanged,
+    LedgerConflict, LedgerEntry, PodGuard, RecordedDigests, RefusedEntry, SharedMark,
+    key_leaves_unchanged, node_leaves_unchanged,
 };
 pub use record::{
     Change, Evidence, Forgotten, KeyObservation, NodeObservation, Proof, Record, RecordMeta,

@@ -341,6 +341,11 @@ impl Record {
                 .filter_map(|b| BootId::parse(&b.boot_id))
                 .collect(),
             current_boot: current.and_then(BootId::parse),
+            current_boot_since: spec
+                .boots
+                .iter()
+                .find(|b| Some(b.boot_id.as_str()) == current)
+                .map(|b| b.first_seen),
             keys,
             conflict: self.conflict().map(|c| {
                 Box::new(LedgerConflict {

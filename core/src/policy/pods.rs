@@ -20,7 +20,75 @@
 //! Judged only for a node with a second machine (the shell arms the guard): a node one
 //! machine writes never reaches this code.
 
+use jiff::Timestamp;
+
+use super::{CheckId, Config, Finding, Verdict};
 use crate::identity::pod::PodRuntime;
+use crate::ledger::LedgerEntry;
+
+/// A kubelet's `pods/status` write, as admission sees it.
+#[derive(Debug, Clone, Default)]
+pub struct PodStatusReview {
+    /// `spec.nodeName`: the node the pod is bound to, whose kubelet writes.
+    pub node: String,
+    /// `namespace/name`.
+    pub pod: String,
+    /// The status before the write (`oldObject`) and after it (`object`).
+    pub stored: PodRuntime,
+    pub written: PodRuntime,
+    /// When the kubelet last changed the stored status: its `managedFields` entry for the
+    /// status, stamped by the API server.
+    pub stored_at: Option<Timestamp>,
+    /// The pod is being deleted: its kubelet reports it stopping.
+    pub deleting: bool,
+}
+
+/// The decision on a pod status write: allowed, nothing judged, unless the ledger
+/// records another machine writing as the pod's node (`record`'s pod guard).
+pub fn decide_pod_status(
+    review: &PodStatusReview,
+    record: Option<&LedgerEntry>,
+    config: &Config,
+    now: Timestamp,
+) -> Verdict {
+    let Some(guard) = record.and_then(|r| r.pod_guard(now)) else {
+        return Verdict::default();
+    };
+    // A pod on its way out: both machines stop it, and nothing is left to move.
+    if review.deleting {
+        return Verdict::default();
+    }
+    let kept_rebooted = match (guard.kept_boot_since, review.stored_at) {
+        (Some(boot), Some(stored)) => boot > stored,
+        _ => false,
+    };
+    match follows(&review.stored, &review.written, kept_rebooted) {
+        Ok(()) => Verdict::default(),
+        Err(why) => Verdict::from_findings([refusal(review, &why)], config),
+    }
+}
+
+fn refusal(review: &PodStatusReview, why: &Unfollowed) -> Finding {
+    let node = &review.node;
+    Finding::deny(
+        CheckId::TwoKubelets,
+        format!(
+            "nodeguard [two-kubelets]: another machine is writing as node \"{node}\": its status \
+             of pod {} is not the node's machine's ({}); stop this machine's kubelet and give it \
+             its own identity (hostname, rm /etc/machine-id && systemd-machine-id-setup, remove \
+             /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join \
+             with a bootstrap token), then run nodeguard forget {node}",
+            review.pod,
+            why.describe()
+        ),
+        format!(
+            "nodeguard [two-kubelets]: this status of pod {} looks like another machine's writing \
+             as node \"{node}\": {}",
+            review.pod,
+            why.describe()
+        ),
+    )
+}
 
 /// Why a pod status write does not follow from the stored one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +234,124 @@ mod tests {
                     replaced: replaced.map(str::to_string),
                 })
                 .collect(),
+        }
+    }
+
+    mod decision {
+        use super::*;
+        use crate::inventory::{LedgerConflict, LedgerEntry};
+        use crate::ledger::RefusedEntry;
+        use crate::policy::{Config, Outcome};
+
+        fn at(s: &str) -> Timestamp {
+            s.parse().unwrap()
+        }
+
+        fn moved() -> PodStatusReview {
+            PodStatusReview {
+                node: "worker-1".into(),
+                pod: "shop/web-5bd69c4696-45hgf".into(),
+                stored: pod(
+                    &["10.244.2.3"],
+                    &[("app", Some("containerd://d5048065130f5"), 1, None)],
+                ),
+                written: pod(
+                    &["10.244.2.6"],
+                    &[(
+                        "app",
+                        Some("containerd://5151ae7fc38a1"),
+                        2,
+                        Some("containerd://d5048065130f5"),
+                    )],
+                ),
+                stored_at: Some(at("2026-12-06T22:04:07Z")),
+                deleting: false,
+            }
+        }
+
+        fn in_conflict() -> LedgerEntry {
+            let mut entry = LedgerEntry::named("worker-1");
+            entry.current_boot_since = Some(at("2026-12-01T08:00:00Z"));
+            entry.conflict = Some(Box::new(LedgerConflict {
+                check: "two-kubelets".into(),
+                kept_boot: "32b0070a".into(),
+                refused_boot: "42b0070a".into(),
+                detected: at("2026-12-06T22:04:19Z"),
+                message: "".into(),
+            }));
+            entry
+        }
+
+        const NOW: &str = "2026-12-06T22:04:30Z";
+
+        #[test]
+        fn a_node_one_machine_writes_is_never_judged() {
+            let entry = LedgerEntry::named("worker-1");
+            let verdict = decide_pod_status(&moved(), Some(&entry), &Config::default(), at(NOW));
+            assert_eq!(verdict.outcome(), Outcome::Allowed);
+            assert!(verdict.findings.is_empty());
+            let verdict = decide_pod_status(&moved(), None, &Config::default(), at(NOW));
+            assert!(verdict.findings.is_empty());
+        }
+
+        #[test]
+        fn on_a_node_in_conflict_the_other_machines_sandbox_is_refused_in_one_line() {
+            let verdict =
+                decide_pod_status(&moved(), Some(&in_conflict()), &Config::default(), at(NOW));
+            assert_eq!(verdict.outcome(), Outcome::Denied);
+            assert_eq!(
+                verdict.denial_message().unwrap(),
+                "nodeguard [two-kubelets]: another machine is writing as node \"worker-1\": its status of \
+                 pod shop/web-5bd69c4696-45hgf is not the node's machine's (it moves the pod from \
+                 10.244.2.3 to 10.244.2.6, another sandbox); stop this machine's kubelet and give it its \
+                 own identity (hostname, rm /etc/machine-id && systemd-machine-id-setup, remove \
+                 /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join with a \
+                 bootstrap token), then run nodeguard forget worker-1"
+            );
+        }
+
+        #[test]
+        fn a_pod_being_deleted_or_stored_before_the_kept_machine_rebooted_is_let_through() {
+            let mut deleting = moved();
+            deleting.deleting = true;
+            assert!(
+                decide_pod_status(&deleting, Some(&in_conflict()), &Config::default(), at(NOW))
+                    .allowed()
+            );
+            let mut rebooted = in_conflict();
+            rebooted.current_boot_since = Some(at("2026-12-06T22:04:20Z"));
+            assert!(
+                decide_pod_status(&moved(), Some(&rebooted), &Config::default(), at(NOW)).allowed()
+            );
+        }
+
+        #[test]
+        fn a_refused_machine_arms_the_guard_while_it_is_still_refused() {
+            let mut entry = LedgerEntry::named("worker-1");
+            entry.refused = vec![RefusedEntry {
+                machine_id: None,
+                system_uuid: None,
+                provider_id: None,
+                boot_id: None,
+                check: "name-takeover".into(),
+                first_refused: at("2026-12-06T22:04:09Z"),
+                last_refused: at("2026-12-06T22:04:09Z"),
+                node_resource_version: None,
+                node_heartbeat: None,
+                proven: None,
+            }]
+            .into();
+            let config = Config::default();
+            assert!(!decide_pod_status(&moved(), Some(&entry), &config, at(NOW)).allowed());
+            assert_eq!(
+                entry.pod_guard(at(NOW)).unwrap().since,
+                at("2026-12-06T22:04:09Z")
+            );
+            // Not refused for more than two refresh intervals: the machine is gone.
+            assert!(
+                decide_pod_status(&moved(), Some(&entry), &config, at("2026-12-06T22:30:00Z"))
+                    .allowed()
+            );
         }
     }
 

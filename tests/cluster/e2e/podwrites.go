@@ -290,20 +290,32 @@ func scenarioPodCopyWrites(p *podRun) bool {
 		cp.Destroy()
 		return false
 	}
-	line, err := cp.WaitLog(0, 120*time.Second, "denied the request: nodeguard [")
-	p.step("the copy's node writes are refused", err, fmt.Sprintf("after %s: %s", time.Since(copyStarted).Round(time.Millisecond), line))
+	line, err := cp.WaitLog(0, 120*time.Second, "denied the request: nodeguard [two-kubelets]")
+	p.step("the copy's node writes are refused [two-kubelets]", err, fmt.Sprintf("after %s: %s", time.Since(copyStarted).Round(time.Millisecond), lastLines(line, 1)))
+	err = p.waitConflict(orig.Name, true, 60*time.Second)
+	armed := time.Now()
+	if !p.step("the ledger records the conflict: the node's pods are guarded", err, fmt.Sprintf("%s after the copy booted", armed.Sub(copyStarted).Round(time.Millisecond))) {
+		cp.Destroy()
+		return false
+	}
 
 	// Watch what the cluster shows for a minute.
 	seen := map[string]int{}
 	endpoints := map[string]int{}
+	var copysSince time.Duration
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		if w, err := p.web(); err == nil {
 			seen[w.key()]++
-			endpoints[strings.Join(w.endpoints, ",")]++
+			ep := strings.Join(w.endpoints, ",")
+			endpoints[ep]++
+			if ep != strings.Join(kept.endpoints, ",") {
+				copysSince = time.Since(armed)
+			}
 		}
 		time.Sleep(time.Second)
 	}
+	refusedLine, refusedErr := cp.WaitLog(0, time.Second, "another machine is writing as node")
 	cp.Destroy()
 	copyStopped := time.Now()
 	var views []string
@@ -316,11 +328,15 @@ func scenarioPodCopyWrites(p *podRun) bool {
 		eps = append(eps, fmt.Sprintf("%3d s: [%s]", n, k))
 	}
 	sort.Strings(eps)
-	p.step("what the cluster showed of the pods while the copy ran (seconds per view)", nil,
-		"pods:\n"+strings.Join(views, "\n"), "EndpointSlice:\n"+strings.Join(eps, "\n"))
-	v, err = p.waitEndpoints(kept.endpoints, 60*time.Second)
-	p.step("the copy powered off, the original's status and endpoints come back", err,
-		fmt.Sprintf("after %s: %s", time.Since(copyStopped).Round(time.Second), v.key()))
+	var werr error
+	if copysSince > 15*time.Second {
+		werr = fmt.Errorf("the Service still had addresses that are not the original's %s after the guard armed", copysSince.Round(time.Second))
+	}
+	p.step("within one status report of arming the original's pods are back, and they stay for the minute the copy runs", werr,
+		"pods (seconds per view):\n"+strings.Join(views, "\n"), "EndpointSlice (seconds per view):\n"+strings.Join(eps, "\n"))
+	p.step("the copy's kubelet logs its refused pod writes", refusedErr, lastLines(refusedLine, 1))
+	v, err = p.waitEndpoints(kept.endpoints, 30*time.Second)
+	p.step("the copy powered off, the original's status and endpoints are there", err, v.key())
 
 	rebooted := time.Now()
 	err = orig.Reboot(newBootID())
@@ -330,7 +346,18 @@ func scenarioPodCopyWrites(p *podRun) bool {
 	if err == nil {
 		v, err = p.waitWeb(2, 120*time.Second)
 	}
-	p.step(orig.Name+" reboots: its pods get new sandboxes", err, fmt.Sprintf("after %s: %s", time.Since(rebooted).Round(time.Second), v.key()))
+	if err == nil {
+		// Its pods report new sandboxes: other addresses than before the reboot.
+		deadline := time.Now().Add(90 * time.Second)
+		for strings.Join(v.endpoints, ",") == strings.Join(kept.endpoints, ",") && time.Now().Before(deadline) {
+			time.Sleep(500 * time.Millisecond)
+			v, _ = p.web()
+		}
+		if strings.Join(v.endpoints, ",") == strings.Join(kept.endpoints, ",") {
+			err = fmt.Errorf("the pods still show the addresses from before the reboot: %s", v.key())
+		}
+	}
+	p.step(orig.Name+" reboots with the guard still armed: its pods' new sandboxes are let through", err, fmt.Sprintf("after %s: %s", time.Since(rebooted).Round(time.Second), v.key()))
 	_, _, err = p.waitReplicas(2, 120*time.Second)
 	p.step("both nodeguard replicas are Ready again", err)
 
@@ -375,6 +402,39 @@ func scenarioPodCopyWrites(p *podRun) bool {
 	}
 	sort.Strings(lines)
 	p.step("every pods/status write of the two machines is recorded", err, append([]string{record}, lines...)...)
+	var before, after, origRefused []string
+	firstRefused := time.Duration(-1)
+	for _, w := range writes {
+		switch {
+		case w.From == "copy" && w.Code < 400 && w.At.Before(armed):
+			before = append(before, w.At.Format("15:04:05.000")+" "+w.Pod)
+		case w.From == "copy" && w.Code < 400:
+			after = append(after, w.At.Format("15:04:05.000")+" "+w.Pod)
+		case w.From == "copy" && firstRefused < 0:
+			firstRefused = w.At.Sub(armed)
+		case w.From == "original" && w.Code >= 400:
+			origRefused = append(origRefused, w.Phase+" "+w.At.Format("15:04:05.000")+" "+w.Pod)
+		}
+	}
+	var aerr error
+	if len(after) > 0 {
+		aerr = fmt.Errorf("the copy's pod writes accepted after the guard armed: %v", after)
+	}
+	p.step("after the guard armed, none of the copy's pod writes is accepted", aerr,
+		fmt.Sprintf("accepted before arming: %d %v; after: %d; first refused %s after arming", len(before), before, len(after), firstRefused.Round(time.Millisecond)))
+	var oerr error
+	for _, r := range origRefused {
+		if !strings.HasPrefix(r, "reboot ") {
+			oerr = fmt.Errorf("the original's pod writes refused: %v", origRefused)
+		}
+	}
+	p.step("no pod write of the original is refused while it runs", oerr, fmt.Sprintf("refused around its reboot, while its new boot was not yet recorded: %v", origRefused))
+	res := p.r.forget(orig.Name, nil)
+	var ferr error
+	if !res.Pass {
+		ferr = fmt.Errorf("%s", strings.Join(res.Details, "; "))
+	}
+	p.step("nodeguard forget "+orig.Name+" clears the conflict", firstErr(ferr, p.waitConflict(orig.Name, false, 60*time.Second)))
 
 	cx, cancel := ctx()
 	defer cancel()
