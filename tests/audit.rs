@@ -297,6 +297,12 @@ fn the_command_prints_documented_json_and_exits_0_1_or_2() {
         assert!(!field[key].is_null(), "fields[].{key}");
     }
     assert_eq!(report["ledger"]["conflicts"][0]["node"], "worker-3");
+    // The node in conflict has its pods' status writes judged, since the conflict.
+    assert_eq!(report["ledger"]["podsGuarded"][0]["node"], "worker-3");
+    assert_eq!(
+        report["ledger"]["podsGuarded"][0]["since"],
+        report["ledger"]["conflicts"][0]["detected"]
+    );
     assert_eq!(report["ledger"]["withoutNode"][0]["node"], "worker-9");
     let worker3 = &report["nodes"][3];
     assert_eq!(worker3["name"], "worker-3");

@@ -525,7 +525,10 @@ async fn unknown_paths_are_404_and_other_methods_405() {
         let server = TestServer::ecdsa(cluster().inventory).await;
         let client = server.client();
         let body = serde_json::to_vec(&create("uid-path", &worker_2())).unwrap();
-        let (status, _) = client.post("/validate/services", body.clone()).await.unwrap();
+        let (status, _) = client
+            .post("/validate/services", body.clone())
+            .await
+            .unwrap();
         assert_eq!(status, StatusCode::NOT_FOUND);
         let (status, _) = client
             .request(Method::GET, "/validate/nodes", Vec::new())

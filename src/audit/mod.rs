@@ -234,6 +234,11 @@ pub fn table(report: &Audit, cluster: &Cluster, config: &Config, now: Timestamp)
             c.node, c.check, c.kept_boot, c.refused_boot, c.detected, c.node
         ));
     }
+    for (node, since) in &report.guarded {
+        text.push_str(&format!(
+            "pods      {node}: status writes judged since {since}, another machine writing as the node (refusals: nodeguard_admission_requests_total{{webhook=\"pods\",result=\"denied\"}}, Events on the Node)\n"
+        ));
+    }
     for r in &report.refused {
         let state = match r.proven {
             Some(at) => format!(
@@ -382,6 +387,10 @@ pub fn to_json(report: &Audit, cluster: &Cluster, now: Timestamp) -> Value {
                 "refusedBoot": c.refused_boot,
                 "detected": c.detected.to_string(),
                 "message": c.message,
+            })).collect::<Vec<_>>(),
+            "podsGuarded": report.guarded.iter().map(|(node, since)| json!({
+                "node": node,
+                "since": since.to_string(),
             })).collect::<Vec<_>>(),
             "refusedMachines": report.refused.iter().map(|r| json!({
                 "node": r.node,

@@ -54,6 +54,9 @@ pub struct Audit {
     pub orphans: Vec<OrphanRecord>,
     /// Machines the ledger records as refused for a node's name.
     pub refused: Vec<RefusedReport>,
+    /// Nodes whose pods' status writes are judged (another machine writes as the node),
+    /// and since when.
+    pub guarded: Vec<(String, Timestamp)>,
     /// Pending kubelet CSRs the webhook would refuse, by name.
     pub pending: Vec<PendingVerdict>,
     /// Per node, in name order.
@@ -280,6 +283,7 @@ pub fn assemble(input: AuditInput<'_>, mut verdicts: Vec<NodeVerdicts>) -> Audit
     let mut conflicts = Vec::new();
     let mut orphans = Vec::new();
     let mut refused = Vec::new();
+    let mut guarded = Vec::new();
     let mut records: Vec<_> = inventory.identities().collect();
     records.sort_by(|a, b| a.name.cmp(&b.name));
     for record in records {
@@ -293,6 +297,9 @@ pub fn assemble(input: AuditInput<'_>, mut verdicts: Vec<NodeVerdicts>) -> Audit
                 last_refused: machine.last_refused,
                 proven: machine.proven,
             });
+        }
+        if let Some(guard) = record.pod_guard(now) {
+            guarded.push((name.to_string(), guard.since));
         }
         if let Some(conflict) = record.conflict() {
             conflicts.push(LedgerConflict {
@@ -321,6 +328,7 @@ pub fn assemble(input: AuditInput<'_>, mut verdicts: Vec<NodeVerdicts>) -> Audit
         conflicts,
         orphans,
         refused,
+        guarded,
         pending,
         verdicts,
     }
