@@ -217,10 +217,15 @@ func parseMetrics(text string) map[string]float64 {
 		if i := strings.IndexAny(line, "{ "); i >= 0 {
 			name, rest = line[:i], line[i:]
 		}
+		webhook := ""
 		if strings.HasPrefix(rest, "{") {
 			j := strings.LastIndex(rest, "}")
 			if j < 0 {
 				continue
+			}
+			if k := strings.Index(rest[:j], `webhook="`); k >= 0 {
+				w := rest[k+len(`webhook="`) : j]
+				webhook = w[:strings.IndexByte(w+`"`, '"')]
 			}
 			rest = rest[j+1:]
 		}
@@ -230,6 +235,10 @@ func parseMetrics(text string) map[string]float64 {
 		}
 		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
 			out[name] += v
+			if webhook != "" {
+				// Also per webhook: name{webhook="pods"}.
+				out[name+`{webhook="`+webhook+`"}`] += v
+			}
 		}
 	}
 	return out

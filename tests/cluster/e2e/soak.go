@@ -82,6 +82,12 @@ func (r *Runner) RunSoak(clusterBin, fakecri, dir string, n int, d time.Duration
 				k.step("an address change", err)
 				return false
 			}
+		case rng.Intn(4) == 0:
+			injected = append(injected, "a pod of "+m.Name+" is deleted")
+			if err := k.deleteOnePod("soak", m.Name); err != nil {
+				k.step("a pod deletion", err)
+				return false
+			}
 		case rng.Intn(2) == 0:
 			boots++
 			injected = append(injected, m.Name+" reboots")
@@ -123,10 +129,11 @@ func (r *Runner) RunSoak(clusterBin, fakecri, dir string, n int, d time.Duration
 	}
 	k.step("no refusal and no warning for any legitimate write", ferr,
 		fmt.Sprintf("%d machines, %.1f minutes, %d events injected: %s", n, minutes, len(injected), strings.Join(injected, ", ")),
-		fmt.Sprintf("admission requests nodeguard answered: %v, %.3f per node per minute; findings (refusals and warnings): %v", requests, requests/float64(n)/minutes, findings))
+		fmt.Sprintf("admission requests nodeguard answered: %v, %.3f per node per minute; findings (refusals and warnings): %v", requests, requests/float64(n)/minutes, findings),
+		fmt.Sprintf("of which pods/status writes (pod-status.nodeguard.io): %v, %.3f per node per minute", counted.pods, counted.pods/float64(n)/minutes))
 	events, err := readAudit(os.Getenv("CLUSTER_AUDIT_LOG"))
 	if err == nil {
-		reached := 0
+		reached, podWrites := 0, 0
 		for _, e := range events {
 			if e.StageTimestamp.Before(began) {
 				continue
@@ -134,20 +141,41 @@ func (r *Runner) RunSoak(clusterBin, fakecri, dir string, n int, d time.Duration
 			switch e.resource() {
 			case "create nodes", "patch nodes/status", "patch nodes", "update nodes/status", "create certificatesigningrequests":
 				reached++
+			case "patch pods/status", "update pods/status":
+				podWrites++
 			}
 		}
 		k.step("the load the kubelets put on the API server", nil,
-			fmt.Sprintf("kubelet writes of the kinds nodeguard's webhooks match: %d, %.2f per node per minute (nodeguard sees only those that change identity)", reached, float64(reached)/float64(n)/minutes))
+			fmt.Sprintf("kubelet writes of the kinds nodeguard's node and CSR webhooks match: %d, %.2f per node per minute (nodeguard sees only those that change identity)", reached, float64(reached)/float64(n)/minutes),
+			fmt.Sprintf("kubelet pods/status writes: %d, %.2f per node per minute; %.0f reached nodeguard (%.0f%%: those that move a sandbox or change a container)", podWrites, float64(podWrites)/float64(n)/minutes, counted.pods, 100*counted.pods/float64(max(podWrites, 1))))
 	}
 	return k.failed == 0
 }
 
 // soakCounts adds up nodeguard's counters over its restarts.
-type soakCounts struct{ requests, findings float64 }
+type soakCounts struct{ requests, findings, pods float64 }
 
 func (c *soakCounts) add(now, since map[string]float64) {
 	c.requests += now["nodeguard_admission_requests_total"] - since["nodeguard_admission_requests_total"]
 	c.findings += now["nodeguard_admission_findings_total"] - since["nodeguard_admission_findings_total"]
+	pods := `nodeguard_admission_requests_total{webhook="pods"}`
+	c.pods += now[pods] - since[pods]
+}
+
+// deleteOnePod deletes one pod of ns running on node; its Deployment makes another.
+func (k *kubeletRun) deleteOnePod(ns, node string) error {
+	cx, cancel := ctx()
+	defer cancel()
+	pods, err := k.r.cluster.admin.CoreV1().Pods(ns).List(cx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		return err
+	}
+	for _, pod := range pods.Items {
+		if pod.DeletionTimestamp == nil {
+			return k.r.cluster.admin.CoreV1().Pods(ns).Delete(cx, pod.Name, metav1.DeleteOptions{})
+		}
+	}
+	return nil
 }
 
 // podsOn runs, for each machine, a Deployment of per pods pinned to it by nodeName (no
