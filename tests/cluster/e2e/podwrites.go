@@ -241,6 +241,113 @@ func statusWrites(events []auditEvent, from time.Time, machines map[string]strin
 	return out
 }
 
+// copyPass is one copy of the machine run beside it, and when things happened to it.
+type copyPass struct {
+	label                   string
+	spec                    MachineSpec
+	refusal                 string // the first refusal its kubelet logs
+	started, armed, stopped time.Time
+}
+
+// waitGuard waits until the node's pods are guarded (the ledger records a conflict or a
+// refused machine for it), or are not.
+func (p *podRun) waitGuard(name string, want bool, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		v := p.r.nodeIdentity(name)
+		if v.exists && (v.hasConflict() || len(v.refused) > 0) == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("NodeIdentity %s: guarded is not %v within %s: %s", name, want, timeout, p.r.describe(v))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// podRefusalEvent finds nodeguard's Event on node about a refused pod status write.
+func (p *podRun) podRefusalEvent(node string) error {
+	cx, cancel := ctx()
+	defer cancel()
+	events, err := p.r.cluster.admin.EventsV1().Events("default").List(cx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	var seen []string
+	for _, e := range events.Items {
+		if e.Regarding.Kind != "Node" || e.Regarding.Name != node {
+			continue
+		}
+		seen = append(seen, e.Type+" "+e.Reason+": "+e.Note)
+		if e.Type == corev1.EventTypeWarning && e.Reason == "NodeIdentityConflict" && strings.Contains(e.Note, "its status of pod") {
+			return nil
+		}
+	}
+	return fmt.Errorf("no Warning NodeIdentityConflict about a pod's status on node %s; its Events: %s", node, strings.Join(seen, "\n"))
+}
+
+// runCopy boots a copy of orig's whole disk with c's identity for a minute beside it,
+// watching the web pods, then powers it off.
+func (p *podRun) runCopy(orig *PodMachine, kept webView, c *copyPass) bool {
+	cp, err := p.copyPodMachine(orig, c.spec)
+	if !p.step(c.label+": "+orig.Name+"'s disk is copied whole to another machine ("+c.spec.IP+"), pods and runtime included", err) {
+		return false
+	}
+	c.started = time.Now()
+	err = cp.Boot()
+	if !p.step(c.label+" boots while "+orig.Name+" runs", err) {
+		cp.Destroy()
+		return false
+	}
+	err = p.waitGuard(orig.Name, true, 60*time.Second)
+	c.armed = time.Now()
+	if !p.step(c.label+": the ledger records it; the node's pods are guarded", err, fmt.Sprintf("%s after its boot", c.armed.Sub(c.started).Round(time.Millisecond))) {
+		cp.Destroy()
+		return false
+	}
+	line, err := cp.WaitLog(0, 60*time.Second, c.refusal)
+	p.step(c.label+": its node writes are refused, in its kubelet's log", err, fmt.Sprintf("after %s: %s", time.Since(c.started).Round(time.Millisecond), lastLines(line, 1)))
+
+	// Watch what the cluster shows for a minute.
+	seen := map[string]int{}
+	endpoints := map[string]int{}
+	var lastOther time.Duration
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if w, err := p.web(); err == nil {
+			seen[w.key()]++
+			ep := strings.Join(w.endpoints, ",")
+			endpoints[ep]++
+			if ep != strings.Join(kept.endpoints, ",") {
+				lastOther = time.Since(c.armed)
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	refusedLine, refusedErr := cp.WaitLog(0, time.Second, "another machine is writing as node")
+	cp.Destroy()
+	c.stopped = time.Now()
+	var views, eps []string
+	for k, n := range seen {
+		views = append(views, fmt.Sprintf("%3d s: %s", n, k))
+	}
+	sort.Strings(views)
+	for k, n := range endpoints {
+		eps = append(eps, fmt.Sprintf("%3d s: [%s]", n, k))
+	}
+	sort.Strings(eps)
+	var werr error
+	if lastOther > 15*time.Second {
+		werr = fmt.Errorf("the Service still had addresses that are not the original's %s after the guard armed", lastOther.Round(time.Second))
+	}
+	p.step(c.label+": within one status report of arming the original's pods are back, and stay for the minute it runs", werr,
+		"pods (seconds per view):\n"+strings.Join(views, "\n"), "EndpointSlice (seconds per view):\n"+strings.Join(eps, "\n"))
+	p.step(c.label+": its kubelet logs its refused pod writes", refusedErr, lastLines(refusedLine, 1))
+	p.step(c.label+": a Warning Event on the Node says another machine writes its pods", p.podRefusalEvent(orig.Name))
+	v, err := p.waitEndpoints(kept.endpoints, 30*time.Second)
+	return p.step(c.label+" powered off: the original's status and endpoints are there", err, v.key())
+}
+
 // scenarioPodCopyWrites: a Deployment with a Service runs on pod-node-2; one of its
 // containers crashes and is restarted; then a copy of the machine's whole disk boots
 // while it runs, is powered off, and the original reboots. Every pods/status write of
@@ -277,66 +384,28 @@ func scenarioPodCopyWrites(p *podRun) bool {
 	}
 	kept := v
 
-	spec := orig.MachineSpec
-	spec.IP, spec.NodeIP = "10.250.0.42", ""
-	spec.BootID = "42b0070a-4242-4c2d-8e9f-0a1b2c3d4e42"
-	cp, err := p.copyPodMachine(orig, spec)
-	if !p.step(orig.Name+"'s disk is copied whole to another machine (10.250.0.42), pods and runtime included", err) {
-		return false
-	}
-	copyStarted := time.Now()
-	err = cp.Boot()
-	if !p.step("the copy boots while "+orig.Name+" runs", err) {
-		cp.Destroy()
-		return false
-	}
-	line, err := cp.WaitLog(0, 120*time.Second, "denied the request: nodeguard [two-kubelets]")
-	p.step("the copy's node writes are refused [two-kubelets]", err, fmt.Sprintf("after %s: %s", time.Since(copyStarted).Round(time.Millisecond), lastLines(line, 1)))
-	err = p.waitConflict(orig.Name, true, 60*time.Second)
-	armed := time.Now()
-	if !p.step("the ledger records the conflict: the node's pods are guarded", err, fmt.Sprintf("%s after the copy booted", armed.Sub(copyStarted).Round(time.Millisecond))) {
-		cp.Destroy()
-		return false
-	}
-
-	// Watch what the cluster shows for a minute.
-	seen := map[string]int{}
-	endpoints := map[string]int{}
-	var copysSince time.Duration
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if w, err := p.web(); err == nil {
-			seen[w.key()]++
-			ep := strings.Join(w.endpoints, ",")
-			endpoints[ep]++
-			if ep != strings.Join(kept.endpoints, ",") {
-				copysSince = time.Since(armed)
-			}
+	perfect := orig.MachineSpec
+	perfect.IP, perfect.NodeIP = "10.250.0.42", ""
+	perfect.BootID = "42b0070a-4242-4c2d-8e9f-0a1b2c3d4e42"
+	passes := []*copyPass{{label: "the perfect copy", spec: perfect, refusal: "nodeguard [two-kubelets]"}}
+	clone := perfect
+	clone.IP, clone.BootID = "10.250.0.43", "43b0070a-4343-4c2d-8e9f-0a1b2c3d4e43"
+	clone.SystemUUID = "43d4c3b2-a190-4f8e-9d7c-6b5a4f3e2d43"
+	passes = append(passes, &copyPass{label: "the incident's clone (its own system UUID)", spec: clone, refusal: "denied the request: nodeguard ["})
+	for i, c := range passes {
+		if !p.runCopy(orig, kept, c) {
+			return false
 		}
-		time.Sleep(time.Second)
+		if i == 0 {
+			// The next copy arms the guard itself.
+			res := p.r.forget(orig.Name, nil)
+			var ferr error
+			if !res.Pass {
+				ferr = fmt.Errorf("%s", strings.Join(res.Details, "; "))
+			}
+			p.step("nodeguard forget "+orig.Name+" clears the conflict", firstErr(ferr, p.waitConflict(orig.Name, false, 60*time.Second)))
+		}
 	}
-	refusedLine, refusedErr := cp.WaitLog(0, time.Second, "another machine is writing as node")
-	cp.Destroy()
-	copyStopped := time.Now()
-	var views []string
-	for k, n := range seen {
-		views = append(views, fmt.Sprintf("%3d s: %s", n, k))
-	}
-	sort.Strings(views)
-	var eps []string
-	for k, n := range endpoints {
-		eps = append(eps, fmt.Sprintf("%3d s: [%s]", n, k))
-	}
-	sort.Strings(eps)
-	var werr error
-	if copysSince > 15*time.Second {
-		werr = fmt.Errorf("the Service still had addresses that are not the original's %s after the guard armed", copysSince.Round(time.Second))
-	}
-	p.step("within one status report of arming the original's pods are back, and they stay for the minute the copy runs", werr,
-		"pods (seconds per view):\n"+strings.Join(views, "\n"), "EndpointSlice (seconds per view):\n"+strings.Join(eps, "\n"))
-	p.step("the copy's kubelet logs its refused pod writes", refusedErr, lastLines(refusedLine, 1))
-	v, err = p.waitEndpoints(kept.endpoints, 30*time.Second)
-	p.step("the copy powered off, the original's status and endpoints are there", err, v.key())
 
 	rebooted := time.Now()
 	err = orig.Reboot(newBootID())
@@ -366,16 +435,22 @@ func scenarioPodCopyWrites(p *podRun) bool {
 	if !p.step("the API server's audit log is read", err) {
 		return false
 	}
-	writes := statusWrites(events, started, map[string]string{orig.IP: "original", spec.IP: "copy"})
+	who := map[string]string{orig.IP: "original"}
+	for _, c := range passes {
+		who[c.spec.IP] = "copy"
+	}
+	writes := statusWrites(events, started, who)
 	for i := range writes {
-		switch {
-		case writes[i].At.Before(copyStarted):
-			writes[i].Phase = "restart"
-		case writes[i].At.Before(copyStopped):
-			writes[i].Phase = "copy"
-		case writes[i].At.Before(rebooted):
-			writes[i].Phase = "after-copy"
-		default:
+		writes[i].Phase = "restart"
+		for _, c := range passes {
+			if !writes[i].At.Before(c.started) {
+				writes[i].Phase = "copy"
+			}
+			if !writes[i].At.Before(c.stopped) {
+				writes[i].Phase = "after-copy"
+			}
+		}
+		if !writes[i].At.Before(rebooted) {
 			writes[i].Phase = "reboot"
 		}
 	}
@@ -401,31 +476,39 @@ func scenarioPodCopyWrites(p *podRun) bool {
 		lines = append(lines, fmt.Sprintf("%s: %d accepted, %d refused", k, c[0], c[1]))
 	}
 	sort.Strings(lines)
-	p.step("every pods/status write of the two machines is recorded", err, append([]string{record}, lines...)...)
-	var before, after, origRefused []string
-	firstRefused := time.Duration(-1)
-	for _, w := range writes {
-		switch {
-		case w.From == "copy" && w.Code < 400 && w.At.Before(armed):
-			before = append(before, w.At.Format("15:04:05.000")+" "+w.Pod)
-		case w.From == "copy" && w.Code < 400:
-			after = append(after, w.At.Format("15:04:05.000")+" "+w.Pod)
-		case w.From == "copy" && firstRefused < 0:
-			firstRefused = w.At.Sub(armed)
-		case w.From == "original" && w.Code >= 400:
-			origRefused = append(origRefused, w.Phase+" "+w.At.Format("15:04:05.000")+" "+w.Pod)
+	p.step("every pods/status write of the machines is recorded", err, append([]string{record}, lines...)...)
+	for _, c := range passes {
+		var before, after []string
+		firstRefused := time.Duration(-1)
+		for _, w := range writes {
+			if w.From != "copy" || w.At.Before(c.started) || !w.At.Before(c.stopped) {
+				continue
+			}
+			switch {
+			case w.Code < 400 && w.At.Before(c.armed):
+				before = append(before, w.At.Format("15:04:05.000")+" "+w.Pod)
+			case w.Code < 400:
+				after = append(after, w.At.Format("15:04:05.000")+" "+w.Pod)
+			case firstRefused < 0:
+				firstRefused = w.At.Sub(c.armed)
+			}
 		}
+		var aerr error
+		if len(after) > 0 {
+			aerr = fmt.Errorf("its pod writes accepted after the guard armed: %v", after)
+		}
+		p.step(c.label+": after the guard armed, none of its pod writes is accepted", aerr,
+			fmt.Sprintf("accepted before arming: %d %v; after: %d; first refused %s after arming (%s after its boot)",
+				len(before), before, len(after), firstRefused.Round(time.Millisecond), c.armed.Sub(c.started).Round(time.Millisecond)))
 	}
-	var aerr error
-	if len(after) > 0 {
-		aerr = fmt.Errorf("the copy's pod writes accepted after the guard armed: %v", after)
-	}
-	p.step("after the guard armed, none of the copy's pod writes is accepted", aerr,
-		fmt.Sprintf("accepted before arming: %d %v; after: %d; first refused %s after arming", len(before), before, len(after), firstRefused.Round(time.Millisecond)))
+	var origRefused []string
 	var oerr error
-	for _, r := range origRefused {
-		if !strings.HasPrefix(r, "reboot ") {
-			oerr = fmt.Errorf("the original's pod writes refused: %v", origRefused)
+	for _, w := range writes {
+		if w.From == "original" && w.Code >= 400 {
+			origRefused = append(origRefused, w.Phase+" "+w.At.Format("15:04:05.000")+" "+w.Pod)
+			if w.Phase != "reboot" {
+				oerr = fmt.Errorf("the original's pod writes refused: %v", origRefused)
+			}
 		}
 	}
 	p.step("no pod write of the original is refused while it runs", oerr, fmt.Sprintf("refused around its reboot, while its new boot was not yet recorded: %v", origRefused))
@@ -434,7 +517,7 @@ func scenarioPodCopyWrites(p *podRun) bool {
 	if !res.Pass {
 		ferr = fmt.Errorf("%s", strings.Join(res.Details, "; "))
 	}
-	p.step("nodeguard forget "+orig.Name+" clears the conflict", firstErr(ferr, p.waitConflict(orig.Name, false, 60*time.Second)))
+	p.step("nodeguard forget "+orig.Name+" clears what the ledger holds of the clone", firstErr(ferr, p.waitGuard(orig.Name, false, 60*time.Second)))
 
 	cx, cancel := ctx()
 	defer cancel()

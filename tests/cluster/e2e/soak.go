@@ -52,7 +52,7 @@ func (r *Runner) RunSoak(clusterBin, fakecri, dir string, n int, d time.Duration
 	began := time.Now()
 	rng := rand.New(rand.NewSource(1))
 	var injected []string
-	restartedNodeguard, readdressed := false, false
+	restartedNodeguard, readdressed, deleted := false, false, false
 	counted := &soakCounts{}
 	boots := 0
 	for time.Since(began) < d {
@@ -82,7 +82,8 @@ func (r *Runner) RunSoak(clusterBin, fakecri, dir string, n int, d time.Duration
 				k.step("an address change", err)
 				return false
 			}
-		case rng.Intn(4) == 0:
+		case !deleted && time.Since(began) > d/3 || rng.Intn(4) == 0:
+			deleted = true
 			injected = append(injected, "a pod of "+m.Name+" is deleted")
 			if err := k.deleteOnePod("soak", m.Name); err != nil {
 				k.step("a pod deletion", err)
