@@ -933,7 +933,7 @@ async fn a_pod_status_write_is_judged_only_on_a_node_another_machine_writes_as()
 
         let mut inventory = cluster().inventory;
         let mut record = nodeguard::inventory::LedgerEntry::named("worker-1");
-        record.current_boot_since = Some("2026-12-01T08:00:00Z".parse().unwrap());
+        record.kept_boot_since = Some("2026-12-01T08:00:00Z".parse().unwrap());
         record.conflict = Some(Box::new(nodeguard::inventory::LedgerConflict {
             check: "two-kubelets".into(),
             kept_boot: "32b0070a-2222-4c2d-8e9f-0a1b2c3d4e32".into(),

@@ -79,6 +79,18 @@ pub fn node_reference(name: &str, uid: Option<&str>) -> ObjectReference {
     }
 }
 
+/// A reference to a Pod by `namespace/name`.
+pub fn pod_reference(namespaced: &str) -> ObjectReference {
+    let (namespace, name) = namespaced.split_once('/').unwrap_or(("", namespaced));
+    ObjectReference {
+        api_version: Some("v1".to_string()),
+        kind: Some("Pod".to_string()),
+        namespace: Some(namespace.to_string()).filter(|n| !n.is_empty()),
+        name: Some(name.to_string()),
+        ..ObjectReference::default()
+    }
+}
+
 /// A reference to a CertificateSigningRequest by name.
 pub fn csr_reference(name: &str) -> ObjectReference {
     ObjectReference {

@@ -217,7 +217,15 @@ fn notices(
     verdict
         .findings
         .iter()
-        .map(|finding| notice_of(finding, regarding.clone()))
+        .map(|finding| {
+            let mut notice = notice_of(finding, regarding.clone());
+            // On the Node, related to the pod: one series per pod, apart from the
+            // refusals of the node's own writes.
+            if webhook == Webhook::Pods {
+                notice.related = Some(events::pod_reference(subject.name));
+            }
+            notice
+        })
         .collect()
 }
 

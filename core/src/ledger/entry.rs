@@ -33,8 +33,9 @@ pub struct LedgerEntry {
     pub boots: Box<[BootId]>,
     /// The boot the Node reported last.
     pub current_boot: Option<BootId>,
-    /// When the recorder first saw that boot.
-    pub current_boot_since: Option<Timestamp>,
+    /// When the recorder first saw the boot of the machine that keeps the name: the
+    /// current boot, or in a conflict the kept one.
+    pub kept_boot_since: Option<Timestamp>,
     /// Kubelet keys bound to the node by issued CSRs, with their signers.
     pub keys: Box<[(KeyFingerprint, KubeletSigner)]>,
     pub conflict: Option<Box<LedgerConflict>>,
@@ -168,7 +169,7 @@ impl LedgerEntry {
             provider_id: None,
             boots: Box::default(),
             current_boot: None,
-            current_boot_since: None,
+            kept_boot_since: None,
             keys: Box::default(),
             conflict: None,
             refused: Box::default(),
@@ -200,7 +201,7 @@ impl LedgerEntry {
         };
         Some(PodGuard {
             since,
-            kept_boot_since: self.current_boot_since,
+            kept_boot_since: self.kept_boot_since,
         })
     }
 

@@ -341,11 +341,16 @@ impl Record {
                 .filter_map(|b| BootId::parse(&b.boot_id))
                 .collect(),
             current_boot: current.and_then(BootId::parse),
-            current_boot_since: spec
-                .boots
-                .iter()
-                .find(|b| Some(b.boot_id.as_str()) == current)
-                .map(|b| b.first_seen),
+            kept_boot_since: {
+                // In a conflict the Node may show either machine's boot: the kept one's.
+                let kept = self
+                    .conflict()
+                    .map_or(current, |c| Some(c.kept_boot.as_str()));
+                spec.boots
+                    .iter()
+                    .find(|b| Some(b.boot_id.as_str()) == kept)
+                    .map(|b| b.first_seen)
+            },
             keys,
             conflict: self.conflict().map(|c| {
                 Box::new(LedgerConflict {
@@ -885,6 +890,21 @@ mod tests {
                 .is_none()
         );
         assert_eq!(record.conflict().unwrap().refused_boot, B);
+    }
+
+    #[test]
+    fn in_a_conflict_the_kept_boot_dates_the_machine_whatever_the_node_shows() {
+        // The copy (B) wrote last: the Node, and the record's current boot, show B.
+        let (mut record, _) = replay(&[A, B, A]);
+        record.observe_node(&node(B), at(30), Evidence::Confirmed);
+        let entry = record.entry(meta()).unwrap();
+        assert_eq!(entry.conflict().unwrap().kept_boot.as_ref(), A);
+        assert_eq!(entry.kept_boot_since, Some(at(0)));
+        assert_eq!(entry.pod_guard(at(40)).unwrap().kept_boot_since, Some(at(0)));
+        // Without a conflict it is the current boot's: the reboot's.
+        let (record, _) = replay(&[A, C]);
+        assert_eq!(record.entry(meta()).unwrap().kept_boot_since, Some(at(10)));
+        assert_eq!(record.entry(meta()).unwrap().pod_guard(at(40)), None);
     }
 
     #[test]

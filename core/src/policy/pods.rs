@@ -271,7 +271,7 @@ mod tests {
 
         fn in_conflict() -> LedgerEntry {
             let mut entry = LedgerEntry::named("worker-1");
-            entry.current_boot_since = Some(at("2026-12-01T08:00:00Z"));
+            entry.kept_boot_since = Some(at("2026-12-01T08:00:00Z"));
             entry.conflict = Some(Box::new(LedgerConflict {
                 check: "two-kubelets".into(),
                 kept_boot: "32b0070a".into(),
@@ -319,7 +319,7 @@ mod tests {
                     .allowed()
             );
             let mut rebooted = in_conflict();
-            rebooted.current_boot_since = Some(at("2026-12-06T22:04:20Z"));
+            rebooted.kept_boot_since = Some(at("2026-12-06T22:04:20Z"));
             assert!(
                 decide_pod_status(&moved(), Some(&rebooted), &Config::default(), at(NOW)).allowed()
             );

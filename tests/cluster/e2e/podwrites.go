@@ -265,25 +265,26 @@ func (p *podRun) waitGuard(name string, want bool, timeout time.Duration) error 
 	}
 }
 
-// podRefusalEvent finds nodeguard's Event on node about a refused pod status write.
+// podRefusalEvent waits for nodeguard's Event on node about a refused pod status write.
 func (p *podRun) podRefusalEvent(node string) error {
-	cx, cancel := ctx()
-	defer cancel()
-	events, err := p.r.cluster.admin.EventsV1().Events("default").List(cx, metav1.ListOptions{})
-	if err != nil {
-		return err
-	}
-	var seen []string
-	for _, e := range events.Items {
-		if e.Regarding.Kind != "Node" || e.Regarding.Name != node {
-			continue
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		events, _ := p.r.nodeEvents()
+		var seen []string
+		for _, e := range events {
+			if e.node != node {
+				continue
+			}
+			seen = append(seen, e.String())
+			if e.typ == corev1.EventTypeWarning && e.reason == "NodeIdentityConflict" && strings.Contains(e.note, "its status of pod") {
+				return nil
+			}
 		}
-		seen = append(seen, e.Type+" "+e.Reason+": "+e.Note)
-		if e.Type == corev1.EventTypeWarning && e.Reason == "NodeIdentityConflict" && strings.Contains(e.Note, "its status of pod") {
-			return nil
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no Warning NodeIdentityConflict about a pod's status on node %s; nodeguard's Events on it:\n%s", node, strings.Join(seen, "\n"))
 		}
+		time.Sleep(time.Second)
 	}
-	return fmt.Errorf("no Warning NodeIdentityConflict about a pod's status on node %s; its Events: %s", node, strings.Join(seen, "\n"))
 }
 
 // runCopy boots a copy of orig's whole disk with c's identity for a minute beside it,
