@@ -76,6 +76,8 @@ pub struct ContainerRun {
     pub restart_count: i64,
     /// `lastState.terminated.containerID`: the container this one replaced.
     pub replaced: Option<String>,
+    /// `state.running` is set: the container runs.
+    pub running: bool,
 }
 
 impl PodRuntime {
@@ -108,6 +110,7 @@ impl PodRuntime {
                         .last_state
                         .terminated
                         .and_then(|t| non_empty(t.container_id)),
+                    running: c.state.running.is_some(),
                 }
             }));
         }
@@ -148,7 +151,14 @@ struct ContainerDoc {
     #[serde(rename = "containerID")]
     container_id: Option<String>,
     restart_count: i64,
+    state: StateDoc,
     last_state: LastStateDoc,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct StateDoc {
+    running: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -900,7 +900,10 @@ mod tests {
         let entry = record.entry(meta()).unwrap();
         assert_eq!(entry.conflict().unwrap().kept_boot.as_ref(), A);
         assert_eq!(entry.kept_boot_since, Some(at(0)));
-        assert_eq!(entry.pod_guard(at(40)).unwrap().kept_boot_since, Some(at(0)));
+        assert_eq!(
+            entry.pod_guard(at(40)).unwrap().kept_boot_since,
+            Some(at(0))
+        );
         // Without a conflict it is the current boot's: the reboot's.
         let (record, _) = replay(&[A, C]);
         assert_eq!(record.entry(meta()).unwrap().kept_boot_since, Some(at(10)));

@@ -198,9 +198,14 @@ pub fn follows(
     Ok(())
 }
 
-/// Whether `written` brings back, for each container it changes, the container the
-/// stored status names as replaced: a write of the machine whose containers those were.
+/// Whether `written` brings back, running in a sandbox, each container it changes as the
+/// container the stored status names as replaced: a write of the machine whose
+/// containers those are. A copy made from an older disk reports its original's earlier
+/// containers too, but exited and without a sandbox: that is no return.
 fn returns(stored: &PodRuntime, written: &PodRuntime) -> bool {
+    if written.ips.is_empty() {
+        return false;
+    }
     let mut returned = false;
     for container in &written.containers {
         let Some(now) = stored.container(&container.slot) else {
@@ -209,7 +214,7 @@ fn returns(stored: &PodRuntime, written: &PodRuntime) -> bool {
         if container.id == now.id {
             continue;
         }
-        if container.id.is_none() || container.id != now.replaced {
+        if container.id.is_none() || container.id != now.replaced || !container.running {
             return false;
         }
         returned = true;
@@ -232,6 +237,7 @@ mod tests {
                     id: id.map(str::to_string),
                     restart_count: *restarts,
                     replaced: replaced.map(str::to_string),
+                    running: id.is_some(),
                 })
                 .collect(),
         }
@@ -444,5 +450,21 @@ mod tests {
         assert_eq!(follows(&copys, &originals, false), Ok(()));
         // Never the other way round.
         assert!(follows(&originals, &copys, false).is_err());
+    }
+
+    #[test]
+    fn a_copy_of_an_older_disk_reporting_the_originals_earlier_container_is_no_return() {
+        // The original restarted its container (a0 → a1) after the disk was copied: the
+        // copy's runtime knows a0, exited, and reports it first, without a sandbox.
+        let originals = pod(
+            &["10.244.2.3"],
+            &[("app", Some("containerd://a1"), 1, Some("containerd://a0"))],
+        );
+        let mut stale = pod(&[], &[("app", Some("containerd://a0"), 0, None)]);
+        stale.containers[0].running = false;
+        assert!(matches!(
+            follows(&originals, &stale, false),
+            Err(Unfollowed::SandboxGone { .. })
+        ));
     }
 }
