@@ -64,41 +64,37 @@ fn written_by(user: &str, node: &str) -> bool {
 }
 
 fn judge(state: &AppState, node: &str, pod: &str, old: &PodDoc, new: &PodDoc) -> Verdict {
-    // Cheap first: most pod writes reaching here are of nodes nothing guards.
     let now = Timestamp::now();
-    let armed = state.inventory.read(|inventory| {
-        inventory
-            .identity(node)
-            .is_some_and(|record| record.pod_guard(now).is_some())
-    });
-    if !armed {
-        return Verdict::default();
-    }
-    if let Err(reason) = state.inventory_current() {
-        return Verdict::unchecked(reason);
-    }
-    let (stored, written) = match (
-        PodRuntime::from_status(&old.status),
-        PodRuntime::from_status(&new.status),
-    ) {
-        (Ok(stored), Ok(written)) => (stored, written),
-        // The API server validated both; a status nodeguard cannot read is never a reason
-        // to refuse a node's write.
-        (Err(error), _) | (_, Err(error)) => {
-            tracing::info!(node, pod, %error, "pod status not read; allowed");
+    let config = state.config.current();
+    state.inventory.read(|inventory| {
+        // Most pod writes reaching here are of nodes nothing guards: nothing more is read.
+        let record = inventory.identity(node);
+        if record.and_then(|r| r.pod_guard(now)).is_none() {
             return Verdict::default();
         }
-    };
-    let review = PodStatusReview {
-        node: node.to_string(),
-        pod: pod.to_string(),
-        stored,
-        written,
-        stored_at: old.status_changed_at(),
-        deleting: old.metadata.deletion_timestamp.is_some(),
-    };
-    let config = state.config.current();
-    state
-        .inventory
-        .read(|inventory| decide_pod_status(&review, inventory.identity(node), &config, now))
+        if let Err(reason) = state.inventory_current() {
+            return Verdict::unchecked(reason);
+        }
+        let (stored, written) = match (
+            PodRuntime::from_status(&old.status),
+            PodRuntime::from_status(&new.status),
+        ) {
+            (Ok(stored), Ok(written)) => (stored, written),
+            // The API server validated both; a status nodeguard cannot read is never a
+            // reason to refuse a node's write.
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::info!(node, pod, %error, "pod status not read; allowed");
+                return Verdict::default();
+            }
+        };
+        let review = PodStatusReview {
+            node: node.to_string(),
+            pod: pod.to_string(),
+            stored,
+            written,
+            stored_at: old.status_changed_at(),
+            deleting: old.metadata.deletion_timestamp.is_some(),
+        };
+        decide_pod_status(&review, record, &config, now)
+    })
 }

@@ -19,7 +19,7 @@ pub use entry::{
 };
 pub use record::{
     Change, Evidence, Forgotten, KeyObservation, NodeObservation, Proof, Record, RecordMeta,
-    RefusalObservation, conflict_message, conflict_note, parse_fingerprint,
+    RefusalObservation, conflict_message, conflict_note, parse_fingerprint, second_machine_remedy,
 };
 
 use jiff::{SignedDuration, Timestamp};

@@ -250,8 +250,16 @@ pub fn conflict_message(node: &str, refused_boot: &str, kept_boot: &str) -> Stri
     format!(
         "nodeguard [two-kubelets]: two machines are writing node \"{node}\" with its \
          credentials: boot {refused_boot} (this machine) and boot {kept_boot}, which \
-         registered first and is kept; stop this machine's kubelet and give it its own \
-         identity (hostname, rm /etc/machine-id && systemd-machine-id-setup, remove \
+         registered first and is kept; {}",
+        second_machine_remedy(node)
+    )
+}
+
+/// What the machine refused as a second one writing as `node` is told to do.
+pub fn second_machine_remedy(node: &str) -> String {
+    format!(
+        "stop this machine's kubelet and give it its own identity (hostname, rm \
+         /etc/machine-id && systemd-machine-id-setup, remove \
          /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join \
          with a bootstrap token), then run nodeguard forget {node}"
     )

@@ -24,7 +24,7 @@ use jiff::Timestamp;
 
 use super::{CheckId, Config, Finding, Verdict};
 use crate::identity::pod::PodRuntime;
-use crate::ledger::LedgerEntry;
+use crate::ledger::{LedgerEntry, second_machine_remedy};
 
 /// A kubelet's `pods/status` write, as admission sees it.
 #[derive(Debug, Clone, Default)]
@@ -74,12 +74,10 @@ fn refusal(review: &PodStatusReview, why: &Unfollowed) -> Finding {
         CheckId::TwoKubelets,
         format!(
             "nodeguard [two-kubelets]: another machine is writing as node \"{node}\": its status \
-             of pod {} is not the node's machine's ({}); stop this machine's kubelet and give it \
-             its own identity (hostname, rm /etc/machine-id && systemd-machine-id-setup, remove \
-             /var/lib/kubelet/pki/kubelet-client-* and /etc/kubernetes/kubelet.conf, re-join \
-             with a bootstrap token), then run nodeguard forget {node}",
+             of pod {} is not the node's machine's ({}); {}",
             review.pod,
-            why.describe()
+            why.describe(),
+            second_machine_remedy(node)
         ),
         format!(
             "nodeguard [two-kubelets]: this status of pod {} looks like another machine's writing \
