@@ -916,7 +916,7 @@ func scenarioIncidentPods(k *kubeletRun) {
 		return
 	}
 	ns := "incident"
-	err := k.podsOn(ns, []*Machine{orig}, 3)
+	err := k.podsOn(ns, []*Machine{orig}, 3, fakeImage, "")
 	_, desc := k.pods(ns)
 	if !k.step("a Deployment of 3 replicas pinned to worker-1 runs (on the fake runtime)", err, desc) {
 		return

@@ -183,7 +183,7 @@ func (p *PodMachine) Boot() error {
 
 // route sends the machine's pod range to its address, from the host.
 func (p *PodMachine) route() error {
-	out, err := exec.Command("ip", "route", "replace", p.PodCIDR, "via", p.IP).CombinedOutput()
+	out, err := exec.Command("ip", "route", "replace", p.PodCIDR, "via", p.nodeIP()).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("machine %s: route to %s: %v: %s", p.Name, p.PodCIDR, err, bytes.TrimSpace(out))
 	}

@@ -150,6 +150,7 @@ var podScenarios = []podScenario{
 	{"installed as the README says, nodeguard runs as two pods", scenarioPodInstall},
 	{"the incident's clone is refused by the pods", scenarioPodClone},
 	{"a copy of a machine that runs pods rewrites their status", scenarioPodCopyWrites},
+	{"the machines that run pods soak, with no copy", scenarioPodSoak},
 	{"the serving certificate is rotated as the README says", scenarioPodRotate},
 	{"the configuration goes from warn to enforce", scenarioPodConfig},
 	{"a rolling restart and a drain, while reviews flow", scenarioPodRollout},

@@ -216,6 +216,23 @@ func (n *PodMachine) killContainer(containerID string) error {
 	return nil
 }
 
+// crashWeb kills the container of the web pod that has not crashed yet and waits until
+// the pod shows it restarted: a new container, restart count up, running.
+func (p *podRun) crashWeb(orig *PodMachine) (string, error) {
+	v, err := p.web()
+	if err != nil {
+		return "", err
+	}
+	if len(v.pods) < 2 || len(v.pods[1].Status.ContainerStatuses) == 0 {
+		return "", fmt.Errorf("no second web pod: %s", v.key())
+	}
+	name, before := v.pods[1].Name, v.pods[1].Status.ContainerStatuses[0]
+	if err := orig.killContainer(before.ContainerID); err != nil {
+		return "", err
+	}
+	return p.restarted(incidentNS, name, before, 45*time.Second)
+}
+
 // statusWrites are the pods/status writes in the audit log since from, attributed by
 // source address.
 func statusWrites(events []auditEvent, from time.Time, machines map[string]string) []podStatusWrite {
@@ -243,9 +260,11 @@ func statusWrites(events []auditEvent, from time.Time, machines map[string]strin
 
 // copyPass is one copy of the machine run beside it, and when things happened to it.
 type copyPass struct {
-	label                   string
-	spec                    MachineSpec
-	refusal                 string // the first refusal its kubelet logs
+	label   string
+	spec    MachineSpec
+	refusal string // the first refusal its kubelet logs
+	// crash: a container of the original crashes while this copy runs.
+	crash                   bool
 	started, armed, stopped time.Time
 }
 
@@ -308,6 +327,10 @@ func (p *podRun) runCopy(orig *PodMachine, kept webView, c *copyPass) bool {
 	}
 	line, err := cp.WaitLog(0, 60*time.Second, c.refusal)
 	p.step(c.label+": its node writes are refused, in its kubelet's log", err, fmt.Sprintf("after %s: %s", time.Since(c.started).Round(time.Millisecond), lastLines(line, 1)))
+	if c.crash {
+		info, err := p.crashWeb(orig)
+		p.step(c.label+": while the pods are guarded, a container of the original crashes: its restart is let through", err, info)
+	}
 
 	// Watch what the cluster shows for a minute.
 	seen := map[string]int{}
@@ -392,7 +415,7 @@ func scenarioPodCopyWrites(p *podRun) bool {
 	clone := perfect
 	clone.IP, clone.BootID = "10.250.0.43", "43b0070a-4343-4c2d-8e9f-0a1b2c3d4e43"
 	clone.SystemUUID = "43d4c3b2-a190-4f8e-9d7c-6b5a4f3e2d43"
-	passes = append(passes, &copyPass{label: "the incident's clone (its own system UUID)", spec: clone, refusal: "denied the request: nodeguard ["})
+	passes = append(passes, &copyPass{label: "the incident's clone (its own system UUID)", spec: clone, refusal: "denied the request: nodeguard [", crash: true})
 	for i, c := range passes {
 		if !p.runCopy(orig, kept, c) {
 			return false

@@ -18,6 +18,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
+// fakeImage: the fake CRI runs any image; this one is what a real node would pull.
+const fakeImage = "registry.k8s.io/pause:3.10.1"
+
 // RunSoak runs n machines for d and reports; it returns whether nothing was refused.
 func (r *Runner) RunSoak(clusterBin, fakecri, dir string, n int, d time.Duration) bool {
 	k, err := newKubeletRun(r, clusterBin, fakecri, dir)
@@ -42,7 +45,7 @@ func (r *Runner) RunSoak(clusterBin, fakecri, dir string, n int, d time.Duration
 		}
 		machines = append(machines, m)
 	}
-	if !k.step("each machine runs 2 pods", k.podsOn("soak", machines, 2)) {
+	if !k.step("each machine runs 2 pods", k.podsOn("soak", machines, 2, fakeImage, "")) {
 		return false
 	}
 	start, err := r.ng.Metrics()
@@ -179,9 +182,9 @@ func (k *kubeletRun) deleteOnePod(ns, node string) error {
 	return nil
 }
 
-// podsOn runs, for each machine, a Deployment of per pods pinned to it by nodeName (no
-// scheduler runs), and waits until they all run.
-func (k *kubeletRun) podsOn(ns string, machines []*Machine, per int32) error {
+// podsOn runs, for each machine, a Deployment of per pods of image pinned to it by
+// nodeName (no scheduler runs), and waits until they all run.
+func (k *kubeletRun) podsOn(ns string, machines []*Machine, per int32, image string, pull corev1.PullPolicy) error {
 	cx, cancel := ctx()
 	defer cancel()
 	if _, err := k.r.cluster.admin.CoreV1().Namespaces().Create(cx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -197,7 +200,7 @@ func (k *kubeletRun) podsOn(ns string, machines []*Machine, per int32) error {
 				Template: corev1.PodTemplateSpec{
 					ObjectMeta: metav1.ObjectMeta{Labels: labels},
 					Spec: corev1.PodSpec{NodeName: m.Name,
-						Containers: []corev1.Container{{Name: "app", Image: "registry.k8s.io/pause:3.10.1"}}},
+						Containers: []corev1.Container{{Name: "app", Image: image, ImagePullPolicy: pull}}},
 				},
 			},
 		}, metav1.CreateOptions{})
