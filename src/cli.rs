@@ -161,7 +161,7 @@ pub struct LogArgs {
     pub log_format: LogFormat,
     /// Log filter: a level (`debug`) or per-target directives (`info,nodeguard=debug`).
     /// Defaults to `info` for `serve` and `warn` for `demo`, whose output is its report.
-    #[arg(long, env = "RUST_LOG", global = true)]
+    #[arg(long, env = "RUST_LOG", hide_env_values = true, global = true)]
     pub log_level: Option<String>,
 }
 

@@ -69,13 +69,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct LedgerArgs {
     /// Namespace of the recorder's Lease (the pod's own, from the downward API).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "nodeguard")]
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        hide_env_values = true,
+        default_value = "nodeguard"
+    )]
     pub namespace: String,
     /// Name of the Lease that elects the recorder.
     #[arg(long, default_value = "nodeguard-recorder")]
     pub lease_name: String,
     /// This replica's name in the Lease and in Events (the pod name).
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = "POD_NAME", hide_env_values = true)]
     pub identity: Option<String>,
 }
 

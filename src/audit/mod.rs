@@ -337,7 +337,7 @@ fn verdict_json(verdict: &Verdict) -> Value {
     })
 }
 
-/// The report for scripts; its shape is documented in the README ("nodeguard audit").
+/// The report for scripts; its shape is documented in docs/audit.md.
 pub fn to_json(report: &Audit, cluster: &Cluster, now: Timestamp) -> Value {
     json!({
         "apiVersion": "nodeguard.io/v1alpha1",

@@ -139,7 +139,7 @@ fn binding_of(csr: &Value) -> Option<KeyBinding> {
         .and_then(|doc| KeyBinding::from_doc(&doc))
 }
 
-/// The cases, in the order the README tells them: (a)–(f) from the design's list,
+/// The cases, in the order the README's table tells them: (a)–(f) from the design's list,
 /// (g)–(i), the incident itself, and (j), a laptop cluster.
 pub fn all() -> Result<Vec<Scenario>, rcgen::Error> {
     with_cluster(&HealthyCluster::new()?)
