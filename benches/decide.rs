@@ -5,6 +5,8 @@
 //!
 //!     cargo bench --bench decide
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

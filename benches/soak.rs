@@ -16,6 +16,8 @@
 //!     scripts/soak                                   # 5,000 nodes, 500 reviews/s, 10 min
 //!     scripts/soak --nodes 50000 --seconds 120 --no-faults   # memory at 50,000 nodes
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../tests/support/fake_api.rs"]
 mod fake_api;
 #[path = "../tests/support/tls.rs"]

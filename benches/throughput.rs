@@ -13,6 +13,8 @@
 //! CPU the server threads use per request is printed as well, measured from
 //! `/proc/self/task`, and is the figure to compare when the clients share the cores.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

@@ -24,6 +24,8 @@
 //! Nodes have the shape a kubelet registers (the kind template: nodeInfo, 27 images);
 //! CSRs carry real P-256 requests and certificates signed by a throwaway CA.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use jiff::{SignedDuration, Timestamp};
 use nodeguard::demo::kubelet::{self, Machine, Requester};
 use nodeguard::identity::csr::CsrDoc;

@@ -1,6 +1,8 @@
 //! `nodeguard audit` over the shipped example dump and the real fixtures: what it finds,
 //! its JSON shape, its exit codes, and that its verdicts are the webhook's own.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/fake_api.rs"]
 mod fake_api;
 

@@ -3,6 +3,8 @@
 //! kubelet signer, a denial with the reason; none makes the server panic or stop, and a
 //! good review is answered after each.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/tls.rs"]
 mod tls;
 

@@ -5,6 +5,8 @@
 //! connections. Which certificate the server presents is read from the handshake
 //! itself.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -4,6 +4,8 @@
 //! (`.ci/run` also renders every kustomization and validates it against the
 //! Kubernetes schemas.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeSet;
 use std::path::Path;
 

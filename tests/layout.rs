@@ -2,6 +2,8 @@
 //! and depends on no Kubernetes, HTTP or async crate (cargo builds it without them), and
 //! the shell's top-level modules form layers, with no cycle among them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -4,6 +4,8 @@
 //! on elapsed time: waits are polls bounded by a generous guard, and "does not happen"
 //! is checked over a number of the elector's own requests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/fake_api.rs"]
 mod fake_api;
 

@@ -2,6 +2,8 @@
 //! recorder and the real HTTPS webhook of one nodeguard replica, with the test playing
 //! the API server's part (admission first, then storage), as kube-apiserver does.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/fake_api.rs"]
 mod fake_api;
 

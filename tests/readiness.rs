@@ -5,6 +5,8 @@
 //! The fake sends bookmarks as the API server's watch cache does: only to a watch the
 //! collection's resourceVersion has moved past, so a quiet collection gets none.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/fake_api.rs"]
 mod fake_api;
 

@@ -2,6 +2,8 @@
 //! and the last good one kept), modes and exemptions changing answers, and the Events a
 //! refusal leaves in the cluster, posted through the `kube` client to the fake API.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/fake_api.rs"]
 mod fake_api;
 

@@ -1,6 +1,8 @@
 //! The incident's cases over real HTTPS, as the API server sends them, asserting the
 //! exact AdmissionReview answer each one gets.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use nodeguard::demo::LocalWebhook;
 use nodeguard::demo::scenarios::{self, HealthyCluster, Scenario};
 use nodeguard::policy::Config;

@@ -4,6 +4,8 @@
 //! reviews on it until the server answers `Connection: close`, and nothing a client
 //! sent may go unanswered.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/fake_api.rs"]
 mod fake_api;
 #[path = "support/tls.rs"]

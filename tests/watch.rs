@@ -2,6 +2,8 @@
 //! the API server, answering the watchers' list and watch requests with real-format
 //! Nodes and CSRs, and checks what reaches the inventory and readiness.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io;
 use std::net::IpAddr;
 use std::time::Duration;

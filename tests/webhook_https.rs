@@ -3,6 +3,8 @@
 //! `nodeguard.nodeguard.svc`, verified against the CA), with reviews shaped like the
 //! API server's wrapping objects shaped like a kubelet's.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/tls.rs"]
 mod tls;
 

@@ -9,6 +9,8 @@
 //! guard would have let be stored: every write of the original follows, none of the
 //! copy's does.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 
 use nodeguard_core::identity::pod::PodRuntime;
