@@ -10,7 +10,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use nodeguard::demo::kubelet::{self, Machine, Write};
+use nodeguard::cmd::demo::kubelet::{self, Machine, Write};
 use nodeguard::identity::{KeyBinding, KeyFingerprint, KubeletSigner, NodeClaim, NodeDoc};
 use nodeguard::inventory::Inventory;
 use nodeguard::ledger::{Evidence, KeyObservation, NodeIdentity, NodeObservation};

@@ -30,14 +30,15 @@ use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
-use nodeguard::admin::metrics::Metrics;
-use nodeguard::certs::generate_dev_pki;
-use nodeguard::demo::SERVICE_DNS_NAME;
-use nodeguard::demo::kubelet::{self, Machine, Write};
-use nodeguard::demo::scenarios::inventory_of;
+use nodeguard::cmd::demo::SERVICE_DNS_NAME;
+use nodeguard::cmd::demo::kubelet::{self, Machine, Write};
+use nodeguard::cmd::demo::scenarios::inventory_of;
 use nodeguard::inventory::SharedInventory;
+use nodeguard::metrics::Metrics;
+use nodeguard::plumbing::dev_pki::generate_dev_pki;
+use nodeguard::plumbing::https::serve_tls;
 use nodeguard::webhook::client::AdmissionClient;
-use nodeguard::webhook::{AppState, MAX_BODY_BYTES, router, serve_tls};
+use nodeguard::webhook::{AppState, MAX_BODY_BYTES, router};
 
 const PATH: &str = "/validate/nodes";
 const INVENTORY_NODES: u32 = 5_000;
@@ -291,11 +292,11 @@ fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let state = AppState {
         inventory,
-        config: nodeguard::webhook::SharedConfig::default(),
+        config: nodeguard::config::SharedConfig::default(),
         events: None,
         readiness: None,
         refusals: None,
-        metrics: Arc::clone(&metrics),
+        metrics: metrics.admission.clone(),
     };
 
     let newcomer = Machine::numbered(0x00ff_ffff);

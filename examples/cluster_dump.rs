@@ -27,7 +27,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use jiff::{SignedDuration, Timestamp};
-use nodeguard::demo::kubelet::{self, Machine, Requester};
+use nodeguard::cmd::demo::kubelet::{self, Machine, Requester};
 use nodeguard::identity::csr::CsrDoc;
 use nodeguard::identity::node::NodeDoc;
 use nodeguard::identity::{KeyBinding, NodeClaim};

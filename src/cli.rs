@@ -5,7 +5,8 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::serve::{self, KubeArgs, ServeArgs};
+use crate::cmd::config::ConfigCommand;
+use crate::cmd::{audit, certs, demo, forget, serve};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,53 +24,23 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook, the cluster watchers and the admin server.
-    Serve(Box<ServeArgs>),
+    Serve(Box<serve::ServeArgs>),
     /// Report what the webhook would say about a cluster as it is: collisions between
     /// nodes, how unique each identity field is, ledger conflicts, and each node's verdict
     /// at its next restart. Exit code 0: nothing found, 1: findings, 2: error.
-    Audit(Box<crate::audit::AuditArgs>),
+    Audit(Box<audit::AuditArgs>),
     /// Replay the clone scenarios against a local server.
     Demo,
     /// Check a configuration file without running anything.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Write a development CA and serving certificate for `serve`.
-    Certs(CertsArgs),
+    Certs(certs::CertsArgs),
     /// Clear a node's two-kubelets conflict and the machines refused for its name, once
     /// the copy has its own identity.
-    Forget(ForgetArgs),
+    Forget(forget::ForgetArgs),
     /// Print the NodeIdentity CustomResourceDefinition (YAML), as deploy/ ships it.
     Crd,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
-    /// Parse FILE as `serve --config` would and print what would be in force; exit code
-    /// 1 if it is refused.
-    Check {
-        /// The YAML configuration file.
-        file: std::path::PathBuf,
-    },
-}
-
-/// Which node's conflict and refused machines to clear, in which cluster.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ForgetArgs {
-    /// The node name (the NodeIdentity's name).
-    pub node: String,
-    #[command(flatten)]
-    pub kube: KubeArgs,
-}
-
-/// Where `nodeguard certs` writes, and for which names.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CertsArgs {
-    /// Directory for ca.crt, tls.crt and tls.key.
-    #[arg(long, default_value = "certs")]
-    pub out: std::path::PathBuf,
-    /// DNS name of the serving certificate; repeatable. Defaults to the Service's names.
-    #[arg(long = "dns-name", value_name = "NAME")]
-    pub dns_names: Vec<String>,
 }
 
 impl Cli {
@@ -92,57 +63,16 @@ impl Cli {
     /// Runs the command; `Ok` carries its exit code.
     pub async fn run(self) -> anyhow::Result<u8> {
         match self.command {
-            Command::Audit(args) => crate::audit::run(*args).await,
-            Command::Config(ConfigCommand::Check { file }) => Ok(check_config(&file)),
+            Command::Audit(args) => audit::run(*args).await,
+            Command::Config(command) => Ok(command.run()),
             Command::Serve(args) => serve::run(*args).await.map(|()| 0),
-            Command::Demo => crate::demo::run().await.map(|()| 0),
-            Command::Certs(args) => {
-                let names: Vec<&str> = if args.dns_names.is_empty() {
-                    crate::certs::DEV_DNS_NAMES.to_vec()
-                } else {
-                    args.dns_names.iter().map(String::as_str).collect()
-                };
-                for path in crate::certs::write_dev_pki(&args.out, &names)? {
-                    println!("wrote {}", path.display());
-                }
-                Ok(0)
-            }
-            Command::Forget(args) => {
-                let client = args.kube.client().await?;
-                let api = kube::Api::all(client);
-                let outcome = crate::ledger::forget::forget(&api, &args.node)
-                    .await
-                    .map_err(|error| {
-                        anyhow::anyhow!("cannot update NodeIdentity {}: {error}", args.node)
-                    })?;
-                println!("{}", outcome.describe(&args.node));
-                Ok(0)
-            }
+            Command::Demo => demo::run().await.map(|()| 0),
+            Command::Certs(args) => certs::run(&args),
+            Command::Forget(args) => forget::run(&args).await,
             Command::Crd => {
                 print!("{}", crate::record::crd_yaml()?);
                 Ok(0)
             }
-        }
-    }
-}
-
-/// `nodeguard config check FILE`: 0 and what is in force, or 1 and why not.
-fn check_config(file: &std::path::Path) -> u8 {
-    let source = crate::webhook::settings::ConfigSource {
-        file: Some(file.to_path_buf()),
-        ..Default::default()
-    };
-    match source.load() {
-        Ok(loaded) => {
-            println!("{}: valid (sha256 {})", file.display(), loaded.sha256);
-            for line in loaded.config.summary() {
-                println!("  {line}");
-            }
-            0
-        }
-        Err(error) => {
-            println!("{}: refused: {error:#}", file.display());
-            1
         }
     }
 }
@@ -213,7 +143,7 @@ mod tests {
         assert_eq!(args.admin.admin_listen.to_string(), "[::]:8080");
         assert_eq!(args.webhook.tls_cert, PathBuf::from("/tls/tls.crt"));
         assert_eq!(args.kube.kubeconfig, None);
-        assert_eq!(args.policy.checks, vec!["hostname=warn", "provider-id=off"]);
+        assert_eq!(args.config.checks, vec!["hostname=warn", "provider-id=off"]);
     }
 
     #[test]

@@ -1,21 +1,27 @@
 //! nodeguard: a validating admission webhook that keeps node identity unique.
 //!
-//! The pure core (`identity`, `policy`, `inventory`) is its own crate, `nodeguard-core`,
-//! re-exported here; this crate is the I/O shell around it. Its modules form layers,
-//! each using only those listed before it: `record` (the NodeIdentity resource),
-//! `watch`, `admin`, `webhook`, `certs`, `supervise`, `ledger`, then `serve`, `audit`,
-//! `demo` and `cli`.
+//! The pure core (`identity`, `inventory`, `ledger`'s records, `policy`) is its own crate,
+//! `nodeguard-core`, re-exported here; this crate is the I/O shell around it, in layers,
+//! each using only those listed before it:
+//!
+//! - `plumbing`: what knows nothing of nodeguard (HTTPS serving, TLS and its reload,
+//!   watching files, the admin server, the metrics registry, a Lease election,
+//!   supervision, signals, reaching the API server);
+//! - one adapter per cluster concern: `record` (the NodeIdentity resource), `watch` (the
+//!   watchers feeding the inventory), `events` (Events), `config` (the configuration in
+//!   force), `ledger` (writing the records), `webhook` (AdmissionReview over HTTP);
+//! - `metrics`: every part's families in one registry;
+//! - `cmd`: each subcommand with its flags and its run, and `cli` the command line.
 
 pub use nodeguard_core::{identity, inventory, policy};
 
-pub mod admin;
-pub mod audit;
-pub mod certs;
 pub mod cli;
-pub mod demo;
+pub mod cmd;
+pub mod config;
+pub mod events;
 pub mod ledger;
+pub mod metrics;
+pub mod plumbing;
 pub mod record;
-pub mod serve;
-pub mod supervise;
 pub mod watch;
 pub mod webhook;

@@ -11,12 +11,13 @@ use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use nodeguard::admin::{self, AdminState, Metrics};
-use nodeguard::certs::{DEV_DNS_NAMES, DEV_SERVER_NAME, generate_dev_pki};
-use nodeguard::demo::kubelet::{self, Machine, Write};
+use nodeguard::cmd::demo::kubelet::{self, Machine, Write};
 use nodeguard::identity::NodeClaim;
 use nodeguard::identity::node::NodeDoc;
 use nodeguard::inventory::{Inventory, SharedInventory};
+use nodeguard::metrics::Metrics;
+use nodeguard::plumbing::admin;
+use nodeguard::plumbing::dev_pki::{DEV_DNS_NAMES, DEV_SERVER_NAME, generate_dev_pki};
 use nodeguard::watch::Readiness;
 use nodeguard::webhook::{self, AdmissionClient, AppState};
 use serde_json::Value;
@@ -105,11 +106,7 @@ async fn start() -> Servers {
     let admin_addr = admin_listener.local_addr().unwrap();
     let (admin_stop, admin_stopped) = oneshot::channel::<()>();
     stop.push(admin_stop);
-    let admin_router = admin::router(AdminState {
-        inventory: inventory.clone(),
-        readiness: readiness.clone(),
-        metrics: Arc::clone(&metrics),
-    });
+    let admin_router = admin::router(metrics.admin_state(inventory.clone(), readiness.clone()));
     tokio::spawn(admin::serve(admin_listener, admin_router, async move {
         let _ = admin_stopped.await;
     }));
@@ -122,13 +119,13 @@ async fn start() -> Servers {
     stop.push(webhook_stop);
     let webhook_router = webhook::router(AppState {
         inventory: inventory.clone(),
-        config: nodeguard::webhook::SharedConfig::default(),
+        config: nodeguard::config::SharedConfig::default(),
         events: None,
         readiness: None,
         refusals: None,
-        metrics,
+        metrics: metrics.admission.clone(),
     });
-    tokio::spawn(webhook::serve_tls(
+    tokio::spawn(nodeguard::plumbing::https::serve_tls(
         webhook_listener,
         tls,
         webhook_router,

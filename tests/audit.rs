@@ -10,12 +10,13 @@ use std::path::Path;
 use std::process::Command;
 
 use http_body_util::BodyExt;
-use nodeguard::audit::{self, load::Cluster};
-use nodeguard::demo::kubelet::{self, Write};
+use nodeguard::cmd::audit::{self, load::Cluster};
+use nodeguard::cmd::demo::kubelet::{self, Write};
+use nodeguard::config::SharedConfig;
 use nodeguard::inventory::SharedInventory;
 use nodeguard::policy::audit::Uniqueness;
 use nodeguard::policy::{CheckId, CollisionKind, Config, Effect, Outcome};
-use nodeguard::webhook::{self, AppState, SharedConfig};
+use nodeguard::webhook::{self, AppState};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -386,7 +387,7 @@ async fn webhook_answer(cluster: Cluster, node: &Value) -> Value {
     let router = webhook::router(AppState {
         inventory: SharedInventory::new(cluster.inventory),
         config: SharedConfig::default(),
-        metrics: std::sync::Arc::new(nodeguard::admin::Metrics::new()),
+        metrics: nodeguard::metrics::Metrics::new().admission,
         events: None,
         readiness: None,
         refusals: None,

@@ -8,17 +8,17 @@
 #[path = "support/tls.rs"]
 mod tls;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use http::{Method, StatusCode};
-use nodeguard::admin::Metrics;
-use nodeguard::certs::{DEV_DNS_NAMES, generate_dev_pki};
-use nodeguard::demo::kubelet::{self, Machine, Requester, Write};
-use nodeguard::demo::scenarios::inventory_of;
+use nodeguard::cmd::demo::kubelet::{self, Machine, Requester, Write};
+use nodeguard::cmd::demo::scenarios::inventory_of;
+use nodeguard::config::SharedConfig;
 use nodeguard::inventory::SharedInventory;
-use nodeguard::webhook::{self, AdmissionClient, AppState, BodyBudget, SharedConfig};
+use nodeguard::metrics::Metrics;
+use nodeguard::plumbing::dev_pki::{DEV_DNS_NAMES, generate_dev_pki};
+use nodeguard::webhook::{self, AdmissionClient, AppState, BodyBudget};
 use serde_json::{Value, json};
 
 /// What a case must get back.
@@ -599,7 +599,7 @@ async fn every_kind_of_bad_input_gets_a_clear_answer_and_the_server_keeps_servin
         AppState {
             inventory: SharedInventory::new(inventory_of(&[worker(1), worker(2)])),
             config: SharedConfig::default(),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Metrics::new().admission,
             events: None,
             readiness: None,
             refusals: None,
@@ -607,9 +607,14 @@ async fn every_kind_of_bad_input_gets_a_clear_answer_and_the_server_keeps_servin
         BodyBudget::new(4 * MAX_BODY, MAX_BODY),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(webhook::serve_tls(listener, tls, router, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(nodeguard::plumbing::https::serve_tls(
+        listener,
+        tls,
+        router,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let client = AdmissionClient::new(address, pki.ca_pem.as_bytes(), DEV_DNS_NAMES[0]).unwrap();
 
     let cases = cases();
@@ -697,15 +702,20 @@ async fn a_slow_client_is_cut_off_and_never_holds_up_the_others() {
     let router = webhook::router(AppState {
         inventory: SharedInventory::new(inventory_of(&[worker(1)])),
         config: SharedConfig::default(),
-        metrics: Arc::new(Metrics::new()),
+        metrics: Metrics::new().admission,
         events: None,
         readiness: None,
         refusals: None,
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(webhook::serve_tls(listener, tls, router, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(nodeguard::plumbing::https::serve_tls(
+        listener,
+        tls,
+        router,
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let connector = tls::connector(pki.ca_pem.as_bytes());
     let tcp = tokio::net::TcpStream::connect(address).await.unwrap();

@@ -17,11 +17,11 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use nodeguard::admin::Metrics;
-use nodeguard::certs::{DEV_DNS_NAMES, DEV_SERVER_NAME, generate_dev_pki};
-use nodeguard::demo::kubelet::{self, Machine, Write};
+use nodeguard::cmd::demo::kubelet::{self, Machine, Write};
 use nodeguard::inventory::SharedInventory;
-use nodeguard::webhook::reload::CertificateReloader;
+use nodeguard::metrics::Metrics;
+use nodeguard::plumbing::certificate_reload::CertificateReloader;
+use nodeguard::plumbing::dev_pki::{DEV_DNS_NAMES, DEV_SERVER_NAME, generate_dev_pki};
 use nodeguard::webhook::{self, AdmissionClient, AppState};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -227,13 +227,13 @@ impl Server {
     ) -> Self {
         let (cert_path, key_path) = (volume.cert_path(), volume.key_path());
         let (tls, certificate) =
-            webhook::tls::server_config_from_files(&cert_path, &key_path).unwrap();
+            nodeguard::plumbing::tls::server_config_from_files(&cert_path, &key_path).unwrap();
         let metrics = Arc::new(Metrics::new());
         let reloader = configure(CertificateReloader::new(
             cert_path,
             key_path,
             Arc::clone(&certificate),
-            Arc::clone(&metrics),
+            metrics.certificate.clone(),
         ));
         let reloader = tokio::spawn(reloader.run());
         // The reloader sets the gauge once its watch is in place.
@@ -248,16 +248,21 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let router = webhook::router(AppState {
             inventory: SharedInventory::default(),
-            config: nodeguard::webhook::SharedConfig::default(),
+            config: nodeguard::config::SharedConfig::default(),
             events: None,
             readiness: None,
             refusals: None,
-            metrics: Arc::clone(&metrics),
+            metrics: metrics.admission.clone(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(webhook::serve_tls(listener, tls, router, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(nodeguard::plumbing::https::serve_tls(
+            listener,
+            tls,
+            router,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             addr,
             ca_pem: ca.pem.clone(),
@@ -278,12 +283,13 @@ impl Server {
         for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
         }
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(webhook::tls::crypto_provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let mut config = rustls::ClientConfig::builder_with_provider(
+            nodeguard::plumbing::tls::crypto_provider(),
+        )
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tcp = TcpStream::connect(self.addr).await.unwrap();
         TlsConnector::from(Arc::new(config))

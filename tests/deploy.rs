@@ -336,7 +336,7 @@ fn the_deployment_stays_available_and_drains_before_it_stops() {
         .trim_end_matches('s')
         .parse()
         .unwrap();
-    let drain = nodeguard::webhook::server::DRAIN_TIMEOUT.as_secs();
+    let drain = nodeguard::plumbing::https::DRAIN_TIMEOUT.as_secs();
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
     assert!(
         grace > pre_stop + delay + drain,
@@ -373,7 +373,7 @@ fn the_cert_manager_overlay_issues_an_ecdsa_certificate_for_the_service_from_its
     assert_eq!(spec["secretName"], "nodeguard-tls");
     assert_eq!(
         spec["dnsNames"],
-        serde_json::json!(nodeguard::certs::DEV_DNS_NAMES)
+        serde_json::json!(nodeguard::plumbing::dev_pki::DEV_DNS_NAMES)
     );
     assert_eq!(spec["privateKey"]["algorithm"], "ECDSA");
     assert_eq!(spec["privateKey"]["size"], 256);
@@ -503,24 +503,26 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 /// `_bucket`, `_sum`, `_count`).
 fn exported_series() -> BTreeSet<String> {
     use nodeguard::policy::{CheckId, Config, Finding, Operation, Verdict};
-    let metrics = nodeguard::admin::Metrics::new();
+    let metrics = nodeguard::metrics::Metrics::new();
     // A family appears once it has a series: make one in each.
     let verdict = Verdict::from_findings(
         [Finding::deny(CheckId::MachineId, "m".into(), "w".into())],
         &Config::default(),
     );
     let webhook = nodeguard::webhook::Webhook::Nodes;
-    metrics.observe_verdict(
+    metrics.admission.observe_verdict(
         webhook,
         Operation::Create,
         &verdict,
         std::time::Duration::ZERO,
     );
-    metrics.observe_conflict_recorded("two-kubelets");
-    metrics.observe_ledger_write("written");
-    metrics.observe_event("NodeIdentityCollision", "posted");
-    metrics.set_audit_findings([("machine-id".to_string(), "clone", 1)]);
-    metrics.set_config_in_force("", "enforce");
+    metrics.ledger.observe_conflict_recorded("two-kubelets");
+    metrics.ledger.observe_write("written");
+    metrics.events.observe("NodeIdentityCollision", "posted");
+    metrics
+        .ledger
+        .set_audit_findings([("machine-id".to_string(), "clone", 1)]);
+    metrics.config.set_in_force("", "enforce");
     let text = metrics.encode().unwrap();
     let mut names = BTreeSet::new();
     for line in text.lines() {

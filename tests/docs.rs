@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::CommandFactory;
-use nodeguard::admin::metrics::{Metrics, Webhook};
 use nodeguard::cli::Cli;
+use nodeguard::metrics::Metrics;
 use nodeguard::policy::{CheckId, Config, Finding, Operation, Verdict};
 use nodeguard::watch::freshness::{View, ViewStatus};
+use nodeguard::webhook::Webhook;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -46,20 +47,22 @@ fn metric_families() -> Vec<(String, String, String)> {
         [Finding::warn(CheckId::MachineId, "shared".into())],
         &Config::default(),
     );
-    metrics.observe_verdict(Webhook::Nodes, Operation::Create, &verdict, Duration::ZERO);
-    metrics.set_views(&[ViewStatus {
+    metrics
+        .admission
+        .observe_verdict(Webhook::Nodes, Operation::Create, &verdict, Duration::ZERO);
+    metrics.inventory.set_views(&[ViewStatus {
         view: View::Nodes,
         age: None,
         errors: 0,
     }]);
-    metrics.observe_task_restart("watch");
-    metrics.observe_config_reload("loaded");
-    metrics.set_config_in_force("", "enforce");
-    metrics.observe_event("NodeIdentityCollision", "posted");
-    metrics.set_audit_findings([("machine-id".to_string(), "clone", 1)]);
-    metrics.observe_conflict_recorded("two-kubelets");
-    metrics.observe_ledger_write("written");
-    metrics.observe_serving_certificate_reload("loaded");
+    metrics.tasks.observe_restart("watch");
+    metrics.config.set_in_force("", "enforce");
+    metrics.events.observe("NodeIdentityCollision", "posted");
+    metrics
+        .ledger
+        .set_audit_findings([("machine-id".to_string(), "clone", 1)]);
+    metrics.ledger.observe_conflict_recorded("two-kubelets");
+    metrics.ledger.observe_write("written");
     let text = metrics.encode().unwrap();
     let mut families = Vec::new();
     let mut help = std::collections::BTreeMap::new();

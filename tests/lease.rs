@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use fake_api::FakeApi;
-use nodeguard::ledger::lease::{Leadership, LeaseConfig, leadership_channel, run_election};
+use nodeguard::plumbing::lease::{Leadership, LeaseConfig, leadership_channel, run_election};
 
 /// Guards against hangs only.
 const GUARD: Duration = Duration::from_secs(10);

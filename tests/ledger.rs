@@ -14,19 +14,19 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use fake_api::FakeApi;
-use nodeguard::admin::Metrics;
-use nodeguard::demo::LocalWebhook;
-use nodeguard::demo::kubelet::{self, Machine, Requester, Write};
-use nodeguard::demo::scenarios::Endpoint;
+use nodeguard::cmd::demo::LocalWebhook;
+use nodeguard::cmd::demo::kubelet::{self, Machine, Requester, Write};
+use nodeguard::cmd::forget::{Forgotten, forget};
 use nodeguard::identity::KeyFingerprint;
 use nodeguard::inventory::{LedgerEntry, SharedInventory};
-use nodeguard::ledger::forget::{Forgotten, forget};
-use nodeguard::ledger::lease::Leadership;
 use nodeguard::ledger::recorder::Recorder;
 use nodeguard::ledger::{KeyObservation, NodeIdentity};
+use nodeguard::metrics::Metrics;
+use nodeguard::plumbing::lease::Leadership;
 use nodeguard::policy::Config;
 use nodeguard::watch::observations::{self, Observation};
 use nodeguard::watch::{self, Readiness};
+use nodeguard::webhook::Webhook as Endpoint;
 
 /// Guards against hangs only; nothing here measures time.
 const GUARD: Duration = Duration::from_secs(10);
@@ -50,7 +50,8 @@ struct Replica {
 impl Replica {
     async fn start(api: &FakeApi, leadership: Leadership) -> Self {
         // The machines its webhook refuses for a name, written as `serve` writes them.
-        let (refusals, refused) = nodeguard::ledger::refusals::queue();
+        let (refusals, refused) =
+            nodeguard::ledger::refusals::queue(nodeguard::ledger::LedgerMetrics::default());
         let webhook = LocalWebhook::start_recording(Config::default(), Some(refusals))
             .await
             .unwrap();
@@ -58,7 +59,7 @@ impl Replica {
         let writer = nodeguard::ledger::refusals::RefusalWriter::new(
             api.client(),
             inventory.clone(),
-            Arc::clone(&webhook.metrics),
+            webhook.metrics.ledger.clone(),
         );
         let writing = tokio::spawn(writer.run(refused));
         let readiness = Readiness::new();
@@ -73,7 +74,8 @@ impl Replica {
         let recorder = Recorder::new(
             api.client(),
             inventory,
-            Arc::clone(&webhook.metrics),
+            webhook.metrics.ledger.clone(),
+            webhook.metrics.events.clone(),
             "nodeguard-0",
         )
         .after_sync(readiness.clone());
@@ -581,7 +583,8 @@ fn recorder_on(api: &FakeApi, metrics: &Arc<Metrics>) -> Recorder {
     Recorder::new(
         api.client(),
         SharedInventory::default(),
-        Arc::clone(metrics),
+        metrics.ledger.clone(),
+        metrics.events.clone(),
         "nodeguard-x",
     )
 }
@@ -676,7 +679,7 @@ async fn a_failed_write_is_left_for_the_next_resync_not_lost() {
 fn conflicted(api: &FakeApi) {
     let worker1 = Machine::new("worker-1", 0x11, "10.0.0.11");
     let copy = worker1.rebooted(BOOT_B);
-    let record = nodeguard::demo::scenarios::ledger_after(&[&worker1, &copy, &worker1]);
+    let record = nodeguard::cmd::demo::scenarios::ledger_after(&[&worker1, &copy, &worker1]);
     api.insert(LEDGER, serde_json::to_value(record).unwrap());
 }
 
@@ -788,7 +791,13 @@ async fn a_new_leader_resyncing_from_a_lagging_watch_records_no_conflict() {
         inv.apply_node_as_written(nodeguard::identity::NodeClaim::from_doc(&doc).unwrap());
         inv.apply_identity(stored_identity(&api, "worker-1").unwrap().entry().unwrap());
     });
-    let mut new_leader = Recorder::new(api.client(), inventory, metrics, "nodeguard-1");
+    let mut new_leader = Recorder::new(
+        api.client(),
+        inventory,
+        metrics.ledger.clone(),
+        metrics.events.clone(),
+        "nodeguard-1",
+    );
     new_leader.resync().await;
     let record = stored_identity(&api, "worker-1").unwrap();
     assert!(record.conflict().is_none(), "{:?}", record.status);
@@ -888,7 +897,13 @@ async fn records_no_node_claimed_within_an_hour_are_removed_and_no_others() {
         record["spec"]["machineID"] = json!("0123456789abcdef0123456789abcdef");
     });
     let metrics = Arc::new(Metrics::new());
-    let mut recorder = Recorder::new(api.client(), inventory.clone(), Arc::clone(&metrics), "n-0");
+    let mut recorder = Recorder::new(
+        api.client(),
+        inventory.clone(),
+        metrics.ledger.clone(),
+        metrics.events.clone(),
+        "n-0",
+    );
     recorder.resync().await;
 
     assert!(stored_identity(&api, "never-joined").is_none());
@@ -918,21 +933,22 @@ fn leader_with_a_resync_to_do(
     api: &FakeApi,
     nodes: u8,
 ) -> (
-    nodeguard::ledger::lease::LeaderSender,
+    nodeguard::plumbing::lease::LeaderSender,
     nodeguard::watch::observations::Observations,
     JoinHandle<()>,
 ) {
     let machines: Vec<Machine> = (0..nodes)
         .map(|i| Machine::new(&format!("node-{i:03}"), i, &format!("10.1.0.{i}")))
         .collect();
-    let inventory = SharedInventory::new(nodeguard::demo::scenarios::inventory_of(&machines));
+    let inventory = SharedInventory::new(nodeguard::cmd::demo::scenarios::inventory_of(&machines));
     let recorder = Recorder::new(
         api.client(),
         inventory,
-        Arc::new(Metrics::new()),
+        Metrics::new().ledger,
+        Metrics::new().events,
         "nodeguard-0",
     );
-    let (leading, leadership) = nodeguard::ledger::lease::leadership_channel();
+    let (leading, leadership) = nodeguard::plumbing::lease::leadership_channel();
     let (sender, observed) = observations::observations();
     let task = tokio::spawn(recorder.run(observed, leadership));
     (leading, sender, task)

@@ -10,15 +10,15 @@
 #[path = "support/fake_api.rs"]
 mod fake_api;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use nodeguard::admin::Metrics;
-use nodeguard::demo::kubelet::{self, Machine, Write};
+use nodeguard::cmd::demo::kubelet::{self, Machine, Write};
+use nodeguard::config::SharedConfig;
 use nodeguard::inventory::SharedInventory;
+use nodeguard::metrics::Metrics;
 use nodeguard::watch::{self, Readiness, Views};
-use nodeguard::webhook::{self, AppState, SharedConfig};
+use nodeguard::webhook::{self, AppState};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -47,7 +47,7 @@ fn start(api: &fake_api::FakeApi) -> Replica {
     let router = webhook::router(AppState {
         inventory: inventory.clone(),
         config: SharedConfig::default(),
-        metrics: Arc::new(Metrics::new()),
+        metrics: Metrics::new().admission,
         events: None,
         readiness: Some(readiness.clone()),
         refusals: None,
@@ -239,7 +239,9 @@ async fn a_list_that_fails_several_times_is_not_ready_until_it_succeeds() {
     let replica = start(&api);
     until("a failed list counted", || {
         let views = replica.readiness.views().unwrap();
-        metrics.set_views(&views.status(std::time::Instant::now()));
+        metrics
+            .inventory
+            .set_views(&views.status(std::time::Instant::now()));
         metrics.encode().unwrap().lines().any(|l| {
             l.starts_with("nodeguard_inventory_view_errors{view=\"nodes\"}") && !l.ends_with(" 0")
         })

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use nodeguard::admin::Metrics;
-use nodeguard::admin::events::{EventPoster, EventQueue};
-use nodeguard::demo::kubelet::{self, Machine, Write};
-use nodeguard::demo::scenarios::inventory_of;
+use nodeguard::cmd::demo::kubelet::{self, Machine, Write};
+use nodeguard::cmd::demo::scenarios::inventory_of;
+use nodeguard::config::SharedConfig;
+use nodeguard::config::{ConfigReloader, ConfigSource, ReloadOutcome};
+use nodeguard::events::{EventPoster, EventQueue};
 use nodeguard::inventory::SharedInventory;
-use nodeguard::webhook::settings::{ConfigReloader, ConfigSource, ReloadOutcome};
-use nodeguard::webhook::{self, AppState, SharedConfig};
+use nodeguard::metrics::Metrics;
+use nodeguard::webhook::{self, AppState};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -86,12 +87,12 @@ async fn a_reloaded_file_changes_answers_without_a_restart_and_a_bad_one_is_refu
     let loaded = source.load().unwrap();
     let config = SharedConfig::new(loaded.config.clone());
     let metrics = Arc::new(Metrics::new());
-    let mut reloader = ConfigReloader::new(source, &loaded, config.clone(), Arc::clone(&metrics));
+    let mut reloader = ConfigReloader::new(source, &loaded, config.clone(), metrics.config.clone());
     let (original, inventory) = cluster();
     let router = webhook::router(AppState {
         inventory,
         config: config.clone(),
-        metrics: Arc::clone(&metrics),
+        metrics: metrics.admission.clone(),
         events: None,
         readiness: None,
         refusals: None,
@@ -189,7 +190,7 @@ async fn the_reloader_task_picks_up_a_configmap_style_swap() {
     let config = SharedConfig::new(loaded.config.clone());
     let metrics = Arc::new(Metrics::new());
     let task = tokio::spawn(
-        ConfigReloader::new(source, &loaded, config.clone(), metrics)
+        ConfigReloader::new(source, &loaded, config.clone(), metrics.config.clone())
             .recheck_every(Duration::from_secs(3600))
             .run(),
     );
@@ -216,8 +217,8 @@ fn with_events(
     api: &fake_api::FakeApi,
 ) -> (axum::Router, Arc<Metrics>, tokio::task::JoinHandle<()>) {
     let metrics = Arc::new(Metrics::new());
-    let (queue, notices) = EventQueue::new(Arc::clone(&metrics));
-    let poster = EventPoster::new(api.client(), "nodeguard-0", Arc::clone(&metrics));
+    let (queue, notices) = EventQueue::new(metrics.events.clone());
+    let poster = EventPoster::new(api.client(), "nodeguard-0", metrics.events.clone());
     let posting = tokio::spawn(poster.run(notices));
     (posting_to(queue, &metrics), metrics, posting)
 }
@@ -228,7 +229,7 @@ fn posting_to(queue: EventQueue, metrics: &Arc<Metrics>) -> axum::Router {
     webhook::router(AppState {
         inventory,
         config: SharedConfig::default(),
-        metrics: Arc::clone(metrics),
+        metrics: metrics.admission.clone(),
         events: Some(queue),
         readiness: None,
         refusals: None,
@@ -327,7 +328,7 @@ async fn a_dry_run_posts_nothing() {
 async fn a_full_queue_drops_and_counts_rather_than_waits() {
     let metrics = Arc::new(Metrics::new());
     // Nobody receives: the queue fills at once.
-    let (queue, _notices) = EventQueue::with_capacity(Arc::clone(&metrics), 1);
+    let (queue, _notices) = EventQueue::with_capacity(metrics.events.clone(), 1);
     let (original, _) = cluster();
     let router = posting_to(queue, &metrics);
     for attempt in 0..3 {
@@ -354,13 +355,15 @@ async fn a_full_queue_drops_and_counts_rather_than_waits() {
 async fn the_leaders_audit_counts_findings_and_posts_each_on_its_nodes_once() {
     let api = fake_api::FakeApi::new();
     let cluster =
-        nodeguard::audit::read_dump(std::path::Path::new("examples/cluster-dump.json")).unwrap();
+        nodeguard::cmd::audit::read_dump(std::path::Path::new("examples/cluster-dump.json"))
+            .unwrap();
     let inventory = SharedInventory::new(cluster.inventory);
     let metrics = Arc::new(Metrics::new());
     let mut recorder = nodeguard::ledger::recorder::Recorder::new(
         api.client(),
         inventory,
-        Arc::clone(&metrics),
+        metrics.ledger.clone(),
+        metrics.events.clone(),
         "nodeguard-0",
     )
     .auditing(SharedConfig::default());
@@ -483,7 +486,7 @@ async fn the_leaders_audit_leaves_out_nodes_exempt_by_label() {
             api.insert("/api/v1/nodes", item.clone());
         }
     }
-    let mut cluster = nodeguard::audit::load::Cluster::default();
+    let mut cluster = nodeguard::cmd::audit::load::Cluster::default();
     cluster.add_list(list.to_string().as_bytes()).unwrap();
     let config = SharedConfig::new(
         nodeguard::policy::Config::from_yaml(
@@ -495,7 +498,8 @@ async fn the_leaders_audit_leaves_out_nodes_exempt_by_label() {
     let mut recorder = nodeguard::ledger::recorder::Recorder::new(
         api.client(),
         SharedInventory::new(cluster.inventory),
-        Arc::clone(&metrics),
+        metrics.ledger.clone(),
+        metrics.events.clone(),
         "nodeguard-0",
     )
     .auditing(config);
@@ -535,10 +539,10 @@ async fn the_leaders_audit_leaves_out_nodes_exempt_by_label() {
 // Paused: the buckets refill with tokio's clock, which stands still here.
 #[tokio::test(start_paused = true)]
 async fn distinct_events_are_limited_per_object_and_overall() {
-    use nodeguard::admin::events::{self, Notice};
+    use nodeguard::events::{self, Notice};
     let api = fake_api::FakeApi::new();
     let metrics = Arc::new(Metrics::new());
-    let mut poster = EventPoster::new(api.client(), "nodeguard-0", Arc::clone(&metrics));
+    let mut poster = EventPoster::new(api.client(), "nodeguard-0", metrics.events.clone());
     let notice = |regarding, check: &'static str| Notice {
         regarding,
         related: None,

@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use nodeguard::demo::LocalWebhook;
-use nodeguard::demo::scenarios::{self, HealthyCluster, Scenario};
+use nodeguard::cmd::demo::LocalWebhook;
+use nodeguard::cmd::demo::scenarios::{self, HealthyCluster, Scenario};
 use nodeguard::policy::Config;
 use serde_json::{Value, json};
 

@@ -15,15 +15,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use nodeguard::admin::Metrics;
-use nodeguard::certs::{
-    DEV_DNS_NAMES, DEV_SERVER_NAME, DevPki, generate_dev_pki, generate_dev_pki_for_key,
-};
-use nodeguard::demo::kubelet::{self, Machine, Requester, Write};
+use nodeguard::cmd::demo::kubelet::{self, Machine, Requester, Write};
 use nodeguard::identity::csr::CsrDoc;
 use nodeguard::identity::node::NodeDoc;
 use nodeguard::identity::{KeyBinding, KeyFingerprint, NodeClaim};
 use nodeguard::inventory::{Inventory, SharedInventory};
+use nodeguard::metrics::Metrics;
+use nodeguard::plumbing::dev_pki::{
+    DEV_DNS_NAMES, DEV_SERVER_NAME, DevPki, generate_dev_pki, generate_dev_pki_for_key,
+};
 use nodeguard::webhook::{self, AdmissionClient, AppState, ClientOptions};
 use rcgen::{KeyPair, PublicKeyData};
 use rustls::ProtocolVersion;
@@ -136,7 +136,7 @@ impl TestServer {
         std::fs::write(&cert_path, &pki.cert_pem).unwrap();
         std::fs::write(&key_path, key_pem).unwrap();
         let (tls, _certificate) =
-            webhook::tls::server_config_from_files(&cert_path, &key_path).unwrap();
+            nodeguard::plumbing::tls::server_config_from_files(&cert_path, &key_path).unwrap();
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -144,11 +144,11 @@ impl TestServer {
         let seen = Arc::clone(&requests_seen);
         let router = webhook::router(AppState {
             inventory: SharedInventory::new(inventory),
-            config: nodeguard::webhook::SharedConfig::default(),
+            config: nodeguard::config::SharedConfig::default(),
             events: None,
             readiness: None,
             refusals: None,
-            metrics: Arc::new(Metrics::new()),
+            metrics: Metrics::new().admission,
         })
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
@@ -157,9 +157,14 @@ impl TestServer {
             },
         ));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(webhook::serve_tls(listener, tls, router, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(nodeguard::plumbing::https::serve_tls(
+            listener,
+            tls,
+            router,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             addr,
             ca_pem: pki.ca_pem.clone(),
@@ -674,7 +679,7 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot_instead_of_failing() 
         let server = TestServer::ecdsa(cluster().inventory).await;
         let opener = server.client();
         let mut idle = Vec::new();
-        for _ in 0..webhook::server::MAX_CONNECTIONS {
+        for _ in 0..nodeguard::plumbing::https::MAX_CONNECTIONS {
             idle.push(opener.open_idle().await.unwrap());
         }
         let client = server.client();

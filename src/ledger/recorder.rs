@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 
-use super::lease::Leadership;
-use crate::admin::events::{self, EventPoster, Notice};
-use crate::admin::metrics::Metrics;
+use super::LedgerMetrics;
+use crate::config::SharedConfig;
+use crate::events::{self, EventMetrics, EventPoster, Notice};
 use crate::inventory::SharedInventory;
+use crate::plumbing::lease::Leadership;
 use crate::policy::audit::{self, Audit, AuditInput};
 use crate::policy::sharing::{self, Judging};
 use crate::policy::{CollisionKind, Config};
@@ -24,7 +25,6 @@ use crate::record::{
 };
 use crate::watch::observations::{Observation, Observed};
 use crate::watch::{Readiness, WatchedNode};
-use crate::webhook::SharedConfig;
 
 /// Attempts of one read-modify-write before giving up until the next resync.
 const MAX_ATTEMPTS: usize = 5;
@@ -60,7 +60,7 @@ pub struct Recorder {
     nodes: Api<WatchedNode>,
     events: EventPoster,
     inventory: SharedInventory,
-    metrics: Arc<Metrics>,
+    metrics: LedgerMetrics,
     next_write: tokio::time::Instant,
     synced: Option<Readiness>,
     /// With a configuration, every resync ends with an audit of the inventory.
@@ -77,13 +77,14 @@ impl Recorder {
     pub fn new(
         client: kube::Client,
         inventory: SharedInventory,
-        metrics: Arc<Metrics>,
+        metrics: LedgerMetrics,
+        event_metrics: EventMetrics,
         instance: &str,
     ) -> Self {
         Self {
             api: Api::all(client.clone()),
             nodes: Api::all(client.clone()),
-            events: EventPoster::new(client, instance, Arc::clone(&metrics)),
+            events: EventPoster::new(client, instance, event_metrics),
             inventory,
             metrics,
             next_write: tokio::time::Instant::now(),
@@ -277,7 +278,7 @@ impl Recorder {
                     Notice {
                         regarding: reference(node),
                         related: others.first().map(|o| events::node_reference(o, None)),
-                        reason: crate::webhook::event_reason(collision.check),
+                        reason: events::reason_of(collision.check),
                         action: "Audited",
                         check: collision.check.as_str(),
                         note,
@@ -349,7 +350,7 @@ impl Recorder {
             };
             match self.api.delete(&name, &params).await {
                 Ok(_) => {
-                    self.metrics.observe_ledger_write("removed");
+                    self.metrics.observe_write("removed");
                     self.inventory.write(|inv| inv.delete_identity(&name));
                     tracing::info!(
                         node = %name,
@@ -417,7 +418,7 @@ impl Recorder {
             }
             match self.write(known.is_some(), &record).await {
                 Ok(written) => {
-                    self.metrics.observe_ledger_write("written");
+                    self.metrics.observe_write("written");
                     if let Some(entry) = written.entry() {
                         self.inventory.write(|inv| inv.apply_identity(entry));
                     }
@@ -430,7 +431,7 @@ impl Recorder {
                     return;
                 }
                 Err(WriteError::Stale) => {
-                    self.metrics.observe_ledger_write("conflict");
+                    self.metrics.observe_write("conflict");
                     tracing::debug!(node = %name, attempt, "NodeIdentity changed meanwhile; reading it again");
                     match self.api.get_opt(&name).await {
                         Ok(fresh) => known = fresh,
@@ -450,7 +451,7 @@ impl Recorder {
                 }
             }
         }
-        self.metrics.observe_ledger_write("failed");
+        self.metrics.observe_write("failed");
         tracing::warn!(node = %name, "NodeIdentity kept changing under each write; left for the next resync");
     }
 
@@ -511,7 +512,7 @@ impl Recorder {
     }
 
     fn failed(&self, name: &str, error: &kube::Error) {
-        self.metrics.observe_ledger_write("failed");
+        self.metrics.observe_write("failed");
         tracing::warn!(node = %name, %error, "could not write NodeIdentity; retried at the next resync");
     }
 

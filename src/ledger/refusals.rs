@@ -9,13 +9,12 @@
 //! [`REFUSAL_REFRESH`](nodeguard_core::ledger::REFUSAL_REFRESH).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use tokio::sync::mpsc;
 
-use crate::admin::Metrics;
+use super::LedgerMetrics;
 use crate::inventory::SharedInventory;
 use crate::record::{NodeIdentity, RefusalObservation};
 
@@ -26,25 +25,40 @@ pub const QUEUE_CAPACITY: usize = 256;
 const MAX_ATTEMPTS: usize = 5;
 
 /// A queue of [`QUEUE_CAPACITY`] refusals: the webhook's end and the writer's.
-pub fn queue() -> (
-    mpsc::Sender<RefusalObservation>,
-    mpsc::Receiver<RefusalObservation>,
-) {
-    mpsc::channel(QUEUE_CAPACITY)
+pub fn queue(metrics: LedgerMetrics) -> (RefusalSender, mpsc::Receiver<RefusalObservation>) {
+    let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+    (RefusalSender { sender, metrics }, receiver)
+}
+
+/// The webhook's end of the queue: never waits.
+#[derive(Debug, Clone)]
+pub struct RefusalSender {
+    sender: mpsc::Sender<RefusalObservation>,
+    metrics: LedgerMetrics,
+}
+
+impl RefusalSender {
+    /// Queues the refusal for writing, or drops and counts it (`dropped`) if the queue is
+    /// full or no writer runs.
+    pub fn offer(&self, refusal: RefusalObservation) {
+        if self.sender.try_send(refusal).is_err() {
+            self.metrics.observe_write("dropped");
+        }
+    }
 }
 
 /// Writes refused machines into the ledger.
 pub struct RefusalWriter {
     api: Api<NodeIdentity>,
     inventory: SharedInventory,
-    metrics: Arc<Metrics>,
+    metrics: LedgerMetrics,
     /// When each (node, machine) was last written by this replica: a retrying machine
     /// is queued every few seconds, before the written record comes back by the watch.
     written: HashMap<(String, String), Timestamp>,
 }
 
 impl RefusalWriter {
-    pub fn new(client: kube::Client, inventory: SharedInventory, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: kube::Client, inventory: SharedInventory, metrics: LedgerMetrics) -> Self {
         Self {
             api: Api::all(client),
             inventory,
@@ -113,7 +127,7 @@ impl RefusalWriter {
             };
             match result {
                 Ok(written) => {
-                    self.metrics.observe_ledger_write("written");
+                    self.metrics.observe_write("written");
                     if let Some(entry) = written.entry() {
                         self.inventory.write(|inv| inv.apply_identity(entry));
                     }
@@ -127,17 +141,17 @@ impl RefusalWriter {
                     return;
                 }
                 Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {
-                    self.metrics.observe_ledger_write("conflict");
+                    self.metrics.observe_write("conflict");
                     tracing::debug!(node = %name, attempt, "NodeIdentity changed meanwhile; reading it again");
                 }
                 Err(error) => return self.failed(name, &error),
             }
         }
-        self.metrics.observe_ledger_write("failed");
+        self.metrics.observe_write("failed");
     }
 
     fn failed(&self, name: &str, error: &kube::Error) {
-        self.metrics.observe_ledger_write("failed");
+        self.metrics.observe_write("failed");
         tracing::warn!(node = %name, %error, "could not record a refused machine; recorded at its next refusal");
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod feed;
 pub mod freshness;
+pub mod metrics;
 pub mod objects;
 pub mod observations;
 pub mod readiness;

@@ -22,7 +22,7 @@ use rustls::{ClientConfig, ProtocolVersion, RootCertStore, SupportedProtocolVers
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::tls::crypto_provider;
+use crate::plumbing::tls::crypto_provider;
 
 /// How the client connects.
 #[derive(Debug, Clone)]

@@ -1,21 +1,19 @@
-//! The admission webhook: AdmissionReview in, Verdict out, nothing else. One request
-//! reads as socket (`server`) → decode (`review`) → identity claims (`crate::identity`)
-//! → decision (`crate::policy`) → answer.
+//! The admission webhook: AdmissionReview in, Verdict out, over HTTP, nothing else. One
+//! request reads as body (`body`) → decode (`review`) → identity claims
+//! (`crate::identity`) → decision (`crate::policy`) → answer; the HTTPS server around it
+//! is `crate::plumbing::https`.
 
 pub mod body;
 pub mod client;
 mod csrs;
+pub mod endpoints;
+pub mod metrics;
 mod nodes;
 mod pods;
-pub mod reload;
 pub mod review;
-pub mod server;
-pub mod settings;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request as HttpRequest};
@@ -26,14 +24,15 @@ use axum::{Extension, Router};
 
 pub use body::{BodyBudget, BodyError, MAX_BODY_BYTES, ReviewBody};
 pub use client::{AdmissionClient, ClientOptions};
-pub use server::serve_tls;
+pub use endpoints::{Webhook, names};
+pub use metrics::AdmissionMetrics;
 
-use crate::admin::Metrics;
-use crate::admin::events::{self, EventQueue, Notice};
+use crate::config::SharedConfig;
+use crate::events::{self, EventQueue, Notice};
 use crate::inventory::SharedInventory;
-use crate::policy::{CheckId, Effect, Finding, Operation, Verdict};
+use crate::ledger::refusals::RefusalSender;
+use crate::policy::{Effect, Finding, Operation, Verdict};
 use review::{ReviewAnswer, ReviewError};
-pub use settings::SharedConfig;
 
 /// The webhook server's flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -56,7 +55,7 @@ pub struct AppState {
     pub inventory: SharedInventory,
     /// Swapped whole on reload; each request reads it once.
     pub config: SharedConfig,
-    pub metrics: Arc<Metrics>,
+    pub metrics: AdmissionMetrics,
     /// Where refusals and warnings go as Events, after the answer; none in tests that
     /// post nothing.
     pub events: Option<EventQueue>,
@@ -64,7 +63,7 @@ pub struct AppState {
     pub readiness: Option<crate::watch::Readiness>,
     /// Where machines refused for a node's name go, to be recorded in the ledger after
     /// the answer; none in tests that record nothing.
-    pub refusals: Option<tokio::sync::mpsc::Sender<crate::record::RefusalObservation>>,
+    pub refusals: Option<RefusalSender>,
 }
 
 impl AppState {
@@ -75,8 +74,6 @@ impl AppState {
             .map_or(Ok(()), crate::watch::Readiness::current)
     }
 }
-
-pub use crate::admin::metrics::Webhook;
 
 /// What the endpoint reviews.
 fn reviewed(webhook: Webhook) -> &'static review::Reviewed {
@@ -95,9 +92,9 @@ pub fn router(state: AppState) -> Router {
 /// The endpoints, reading bodies within `budget`.
 pub fn router_with_budget(state: AppState, budget: BodyBudget) -> Router {
     Router::new()
-        .route(review::NODES.endpoint, post(nodes::validate))
-        .route(review::CSRS.endpoint, post(csrs::validate))
-        .route(review::PODS.endpoint, post(pods::validate))
+        .route(Webhook::Nodes.path(), post(nodes::validate))
+        .route(Webhook::Csrs.path(), post(csrs::validate))
+        .route(Webhook::Pods.path(), post(pods::validate))
         // The body is read by `body::read`, within the budget, not by axum's limit.
         .layer(DefaultBodyLimit::disable())
         .layer(Extension(budget))
@@ -174,24 +171,10 @@ fn answer(
     }
     if !dry_run && let Some(refusals) = &state.refusals {
         for refusal in verdict.refusals() {
-            if refusals.try_send(refusal.clone()).is_err() {
-                state.metrics.observe_ledger_write("dropped");
-            }
+            refusals.offer(refusal.clone());
         }
     }
     response
-}
-
-/// The Event reason of a finding: a value another node holds, or a write that
-/// contradicts the identity of the node it names.
-pub fn event_reason(check: CheckId) -> &'static str {
-    match check {
-        CheckId::NameTakeover
-        | CheckId::IdentityDrift
-        | CheckId::TwoKubelets
-        | CheckId::CsrFormat => events::CONFLICT_REASON,
-        _ => events::COLLISION_REASON,
-    }
 }
 
 /// One Event per finding, about the Node (or the CSR, when its node does not exist).
@@ -241,7 +224,7 @@ pub fn notice_of(
             .as_ref()
             .and_then(|c| c.holders.first())
             .map(|holder| events::node_reference(holder, None)),
-        reason: event_reason(finding.check),
+        reason: events::reason_of(finding.check),
         action: match finding.effect {
             Effect::Deny => "Denied",
             Effect::Warn => "Warned",

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
+use super::Webhook;
 use crate::policy::verdict::clip;
 use crate::policy::{Operation, Verdict};
 
@@ -97,21 +98,21 @@ pub const NODES: Reviewed = Reviewed {
     group: "",
     kind: "Node",
     api_version: "v1",
-    endpoint: "/validate/nodes",
+    endpoint: Webhook::Nodes.path(),
 };
 
 pub const CSRS: Reviewed = Reviewed {
     group: "certificates.k8s.io",
     kind: "CertificateSigningRequest",
     api_version: "certificates.k8s.io/v1",
-    endpoint: "/validate/csrs",
+    endpoint: Webhook::Csrs.path(),
 };
 
 pub const PODS: Reviewed = Reviewed {
     group: "",
     kind: "Pod",
     api_version: "v1",
-    endpoint: "/validate/pods",
+    endpoint: Webhook::Pods.path(),
 };
 
 /// An object that says what it is: the API server sends each object of a review with
@@ -465,9 +466,9 @@ impl<'a> ReviewAnswer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::kubelet::{self, Machine, Write};
     use crate::identity::node::NodeDoc;
     use crate::policy::{CheckId, Config, Finding};
+    use nodeguard_core::sample::{self as kubelet, Machine, Write};
     use serde_json::json;
 
     fn node_review_json() -> serde_json::Value {

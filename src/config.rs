@@ -12,11 +12,98 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 
-use super::reload::{DEFAULT_DEBOUNCE, DEFAULT_RECHECK_EVERY, Rechecks};
-use crate::admin::Metrics;
-use crate::admin::metrics::{RELOAD_LOADED, RELOAD_REJECTED};
+use crate::plumbing::file_watch::{
+    DEFAULT_DEBOUNCE, DEFAULT_RECHECK_EVERY, Rechecks, watched_directories,
+};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::plumbing::file_watch::{RELOAD_LOADED, RELOAD_REJECTED, ReloadLabels, reload_counter};
 use crate::policy::Config;
 use crate::policy::config::parse_heartbeat_timeout;
+
+/// Which checks run, and how.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// YAML file with check modes and fleet-wide shared values.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Sets one check's mode on top of the file, e.g. `--check hostname=warn`;
+    /// repeatable. Modes: enforce, warn, off.
+    #[arg(long = "check", value_name = "CHECK=MODE")]
+    pub checks: Vec<String>,
+    /// How long a Ready node may go without a status write from its kubelet and still
+    /// count as running (default 10m, or the file's heartbeatTimeout): a machine refused
+    /// in favour of a node that stops writing is let through after at most this long.
+    #[arg(long, value_name = "DURATION")]
+    pub heartbeat_timeout: Option<String>,
+}
+
+impl ConfigArgs {
+    /// Where the configuration comes from, re-read at every reload.
+    pub fn source(&self) -> ConfigSource {
+        ConfigSource {
+            file: self.config_file.clone(),
+            checks: self.checks.clone(),
+            heartbeat_timeout: self.heartbeat_timeout.clone(),
+        }
+    }
+
+    pub fn load(&self) -> anyhow::Result<Config> {
+        Ok(self.source().load()?.config)
+    }
+}
+
+/// The configuration in force and its reloads.
+#[derive(Debug, Clone)]
+pub struct ConfigMetrics {
+    reloads: Family<ReloadLabels, Counter>,
+    in_force: Family<ConfigLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConfigLabels {
+    sha256: String,
+    mode: &'static str,
+}
+
+impl ConfigMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            reloads: reload_counter(),
+            in_force: Family::default(),
+        };
+        registry.register(
+            "nodeguard_config_reloads",
+            "Changed configuration files seen, by result (loaded, rejected: the previous configuration stays)",
+            metrics.reloads.clone(),
+        );
+        registry.register(
+            "nodeguard_config_info",
+            "1 for the configuration in force: the SHA-256 of its file (empty without one) and its global mode",
+            metrics.in_force.clone(),
+        );
+        metrics
+    }
+
+    fn observe_reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    /// The configuration now in force: its file's SHA-256 (empty for none) and mode.
+    pub fn set_in_force(&self, sha256: &str, mode: &'static str) {
+        self.in_force.clear();
+        self.in_force
+            .get_or_create(&ConfigLabels {
+                sha256: sha256.to_string(),
+                mode,
+            })
+            .set(1);
+    }
+}
 
 /// The configuration every request reads: swapped whole, never changed in place, so a
 /// request decides on one configuration from start to end.
@@ -134,7 +221,7 @@ pub enum ReloadOutcome {
 pub struct ConfigReloader {
     source: ConfigSource,
     shared: SharedConfig,
-    metrics: Arc<Metrics>,
+    metrics: ConfigMetrics,
     /// The content last seen: in force, or refused (so a refusal is counted once).
     last_seen: Option<String>,
     recheck_every: Duration,
@@ -146,9 +233,9 @@ impl ConfigReloader {
         source: ConfigSource,
         in_force: &Loaded,
         shared: SharedConfig,
-        metrics: Arc<Metrics>,
+        metrics: ConfigMetrics,
     ) -> Self {
-        metrics.set_config_in_force(&in_force.sha256, in_force.config.global_mode().as_str());
+        metrics.set_in_force(&in_force.sha256, in_force.config.global_mode().as_str());
         Self {
             source,
             shared,
@@ -169,12 +256,8 @@ impl ConfigReloader {
         let Some(file) = self.source.file.clone() else {
             return std::future::pending().await;
         };
-        let dir = match file.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
         let mut rechecks = Rechecks::new(
-            Some(&[dir].into()),
+            Some(&watched_directories([file.as_path()])),
             "the configuration",
             self.recheck_every,
             DEFAULT_DEBOUNCE,
@@ -207,8 +290,8 @@ impl ConfigReloader {
                     "configuration reloaded"
                 );
                 self.metrics
-                    .set_config_in_force(&loaded.sha256, loaded.config.global_mode().as_str());
-                self.metrics.observe_config_reload(RELOAD_LOADED);
+                    .set_in_force(&loaded.sha256, loaded.config.global_mode().as_str());
+                self.metrics.observe_reload(RELOAD_LOADED);
                 self.shared.replace(loaded);
                 ReloadOutcome::Loaded
             }
@@ -218,7 +301,7 @@ impl ConfigReloader {
                     file = %file.display(),
                     "changed configuration refused; the previous one stays in force"
                 );
-                self.metrics.observe_config_reload(RELOAD_REJECTED);
+                self.metrics.observe_reload(RELOAD_REJECTED);
                 ReloadOutcome::Rejected
             }
         }

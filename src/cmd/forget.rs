@@ -5,7 +5,28 @@
 
 use kube::api::{Api, PostParams};
 
+use crate::plumbing::kube_client::KubeArgs;
 use crate::record::{Conflict, NodeIdentity, RefusedMachine};
+
+/// Which node's conflict and refused machines to clear, in which cluster.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ForgetArgs {
+    /// The node name (the NodeIdentity's name).
+    pub node: String,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// Clears the node's record; its exit code.
+pub async fn run(args: &ForgetArgs) -> anyhow::Result<u8> {
+    let client = args.kube.client().await?;
+    let api = Api::all(client);
+    let outcome = forget(&api, &args.node)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot update NodeIdentity {}: {error}", args.node))?;
+    println!("{}", outcome.describe(&args.node));
+    Ok(0)
+}
 
 const MAX_ATTEMPTS: usize = 5;
 

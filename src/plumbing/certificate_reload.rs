@@ -14,7 +14,6 @@
 //! a later fix is picked up normally. Open connections keep the certificate they
 //! negotiated with; new handshakes get the new one.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,25 +21,55 @@ use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::file_watch::{DEFAULT_DEBOUNCE, DEFAULT_RECHECK_EVERY, Rechecks, watched_directories};
 use super::tls::{ServingCertificate, TlsError, certified_key_from_pem};
-use crate::admin::Metrics;
-use crate::admin::metrics::{RELOAD_LOADED, RELOAD_REJECTED};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-/// How often the files are re-read even without a filesystem event.
-pub const DEFAULT_RECHECK_EVERY: Duration = Duration::from_secs(60);
-/// How long after the first event of a burst the files are read: a kubelet swap (new
-/// directory, new symlink, rename, old directory removed) takes well under this.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+use super::file_watch::{RELOAD_LOADED, RELOAD_REJECTED, ReloadLabels, reload_counter};
+
 /// How far in the future a new leaf's notBefore may be and still be served: clocks in a
 /// cluster disagree by seconds, and the API server checks with its own clock anyway.
 pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(5 * 60);
 /// Reads of the pair that saw the certificate change under them (a swap between the
 /// reads) before the last read is used as it is.
 const CONSISTENT_READ_ATTEMPTS: usize = 3;
+
+/// The serving certificate's expiry and reloads.
+#[derive(Debug, Clone)]
+pub struct CertificateMetrics {
+    expiry: Gauge,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl CertificateMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            expiry: Gauge::default(),
+            reloads: reload_counter(),
+        };
+        registry.register(
+            "nodeguard_serving_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate presented to new connections, in Unix seconds",
+            metrics.expiry.clone(),
+        );
+        registry.register(
+            "nodeguard_serving_certificate_reloads",
+            "Changed serving certificate files seen, by result (loaded, rejected: the previous pair stays)",
+            metrics.reloads.clone(),
+        );
+        metrics
+    }
+
+    fn observe_reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+}
 
 /// Why a changed pair was refused; the previous pair stays in place.
 #[derive(Debug, thiserror::Error)]
@@ -161,13 +190,15 @@ pub fn validate_pair(
 
 /// Sets the expiry gauge from the certificate new connections get: call it at startup
 /// (the reloader also does when it starts).
-pub fn observe_serving_certificate(metrics: &Metrics, key: &CertifiedKey) {
+pub fn observe_serving_certificate(metrics: &CertificateMetrics, key: &CertifiedKey) {
     match key
         .cert
         .first()
         .map(|leaf| summarize_leaf(leaf, "the serving certificate"))
     {
-        Some(Ok(summary)) => metrics.set_serving_certificate_expiry(summary.not_after),
+        Some(Ok(summary)) => {
+            metrics.expiry.set(summary.not_after);
+        }
         Some(Err(error)) => tracing::warn!(%error, "cannot read the serving certificate's expiry"),
         None => tracing::warn!("the serving certificate has no leaf"),
     }
@@ -255,7 +286,7 @@ pub struct CertificateReloader {
     cert_path: PathBuf,
     key_path: PathBuf,
     certificate: Arc<ServingCertificate>,
-    metrics: Arc<Metrics>,
+    metrics: CertificateMetrics,
     recheck_every: Duration,
     debounce: Duration,
     watch_events: bool,
@@ -282,7 +313,7 @@ impl CertificateReloader {
         cert_path: PathBuf,
         key_path: PathBuf,
         certificate: Arc<ServingCertificate>,
-        metrics: Arc<Metrics>,
+        metrics: CertificateMetrics,
     ) -> Self {
         Self {
             cert_path,
@@ -323,7 +354,7 @@ impl CertificateReloader {
     /// debounced burst of events in their directories and every `recheck_every`. Never
     /// fails: a watch that cannot be set up leaves the periodic re-check.
     pub async fn run(mut self) {
-        let dirs = watched_directories(&self.cert_path, &self.key_path);
+        let dirs = watched_directories([self.cert_path.as_path(), self.key_path.as_path()]);
         let mut rechecks = Rechecks::new(
             self.watch_events.then_some(&dirs),
             "the serving certificate",
@@ -377,10 +408,8 @@ impl CertificateReloader {
             return CheckOutcome::Unchanged;
         }
         self.certificate.replace(key);
-        self.metrics
-            .set_serving_certificate_expiry(summary.not_after);
-        self.metrics
-            .observe_serving_certificate_reload(RELOAD_LOADED);
+        self.metrics.expiry.set(summary.not_after);
+        self.metrics.observe_reload(RELOAD_LOADED);
         tracing::info!(
             cert = %cert_source,
             subject = %summary.subject,
@@ -400,8 +429,7 @@ impl CertificateReloader {
             tracing::debug!(%error, "serving certificate files still refused");
         } else {
             self.tracker.rejected(digest);
-            self.metrics
-                .observe_serving_certificate_reload(RELOAD_REJECTED);
+            self.metrics.observe_reload(RELOAD_REJECTED);
             tracing::error!(
                 %error,
                 cert = %self.cert_path.display(),
@@ -417,100 +445,6 @@ impl CertificateReloader {
         certified_key_from_pem(cert, cert_source, key, key_source)
             .is_ok_and(|pair| pair.cert == self.certificate.current().cert)
     }
-}
-
-/// When to look at watched files again: at once, after each debounced burst of events in
-/// their directories, and every `every` in case an event is missed (no inotify on the
-/// filesystem, the watch limit reached, the directory itself replaced).
-pub(crate) struct Rechecks {
-    triggered: mpsc::Receiver<()>,
-    /// Held for as long as the rechecks are: dropping it stops the watch.
-    _watcher: Option<notify::RecommendedWatcher>,
-    events_open: bool,
-    interval: tokio::time::Interval,
-    debounce: Duration,
-}
-
-impl Rechecks {
-    /// Watches `dirs` (none: periodic rechecks only), naming `what` in warnings.
-    pub(crate) fn new(
-        dirs: Option<&BTreeSet<PathBuf>>,
-        what: &str,
-        every: Duration,
-        debounce: Duration,
-    ) -> Self {
-        let (events, triggered) = mpsc::channel::<()>(1);
-        let watcher = dirs.and_then(|dirs| watch_directories(dirs, events, what, every));
-        let mut interval = tokio::time::interval(every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Self {
-            triggered,
-            events_open: watcher.is_some(),
-            _watcher: watcher,
-            interval,
-            debounce,
-        }
-    }
-
-    /// Resolves when the files should be read again.
-    pub(crate) async fn next(&mut self) {
-        loop {
-            tokio::select! {
-                received = self.triggered.recv(), if self.events_open => {
-                    if received.is_none() {
-                        // The watcher is gone: periodic re-checks only.
-                        self.events_open = false;
-                        continue;
-                    }
-                    tokio::time::sleep(self.debounce).await;
-                    while self.triggered.try_recv().is_ok() {}
-                    return;
-                }
-                _ = self.interval.tick() => return,
-            }
-        }
-    }
-}
-
-/// Sends on `events` (without blocking: a full channel already means "look") whenever
-/// something may have changed in one of `dirs`; `None`, after a warning naming `what`,
-/// if the directories cannot be watched, leaving the caller's periodic re-read.
-pub(crate) fn watch_directories(
-    dirs: &BTreeSet<PathBuf>,
-    events: mpsc::Sender<()>,
-    what: &str,
-    every: Duration,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher as _;
-    let handler = move |event: notify::Result<notify::Event>| {
-        let relevant = match &event {
-            Ok(event) => is_relevant(&event.kind),
-            // An overflowed queue or the like: look at the files to be sure.
-            Err(_) => true,
-        };
-        if relevant {
-            let _ = events.try_send(());
-        }
-    };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(watcher) => watcher,
-        Err(error) => {
-            tracing::warn!(%error, ?every, "cannot watch the files of {what}; re-reading them periodically only");
-            return None;
-        }
-    };
-    for dir in dirs {
-        if let Err(error) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!(
-                %error,
-                dir = %dir.display(),
-                ?every,
-                "cannot watch the directory of {what}; re-reading it periodically only"
-            );
-            return None;
-        }
-    }
-    Some(watcher)
 }
 
 fn log_current(current: &CertifiedKey, cert_path: &Path) {
@@ -534,29 +468,6 @@ fn log_current(current: &CertifiedKey, cert_path: &Path) {
             "the serving certificate has expired"
         );
     }
-}
-
-/// Events that may mean new content: everything but reads (our own reads open the
-/// files, which inotify reports too).
-fn is_relevant(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode};
-    match kind {
-        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        notify::EventKind::Access(_) => false,
-        _ => true,
-    }
-}
-
-/// The directories holding the two paths as given (not where their symlinks lead: a
-/// swap replaces the targets), each once.
-pub(crate) fn watched_directories(cert_path: &Path, key_path: &Path) -> BTreeSet<PathBuf> {
-    [cert_path, key_path]
-        .into_iter()
-        .map(|path| match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        })
-        .collect()
 }
 
 /// Both files, following symlinks. The certificate is read again after the key: if a
@@ -586,7 +497,7 @@ async fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs::{DEV_DNS_NAMES, generate_dev_pki};
+    use crate::plumbing::dev_pki::{DEV_DNS_NAMES, generate_dev_pki};
     use rcgen::{CertificateParams, KeyPair};
 
     const DAY: i64 = 86_400;
@@ -732,42 +643,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn reads_are_not_changes_but_writes_are() {
-        use notify::EventKind;
-        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-        assert!(!is_relevant(&EventKind::Access(AccessKind::Open(
-            AccessMode::Any
-        ))));
-        assert!(!is_relevant(&EventKind::Access(AccessKind::Close(
-            AccessMode::Read
-        ))));
-        assert!(is_relevant(&EventKind::Access(AccessKind::Close(
-            AccessMode::Write
-        ))));
-        assert!(is_relevant(&EventKind::Create(CreateKind::Folder)));
-        assert!(is_relevant(&EventKind::Modify(ModifyKind::Name(
-            RenameMode::To
-        ))));
-    }
-
-    #[test]
-    fn each_directory_is_watched_once() {
-        let dirs =
-            watched_directories(Path::new("/etc/tls/tls.crt"), Path::new("/etc/tls/tls.key"));
-        assert_eq!(
-            dirs.into_iter().collect::<Vec<_>>(),
-            [PathBuf::from("/etc/tls")]
-        );
-        let dirs = watched_directories(Path::new("tls.crt"), Path::new("/keys/tls.key"));
-        assert_eq!(
-            dirs,
-            BTreeSet::from([PathBuf::from("."), PathBuf::from("/keys")])
-        );
-    }
-
     /// A reloader over files in a fresh directory holding `cert` and `key`, serving them.
-    fn reloader_over(cert: &str, key: &str) -> (CertificateReloader, Arc<Metrics>, PathBuf) {
+    fn reloader_over(cert: &str, key: &str) -> (CertificateReloader, Registry, PathBuf) {
         static DIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "nodeguard-reload-{}-{}",
@@ -778,18 +655,18 @@ mod tests {
         std::fs::write(dir.join("tls.crt"), cert).unwrap();
         std::fs::write(dir.join("tls.key"), key).unwrap();
         let served = certified_key_from_pem(cert.as_bytes(), "c", key.as_bytes(), "k").unwrap();
-        let metrics = Arc::new(Metrics::new());
+        let mut registry = Registry::default();
         let reloader = CertificateReloader::new(
             dir.join("tls.crt"),
             dir.join("tls.key"),
             Arc::new(ServingCertificate::new(served)),
-            Arc::clone(&metrics),
+            CertificateMetrics::register(&mut registry),
         );
-        (reloader, metrics, dir)
+        (reloader, registry, dir)
     }
 
-    fn rejected(metrics: &Metrics) -> usize {
-        let text = metrics.encode().unwrap();
+    fn rejected(metrics: &Registry) -> usize {
+        let text = crate::plumbing::metrics::encode(metrics).unwrap();
         let line = "nodeguard_serving_certificate_reloads_total{result=\"rejected\"} ";
         text.lines()
             .find_map(|l| l.strip_prefix(line))

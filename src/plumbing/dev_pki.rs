@@ -47,8 +47,8 @@ impl DevPki {
     /// A TLS server configuration presenting this serving certificate.
     pub fn server_config(
         &self,
-    ) -> Result<std::sync::Arc<rustls::ServerConfig>, crate::webhook::tls::TlsError> {
-        use crate::webhook::tls::{self, ServingCertificate};
+    ) -> Result<std::sync::Arc<rustls::ServerConfig>, super::tls::TlsError> {
+        use super::tls::{self, ServingCertificate};
         let key = tls::certified_key_from_pem(
             self.cert_pem.as_bytes(),
             "generated certificate",

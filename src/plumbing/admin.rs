@@ -1,9 +1,7 @@
 //! The admin server: `/healthz`, `/readyz` and `/metrics` on a plain-HTTP port of its
 //! own, so that probes and scrapes never compete with admission traffic and need no
-//! TLS client setup.
-
-pub mod events;
-pub mod metrics;
+//! TLS client setup. What they report comes from the caller: readiness and the metrics
+//! text are read at request time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,11 +12,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-pub use metrics::Metrics;
-
-use crate::inventory::SharedInventory;
-use crate::watch::Readiness;
-
 /// The admin server's flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminArgs {
@@ -27,12 +20,16 @@ pub struct AdminArgs {
     pub admin_listen: SocketAddr,
 }
 
+/// Whether the process is ready to serve, with the reason when it is not.
+pub type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// The metrics as OpenMetrics text, gathered at scrape time.
+pub type MetricsText = Arc<dyn Fn() -> Result<String, std::fmt::Error> + Send + Sync>;
+
 /// What the admin endpoints report on.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdminState {
-    pub inventory: SharedInventory,
-    pub readiness: Readiness,
-    pub metrics: Arc<Metrics>,
+    pub readiness: ReadinessCheck,
+    pub metrics: MetricsText,
 }
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -67,7 +64,7 @@ async fn healthz() -> &'static str {
 /// anymore. Unready for good once shutdown starts, so that the Service stops routing here
 /// while the webhook still answers.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    match state.readiness.check() {
+    match (state.readiness)() {
         Ok(()) => (StatusCode::OK, "ok").into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -78,16 +75,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let size = state.inventory.read(|inventory| inventory.size());
-    state
-        .metrics
-        .set_inventory(size, state.readiness.current().is_ok());
-    if let Some(views) = state.readiness.views() {
-        state
-            .metrics
-            .set_views(&views.status(std::time::Instant::now()));
-    }
-    match state.metrics.encode() {
+    match (state.metrics)() {
         Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
         Err(error) => {
             tracing::warn!(%error, "cannot encode metrics");

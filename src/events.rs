@@ -12,7 +12,6 @@
 //! server's own spam filter: a burst of [`OBJECT_BURST`], then one per [`OBJECT_REFILL`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -23,12 +22,61 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::Metrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::policy::CheckId;
 
 /// Events about a value another node holds: a refusal, a warning, an audit finding.
 pub const COLLISION_REASON: &str = "NodeIdentityCollision";
 /// Events about two machines writing one node (the ledger's conflict).
 pub const CONFLICT_REASON: &str = "NodeIdentityConflict";
+
+/// The Event reason of a finding: a value another node holds, or a write that
+/// contradicts the identity of the node it names.
+pub fn reason_of(check: CheckId) -> &'static str {
+    match check {
+        CheckId::NameTakeover
+        | CheckId::IdentityDrift
+        | CheckId::TwoKubelets
+        | CheckId::CsrFormat => CONFLICT_REASON,
+        _ => COLLISION_REASON,
+    }
+}
+
+/// `nodeguard_events_total{reason, result}`.
+#[derive(Debug, Clone, Default)]
+pub struct EventMetrics {
+    events: Family<EventLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventLabels {
+    reason: &'static str,
+    result: &'static str,
+}
+
+impl EventMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "nodeguard_events",
+            "Kubernetes Events about refusals, warnings and findings, by reason and result \
+             (posted, updated, coalesced into a series, rate_limited, dropped: queue full, failed)",
+            metrics.events.clone(),
+        );
+        metrics
+    }
+
+    /// One Event nodeguard meant to post: how it went.
+    pub fn observe(&self, reason: &'static str, result: &'static str) {
+        self.events
+            .get_or_create(&EventLabels { reason, result })
+            .inc();
+    }
+}
 
 /// Notices waiting to be posted; more are dropped.
 pub const QUEUE_CAPACITY: usize = 1000;
@@ -105,16 +153,16 @@ pub fn csr_reference(name: &str) -> ObjectReference {
 #[derive(Debug, Clone)]
 pub struct EventQueue {
     sender: mpsc::Sender<Notice>,
-    metrics: Arc<Metrics>,
+    metrics: EventMetrics,
 }
 
 impl EventQueue {
     /// A queue of [`QUEUE_CAPACITY`] and its receiving end, for an [`EventPoster`].
-    pub fn new(metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<Notice>) {
+    pub fn new(metrics: EventMetrics) -> (Self, mpsc::Receiver<Notice>) {
         Self::with_capacity(metrics, QUEUE_CAPACITY)
     }
 
-    pub fn with_capacity(metrics: Arc<Metrics>, capacity: usize) -> (Self, mpsc::Receiver<Notice>) {
+    pub fn with_capacity(metrics: EventMetrics, capacity: usize) -> (Self, mpsc::Receiver<Notice>) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         (Self { sender, metrics }, receiver)
     }
@@ -123,7 +171,7 @@ impl EventQueue {
     pub fn post(&self, notice: Notice) {
         let reason = notice.reason;
         if self.sender.try_send(notice).is_err() {
-            self.metrics.observe_event(reason, "dropped");
+            self.metrics.observe(reason, "dropped");
         }
     }
 }
@@ -209,7 +257,7 @@ pub struct EventPoster {
     api: Api<Event>,
     controller: String,
     instance: String,
-    metrics: Arc<Metrics>,
+    metrics: EventMetrics,
     series: HashMap<SeriesKey, Series>,
     buckets: HashMap<(Option<String>, Option<String>), Bucket>,
     global: Bucket,
@@ -217,7 +265,7 @@ pub struct EventPoster {
 
 impl EventPoster {
     /// Events reported as controller `nodeguard`, instance `instance` (the pod).
-    pub fn new(client: kube::Client, instance: &str, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: kube::Client, instance: &str, metrics: EventMetrics) -> Self {
         Self {
             api: Api::namespaced(client, EVENT_NAMESPACE),
             controller: "nodeguard".to_string(),
@@ -258,7 +306,7 @@ impl EventPoster {
                 // The first repeat turns the Event into a series at once, as client-go does.
                 self.write_series(&key, "updated").await;
             } else {
-                self.metrics.observe_event(notice.reason, "coalesced");
+                self.metrics.observe(notice.reason, "coalesced");
             }
             return;
         }
@@ -268,13 +316,13 @@ impl EventPoster {
             .entry(object)
             .or_insert_with(|| Bucket::full(now, OBJECT_BURST, OBJECT_REFILL));
         if self.series.len() >= MAX_SERIES || !bucket.take(now) || !self.global.take(now) {
-            self.metrics.observe_event(notice.reason, "rate_limited");
+            self.metrics.observe(notice.reason, "rate_limited");
             return;
         }
         let event = self.event_of(&notice);
         match self.api.create(&PostParams::default(), &event).await {
             Ok(created) => {
-                self.metrics.observe_event(notice.reason, "posted");
+                self.metrics.observe(notice.reason, "posted");
                 let event = Event {
                     metadata: ObjectMeta {
                         name: created.metadata.name.or(event.metadata.name.clone()),
@@ -296,7 +344,7 @@ impl EventPoster {
                 );
             }
             Err(error) => {
-                self.metrics.observe_event(notice.reason, "failed");
+                self.metrics.observe(notice.reason, "failed");
                 tracing::warn!(
                     %error,
                     reason = notice.reason,
@@ -368,10 +416,10 @@ impl EventPoster {
             Ok(_) => {
                 series.written = series.count;
                 series.last_written = Instant::now();
-                self.metrics.observe_event(key.reason, result);
+                self.metrics.observe(key.reason, result);
             }
             Err(error) => {
-                self.metrics.observe_event(key.reason, "failed");
+                self.metrics.observe(key.reason, "failed");
                 tracing::warn!(%error, event = %name, "could not update an event series");
                 if matches!(&error, kube::Error::Api(status) if status.code == 404) {
                     // Deleted meanwhile (Events expire after an hour): start afresh.

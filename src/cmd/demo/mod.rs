@@ -12,17 +12,20 @@ use anyhow::Context;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::admin::metrics::Metrics;
-use crate::certs;
+use crate::config::SharedConfig;
 use crate::inventory::SharedInventory;
+use crate::ledger::refusals::RefusalSender;
+use crate::metrics::Metrics;
+use crate::plumbing::dev_pki;
+use crate::plumbing::https::serve_tls;
 use crate::policy::{Config, Outcome};
 use crate::webhook::client::AdmissionClient;
-use crate::webhook::{AppState, router, server};
+use crate::webhook::{AppState, Webhook, names, router};
 use kubelet_log::Answer;
 use scenarios::{KubeletAction, Scenario};
 
 /// The name the API server verifies the webhook's certificate against.
-pub use certs::DEV_SERVER_NAME as SERVICE_DNS_NAME;
+pub use crate::plumbing::dev_pki::DEV_SERVER_NAME as SERVICE_DNS_NAME;
 
 fn outcome_of(answer: &Answer) -> Outcome {
     if !answer.allowed {
@@ -35,9 +38,11 @@ fn outcome_of(answer: &Answer) -> Outcome {
 }
 
 fn webhook_name(scenario: &Scenario) -> &'static str {
-    match scenario.action {
-        KubeletAction::UpdateStatus => "node-updates.nodeguard.io",
-        _ => scenario.endpoint.webhook_name(),
+    match (scenario.action, scenario.endpoint) {
+        (KubeletAction::UpdateStatus, _) => names::NODE_UPDATES,
+        (_, Webhook::Nodes) => names::NODE_REGISTRATIONS,
+        (_, Webhook::Csrs) => names::KUBELET_CSRS,
+        (_, Webhook::Pods) => names::POD_STATUS,
     }
 }
 
@@ -77,31 +82,26 @@ impl LocalWebhook {
     /// hands them to its ledger writer.
     pub async fn start_recording(
         config: Config,
-        refusals: Option<tokio::sync::mpsc::Sender<crate::record::RefusalObservation>>,
+        refusals: Option<RefusalSender>,
     ) -> anyhow::Result<Self> {
-        let pki = certs::generate_dev_pki(&[SERVICE_DNS_NAME]).context("cannot generate a CA")?;
+        let pki = dev_pki::generate_dev_pki(&[SERVICE_DNS_NAME]).context("cannot generate a CA")?;
         let tls_config = pki.server_config()?;
         let inventory = SharedInventory::default();
         let metrics = Arc::new(Metrics::new());
         let state = AppState {
             inventory: inventory.clone(),
-            config: crate::webhook::SharedConfig::new(config),
+            config: SharedConfig::new(config),
             events: None,
             readiness: None,
             refusals,
-            metrics: metrics.clone(),
+            metrics: metrics.admission.clone(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(server::serve_tls(
-            listener,
-            tls_config,
-            router(state),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let server = tokio::spawn(serve_tls(listener, tls_config, router(state), async {
+            let _ = stopped.await;
+        }));
         let client = AdmissionClient::new(address, pki.ca_pem.as_bytes(), SERVICE_DNS_NAME)?;
         Ok(Self {
             address,
@@ -117,7 +117,7 @@ impl LocalWebhook {
     /// POSTs an AdmissionReview and returns the HTTP status and the parsed answer.
     pub async fn ask(
         &self,
-        endpoint: scenarios::Endpoint,
+        endpoint: Webhook,
         review: &Value,
     ) -> anyhow::Result<(http::StatusCode, Value)> {
         let (status, body) = self

@@ -183,7 +183,7 @@ pub fn server_config_from_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs::{DEV_DNS_NAMES, generate_dev_pki, generate_dev_pki_for_key};
+    use crate::plumbing::dev_pki::{DEV_DNS_NAMES, generate_dev_pki, generate_dev_pki_for_key};
 
     const EC_SEC1: &str = include_str!("../../tests/fixtures/keys/ec-p256.sec1.pem");
     const EC_PKCS8: &str = include_str!("../../tests/fixtures/keys/ec-p256.pkcs8.pem");

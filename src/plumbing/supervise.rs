@@ -7,14 +7,44 @@
 //! `nodeguard_task_restarts_total{task}`.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::admin::Metrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 /// The first wait before a restart; doubled after each quick failure, up to [`MAX_BACKOFF`].
+/// `nodeguard_task_restarts_total{task}`.
+#[derive(Debug, Clone, Default)]
+pub struct TaskMetrics {
+    restarts: Family<TaskLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TaskLabels {
+    task: &'static str,
+}
+
+impl TaskMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "nodeguard_task_restarts",
+            "Restarts of a task that ended or panicked (the certificate and configuration reloaders)",
+            metrics.restarts.clone(),
+        );
+        metrics
+    }
+
+    /// A supervised task made again after it ended.
+    pub fn observe_restart(&self, task: &'static str) {
+        self.restarts.get_or_create(&TaskLabels { task }).inc();
+    }
+}
+
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A task that ran this long before ending starts its backoff over.
@@ -22,13 +52,13 @@ const HEALTHY_RUN: Duration = Duration::from_secs(300);
 
 /// The tasks of one process.
 pub struct Supervisor {
-    metrics: Arc<Metrics>,
+    metrics: TaskMetrics,
     essential: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
     restartable: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl Supervisor {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: TaskMetrics) -> Self {
         Self {
             metrics,
             essential: Vec::new(),
@@ -51,7 +81,7 @@ impl Supervisor {
         M: FnMut() -> F + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        let metrics = Arc::clone(&self.metrics);
+        let metrics = self.metrics.clone();
         self.restartable
             .push((name, tokio::spawn(restarting(name, make, metrics))));
     }
@@ -109,7 +139,7 @@ impl Drop for Supervisor {
 }
 
 /// Runs `make()` in its own task for ever, making it again after each end or panic.
-async fn restarting<F, M>(name: &'static str, mut make: M, metrics: Arc<Metrics>)
+async fn restarting<F, M>(name: &'static str, mut make: M, metrics: TaskMetrics)
 where
     M: FnMut() -> F,
     F: Future<Output = ()> + Send + 'static,
@@ -127,7 +157,7 @@ where
                 tracing::error!(task = name, error = %join, ?backoff, "task crashed; restarting it");
             }
         }
-        metrics.observe_task_restart(name);
+        metrics.observe_restart(name);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -136,11 +166,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn supervisor() -> (Supervisor, Arc<Metrics>) {
-        let metrics = Arc::new(Metrics::new());
-        (Supervisor::new(Arc::clone(&metrics)), metrics)
+    fn supervisor() -> (Supervisor, Registry) {
+        let mut registry = Registry::default();
+        (
+            Supervisor::new(TaskMetrics::register(&mut registry)),
+            registry,
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -162,7 +196,7 @@ mod tests {
             .await;
         assert!(outcome.is_ok());
         assert_eq!(runs.load(Ordering::SeqCst), 5);
-        let text = metrics.encode().unwrap();
+        let text = crate::plumbing::metrics::encode(&metrics).unwrap();
         assert!(
             text.contains("nodeguard_task_restarts_total{task=\"the flaky reloader\"} 5"),
             "{text}"

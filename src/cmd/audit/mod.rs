@@ -12,9 +12,10 @@ use anyhow::Context as _;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
+use crate::config::ConfigArgs;
+use crate::plumbing::kube_client::KubeArgs;
 use crate::policy::audit::{self, Audit, AuditInput, Uniqueness};
 use crate::policy::{Config, Effect, Outcome, Verdict};
-use crate::serve::{KubeArgs, PolicyArgs};
 use load::Cluster;
 
 /// How `audit` prints.
@@ -38,7 +39,7 @@ pub struct AuditArgs {
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Output,
     #[command(flatten)]
-    pub policy: PolicyArgs,
+    pub config: ConfigArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
 }
@@ -50,7 +51,7 @@ pub fn exit_code(report: &Audit) -> u8 {
 
 /// Runs the audit and prints it; the exit code as documented.
 pub async fn run(args: AuditArgs) -> anyhow::Result<u8> {
-    let config = args.policy.load()?;
+    let config = args.config.load()?;
     let cluster = match &args.file {
         Some(path) => read_dump(path)?,
         None => {

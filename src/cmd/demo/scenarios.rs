@@ -9,30 +9,7 @@ use crate::identity::{CsrDoc, KeyBinding, NodeClaim, NodeDoc};
 use crate::inventory::Inventory;
 use crate::ledger::{Evidence, NodeIdentity, NodeObservation};
 use crate::policy::Outcome;
-
-/// Where the request goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Nodes,
-    Csrs,
-}
-
-impl Endpoint {
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::Nodes => "/validate/nodes",
-            Endpoint::Csrs => "/validate/csrs",
-        }
-    }
-
-    /// The webhook name the API server puts in its error: `admission webhook "<name>"`.
-    pub fn webhook_name(self) -> &'static str {
-        match self {
-            Endpoint::Nodes => "nodes.nodeguard.io",
-            Endpoint::Csrs => "csrs.nodeguard.io",
-        }
-    }
-}
+use crate::webhook::Webhook;
 
 /// What the kubelet was doing, which decides how its log line reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +24,7 @@ pub struct Scenario {
     pub title: &'static str,
     /// The cluster as the watchers would have it when the request arrives.
     pub inventory: Inventory,
-    pub endpoint: Endpoint,
+    pub endpoint: Webhook,
     pub action: KubeletAction,
     /// The node the kubelet runs as (for its log line).
     pub node: String,
@@ -160,7 +137,7 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
         key: 'a',
         title: "a clone of worker-1 joins under a new name with the same machine-id",
         inventory: cluster.inventory()?,
-        endpoint: Endpoint::Nodes,
+        endpoint: Webhook::Nodes,
         action: KubeletAction::Register,
         node: clone.name.clone(),
         review: kubelet::node_review(
@@ -179,7 +156,7 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
         key: 'b',
         title: "another machine registers as worker-1 while worker-1 is Ready",
         inventory: cluster.inventory()?,
-        endpoint: Endpoint::Nodes,
+        endpoint: Webhook::Nodes,
         action: KubeletAction::Register,
         node: "worker-1".into(),
         review: kubelet::node_review(
@@ -206,7 +183,7 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
         key: 'c',
         title: "a clone re-uses worker-1's kubelet key to bootstrap as worker-4",
         inventory: cluster.inventory()?,
-        endpoint: Endpoint::Csrs,
+        endpoint: Webhook::Csrs,
         action: KubeletAction::RequestCertificate,
         node: "worker-4".into(),
         review: kubelet::csr_review("b0d3a1c2-0a01-4a5e-9f1d-000000000003", &csr),
@@ -227,7 +204,7 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
         key: 'd',
         title: "a machine bootstraps with a token as worker-2, which is alive",
         inventory: cluster.inventory()?,
-        endpoint: Endpoint::Csrs,
+        endpoint: Webhook::Csrs,
         action: KubeletAction::RequestCertificate,
         node: "worker-2".into(),
         review: kubelet::csr_review("b0d3a1c2-0a01-4a5e-9f1d-000000000004", &csr),
@@ -240,7 +217,7 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
         key: 'e',
         title: "worker-1 itself reboots and its kubelet registers again",
         inventory: cluster.inventory()?,
-        endpoint: Endpoint::Nodes,
+        endpoint: Webhook::Nodes,
         action: KubeletAction::Register,
         node: "worker-1".into(),
         review: kubelet::node_review(
@@ -273,7 +250,7 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
         key: 'f',
         title: "a new node joins a pool whose nodes all share one machine-id",
         inventory: inventory_of(&fleet),
-        endpoint: Endpoint::Nodes,
+        endpoint: Webhook::Nodes,
         action: KubeletAction::Register,
         node: newcomer.name.clone(),
         review: kubelet::node_review(
@@ -294,7 +271,7 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
         key: 'g',
         title: "a clone with worker-1's name and credentials patches worker-1's status",
         inventory: cluster.inventory()?,
-        endpoint: Endpoint::Nodes,
+        endpoint: Webhook::Nodes,
         action: KubeletAction::UpdateStatus,
         node: "worker-1".into(),
         review: kubelet::node_review(
@@ -319,7 +296,7 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
         key: 'h',
         title: "a perfect copy of worker-1 and worker-1 take turns writing worker-1's status",
         inventory,
-        endpoint: Endpoint::Nodes,
+        endpoint: Webhook::Nodes,
         action: KubeletAction::UpdateStatus,
         node: "worker-1".into(),
         review: kubelet::node_review(
@@ -376,7 +353,7 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
         key: 'i',
         title: "the clone of (g), refused while worker-1 ran, registers again while worker-1 reboots",
         inventory,
-        endpoint: Endpoint::Nodes,
+        endpoint: Webhook::Nodes,
         action: KubeletAction::Register,
         node: "worker-1".into(),
         review: kubelet::node_review(
@@ -402,7 +379,7 @@ pub fn with_cluster(cluster: &HealthyCluster) -> Result<Vec<Scenario>, rcgen::Er
         key: 'j',
         title: "the second node of a minikube cluster joins: a container on the same host",
         inventory: inventory_of(&[first]),
-        endpoint: Endpoint::Nodes,
+        endpoint: Webhook::Nodes,
         action: KubeletAction::Register,
         node: "minikube-m02".into(),
         review: kubelet::node_review(

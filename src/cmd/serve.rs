@@ -7,24 +7,26 @@
 //! to new connections, then stops accepting and drains; the admin server stops last. A
 //! second signal stops at once.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use tokio::net::TcpListener;
-
-use crate::admin::events::{EventPoster, EventQueue};
-use crate::admin::{self, AdminArgs, AdminState, Metrics};
+use crate::config::{ConfigArgs, ConfigReloader, SharedConfig};
+use crate::events::{EventPoster, EventQueue};
 use crate::inventory::SharedInventory;
-use crate::ledger::lease::{self, LeaseConfig};
 use crate::ledger::recorder::Recorder;
-use crate::policy::Config;
-use crate::supervise::Supervisor;
+use crate::ledger::refusals::{self, RefusalWriter};
+use crate::metrics::Metrics;
+use crate::plumbing::admin::{self, AdminArgs};
+use crate::plumbing::certificate_reload::CertificateReloader;
+use crate::plumbing::https::serve_tls_draining;
+use crate::plumbing::kube_client::KubeArgs;
+use crate::plumbing::lease::{self, LeaseConfig};
+use crate::plumbing::shutdown::{Signals, Trigger, bind};
+use crate::plumbing::supervise::Supervisor;
+use crate::plumbing::tls::server_config_from_files;
 use crate::watch::observations;
 use crate::watch::{self, Readiness, Views};
-use crate::webhook::settings::{ConfigReloader, ConfigSource};
-use crate::webhook::{self, AppState, SharedConfig, WebhookArgs};
+use crate::webhook::{self, AppState, WebhookArgs};
 
 /// Everything `nodeguard serve` needs, each part with its own flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,7 +38,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub kube: KubeArgs,
     #[command(flatten)]
-    pub policy: PolicyArgs,
+    pub config: ConfigArgs,
     #[command(flatten)]
     pub ledger: LedgerArgs,
     /// After SIGTERM, how long the webhook keeps accepting and answering (closing each
@@ -95,78 +97,9 @@ impl LedgerArgs {
     }
 }
 
-/// How to reach the API server.
-#[derive(Debug, Clone, clap::Args)]
-pub struct KubeArgs {
-    /// Kubeconfig file; without it, the in-cluster service account, then $KUBECONFIG,
-    /// then ~/.kube/config.
-    #[arg(long, value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use, as with kubectl's `--context`.
-    #[arg(long, value_name = "NAME")]
-    pub context: Option<String>,
-}
-
-impl KubeArgs {
-    pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let options = kube::config::KubeConfigOptions {
-            context: self.context.clone(),
-            ..Default::default()
-        };
-        let config = match (&self.kubeconfig, &self.context) {
-            (Some(path), _) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                    .await
-                    .with_context(|| format!("cannot use kubeconfig {}", path.display()))?
-            }
-            (None, Some(context)) => kube::Config::from_kubeconfig(&options)
-                .await
-                .with_context(|| format!("cannot use context {context:?} of the kubeconfig"))?,
-            (None, None) => kube::Config::infer()
-                .await
-                .context("cannot find a cluster: no usable kubeconfig, and not in a pod")?,
-        };
-        kube::Client::try_from(config).context("cannot build the Kubernetes client")
-    }
-}
-
-/// Which checks run, and how.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct PolicyArgs {
-    /// YAML file with check modes and fleet-wide shared values.
-    #[arg(long = "config", value_name = "FILE")]
-    pub config_file: Option<PathBuf>,
-    /// Sets one check's mode on top of the file, e.g. `--check hostname=warn`;
-    /// repeatable. Modes: enforce, warn, off.
-    #[arg(long = "check", value_name = "CHECK=MODE")]
-    pub checks: Vec<String>,
-    /// How long a Ready node may go without a status write from its kubelet and still
-    /// count as running (default 10m, or the file's heartbeatTimeout): a machine refused
-    /// in favour of a node that stops writing is let through after at most this long.
-    #[arg(long, value_name = "DURATION")]
-    pub heartbeat_timeout: Option<String>,
-}
-
-impl PolicyArgs {
-    /// Where the configuration comes from, re-read at every reload.
-    pub fn source(&self) -> ConfigSource {
-        ConfigSource {
-            file: self.config_file.clone(),
-            checks: self.checks.clone(),
-            heartbeat_timeout: self.heartbeat_timeout.clone(),
-        }
-    }
-
-    pub fn load(&self) -> anyhow::Result<Config> {
-        Ok(self.source().load()?.config)
-    }
-}
-
 /// Runs until a signal, or until a part fails.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let source = args.policy.source();
+    let source = args.config.source();
     let loaded = source.load()?;
     tracing::info!(
         mode = loaded.config.global_mode().as_str(),
@@ -176,7 +109,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let config = SharedConfig::loaded(loaded.clone());
     let (tls, serving_certificate) =
-        webhook::tls::server_config_from_files(&args.webhook.tls_cert, &args.webhook.tls_key)?;
+        server_config_from_files(&args.webhook.tls_cert, &args.webhook.tls_key)?;
     let client = args.kube.client().await?;
 
     let webhook_listener = bind(args.webhook.listen, "webhook").await?;
@@ -191,20 +124,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let views = Views::new(args.stale_after);
     let readiness = Readiness::new().with_views(views.clone());
     let metrics = Arc::new(Metrics::new());
-    let mut tasks = Supervisor::new(Arc::clone(&metrics));
+    let mut tasks = Supervisor::new(metrics.tasks.clone());
     tasks.restartable(READINESS_REPORTER, {
         let readiness = readiness.clone();
         move || watch::readiness::report_changes(readiness.clone(), Duration::from_secs(5))
     });
     // Puts each valid new configuration file in force; keeps the last good one.
     tasks.restartable(CONFIG_RELOADER, {
-        let (config, metrics) = (config.clone(), Arc::clone(&metrics));
+        let (config, metrics) = (config.clone(), metrics.config.clone());
         move || {
             ConfigReloader::new(
                 source.clone(),
                 &config.in_force(),
                 config.clone(),
-                Arc::clone(&metrics),
+                metrics.clone(),
             )
             .run()
         }
@@ -214,14 +147,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let (cert, key, metrics) = (
             args.webhook.tls_cert.clone(),
             args.webhook.tls_key.clone(),
-            Arc::clone(&metrics),
+            metrics.certificate.clone(),
         );
         move || {
-            webhook::reload::CertificateReloader::new(
+            CertificateReloader::new(
                 cert.clone(),
                 key.clone(),
                 Arc::clone(&serving_certificate),
-                Arc::clone(&metrics),
+                metrics.clone(),
             )
             .run()
         }
@@ -234,19 +167,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let identity = args.ledger.identity();
     // Refusals and warnings become Events after their answers, from a bounded queue.
-    let (event_queue, notices) = EventQueue::new(Arc::clone(&metrics));
-    let poster = EventPoster::new(client.clone(), &identity, Arc::clone(&metrics));
+    let (event_queue, notices) = EventQueue::new(metrics.events.clone());
+    let poster = EventPoster::new(client.clone(), &identity, metrics.events.clone());
     tasks.essential(EVENT_POSTER, async move {
         poster.run(notices).await;
         Ok(())
     });
     // Machines refused for a node's name, recorded in its NodeIdentity by this replica.
-    let (refusal_queue, refused) = crate::ledger::refusals::queue();
-    let refusal_writer = crate::ledger::refusals::RefusalWriter::new(
-        client.clone(),
-        inventory.clone(),
-        Arc::clone(&metrics),
-    );
+    let (refusal_queue, refused) = refusals::queue(metrics.ledger.clone());
+    let refusal_writer =
+        RefusalWriter::new(client.clone(), inventory.clone(), metrics.ledger.clone());
     tasks.essential(REFUSAL_WRITER, async move {
         refusal_writer.run(refused).await;
         Ok(())
@@ -265,7 +195,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let recorder = Recorder::new(
         client.clone(),
         inventory.clone(),
-        Arc::clone(&metrics),
+        metrics.ledger.clone(),
+        metrics.events.clone(),
         &identity,
     )
     .after_sync(readiness.clone())
@@ -286,14 +217,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let webhook_router = webhook::router(AppState {
         inventory: inventory.clone(),
         config,
-        metrics: Arc::clone(&metrics),
+        metrics: metrics.admission.clone(),
         events: Some(event_queue),
         readiness: Some(readiness.clone()),
         refusals: Some(refusal_queue),
     });
     tasks.essential(
         WEBHOOK_SERVER,
-        webhook::server::serve_tls_draining(
+        serve_tls_draining(
             webhook_listener,
             tls,
             webhook_router,
@@ -301,11 +232,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.shutdown_delay,
         ),
     );
-    let admin_router = admin::router(AdminState {
-        inventory,
-        readiness: readiness.clone(),
-        metrics,
-    });
+    let admin_router = admin::router(metrics.admin_state(inventory, readiness.clone()));
     tasks.essential(
         ADMIN_SERVER,
         admin::serve(admin_listener, admin_router, webhook_stopped.signaled()),
@@ -371,98 +298,6 @@ async fn finish<T>(task: Option<tokio::task::JoinHandle<T>>) {
     }
 }
 
-async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    let listener = listen(addr).or_else(|error| {
-        // `[::]` where the kernel has no IPv6 (ipv6.disable=1): IPv4 is what there is.
-        if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED {
-            let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
-            tracing::warn!(%addr, %error, fallback = %v4, "no IPv6 here; listening on IPv4 only");
-            listen(v4)
-        } else {
-            Err(error)
-        }
-    });
-    listener.with_context(|| format!("cannot listen on {addr} for the {what} server"))
-}
-
-/// A listening socket on `addr`; on the IPv6 wildcard, dual-stack whatever the system
-/// default (`net.ipv6.bindv6only`), so IPv4-only, IPv6-only and dual-stack clusters all
-/// reach it.
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() && addr.ip().is_unspecified() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
-}
-
-/// A one-way signal: started once, awaited by any number of tasks.
-struct Trigger(tokio::sync::watch::Sender<bool>);
-
-impl Trigger {
-    fn new() -> Self {
-        Self(tokio::sync::watch::channel(false).0)
-    }
-
-    fn start(&self) {
-        self.0.send_replace(true);
-    }
-
-    /// Resolves once started.
-    fn signaled(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut receiver = self.0.subscribe();
-        async move {
-            // The sender outlives every server, so the channel cannot close first; if it
-            // did, stopping is the right thing anyway.
-            let _ = receiver.wait_for(|draining| *draining).await;
-        }
-    }
-}
-
-/// SIGTERM (what the kubelet sends) and SIGINT (Ctrl-C).
-struct Signals {
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Self {
-                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
-                interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Self {})
-        }
-    }
-
-    async fn next(&mut self) {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.terminate.recv() => {}
-                _ = self.interrupt.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,7 +309,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("config.yaml");
         std::fs::write(&file, "checks:\n  hostname: warn\n  provider-id: off\n").unwrap();
-        let args = PolicyArgs {
+        let args = ConfigArgs {
             config_file: Some(file),
             checks: vec!["provider-id=enforce".into(), "internal-ip=warn".into()],
             heartbeat_timeout: Some("15m".into()),
@@ -507,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_bad_check_flag_names_itself() {
-        let args = PolicyArgs {
+        let args = ConfigArgs {
             config_file: None,
             checks: vec!["hostname=loud".into()],
             heartbeat_timeout: None,
