@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use nodeguard::webhook::{Webhook, names};
 use serde_json::Value;
 
 fn documents(relative: &str) -> Vec<Value> {
@@ -170,15 +171,19 @@ fn the_webhooks_fail_open_write_nothing_on_a_dry_run_and_answer_fast() {
         .iter()
         .map(|w| w["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "nodes.nodeguard.io",
-            "node-updates.nodeguard.io",
-            "csrs.nodeguard.io",
-            "pod-status.nodeguard.io"
-        ]
-    );
+    // The names the code's messages and the demo use are the ones deployed, each served
+    // at its endpoint's path.
+    assert_eq!(names, names::ALL);
+    let served_at = [
+        (names::NODE_REGISTRATIONS, Webhook::Nodes),
+        (names::NODE_UPDATES, Webhook::Nodes),
+        (names::KUBELET_CSRS, Webhook::Csrs),
+        (names::POD_STATUS, Webhook::Pods),
+    ];
+    for (webhook, (name, endpoint)) in webhooks.iter().zip(served_at) {
+        assert_eq!(webhook["name"], name);
+        assert_eq!(webhook["clientConfig"]["service"]["path"], endpoint.path());
+    }
     let service = one(&objects, "Service", "nodeguard");
     for webhook in webhooks {
         // Events are posted for real requests only.
@@ -206,7 +211,6 @@ fn the_webhooks_fail_open_write_nothing_on_a_dry_run_and_answer_fast() {
     // So are pod status writes: only a kubelet's, only those that move a sandbox or
     // change a container, and nothing but their status.
     let pods = &webhooks[3];
-    assert_eq!(pods["clientConfig"]["service"]["path"], "/validate/pods");
     assert_eq!(
         pods["rules"][0]["resources"],
         serde_json::json!(["pods/status"])
@@ -254,7 +258,7 @@ fn the_fail_closed_component_changes_registrations_and_csrs_only() {
         );
         closed.push(pair[0]["value"].as_str().unwrap().to_string());
     }
-    assert_eq!(closed, ["nodes.nodeguard.io", "csrs.nodeguard.io"]);
+    assert_eq!(closed, [names::NODE_REGISTRATIONS, names::KUBELET_CSRS]);
 }
 
 #[test]
@@ -518,7 +522,9 @@ fn exported_series() -> BTreeSet<String> {
     );
     metrics.ledger.observe_conflict_recorded("two-kubelets");
     metrics.ledger.observe_write("written");
-    metrics.events.observe("NodeIdentityCollision", "posted");
+    metrics
+        .events
+        .observe(nodeguard::events::COLLISION_REASON, "posted");
     metrics
         .ledger
         .set_audit_findings([("machine-id".to_string(), "clone", 1)]);

@@ -57,7 +57,9 @@ fn metric_families() -> Vec<(String, String, String)> {
     }]);
     metrics.tasks.observe_restart("watch");
     metrics.config.set_in_force("", "enforce");
-    metrics.events.observe("NodeIdentityCollision", "posted");
+    metrics
+        .events
+        .observe(nodeguard::events::COLLISION_REASON, "posted");
     metrics
         .ledger
         .set_audit_findings([("machine-id".to_string(), "clone", 1)]);

@@ -320,7 +320,7 @@ async fn the_incident_a_perfect_copy_is_refused_at_its_second_alternation() {
     assert_eq!(events.len(), 1, "{events:?}");
     let event = &events[0];
     assert_eq!(event["type"], "Warning");
-    assert_eq!(event["reason"], "NodeIdentityConflict");
+    assert_eq!(event["reason"], nodeguard::events::CONFLICT_REASON);
     assert_eq!(event["regarding"]["kind"], "Node");
     assert_eq!(event["regarding"]["name"], "worker-1");
     assert_eq!(

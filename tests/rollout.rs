@@ -261,7 +261,7 @@ async fn one_refusal_makes_one_event_and_fifty_retries_one_update_of_it() {
     assert_eq!(events.len(), 1, "{events:#?}");
     let event = &events[0];
     assert_eq!(event["type"], "Warning");
-    assert_eq!(event["reason"], "NodeIdentityCollision");
+    assert_eq!(event["reason"], nodeguard::events::COLLISION_REASON);
     assert_eq!(event["action"], "Denied");
     assert_eq!(event["reportingController"], "nodeguard");
     assert_eq!(event["reportingInstance"], "nodeguard-0");
@@ -415,17 +415,41 @@ async fn the_leaders_audit_counts_findings_and_posts_each_on_its_nodes_once() {
     assert_eq!(
         posted,
         vec![
-            expect("worker-2", "NodeIdentityCollision", "internal-ip"),
-            expect("worker-2", "NodeIdentityCollision", "key-fingerprint"),
-            expect("worker-2", "NodeIdentityCollision", "system-uuid"),
+            expect(
+                "worker-2",
+                nodeguard::events::COLLISION_REASON,
+                "internal-ip"
+            ),
+            expect(
+                "worker-2",
+                nodeguard::events::COLLISION_REASON,
+                "key-fingerprint"
+            ),
+            expect(
+                "worker-2",
+                nodeguard::events::COLLISION_REASON,
+                "system-uuid"
+            ),
             (
                 "worker-3".to_string(),
-                "NodeIdentityConflict".to_string(),
+                nodeguard::events::CONFLICT_REASON.to_string(),
                 "nodeguard [two-kubelets".to_string()
             ),
-            expect("worker-5", "NodeIdentityCollision", "internal-ip"),
-            expect("worker-5", "NodeIdentityCollision", "key-fingerprint"),
-            expect("worker-5", "NodeIdentityCollision", "system-uuid"),
+            expect(
+                "worker-5",
+                nodeguard::events::COLLISION_REASON,
+                "internal-ip"
+            ),
+            expect(
+                "worker-5",
+                nodeguard::events::COLLISION_REASON,
+                "key-fingerprint"
+            ),
+            expect(
+                "worker-5",
+                nodeguard::events::COLLISION_REASON,
+                "system-uuid"
+            ),
         ]
     );
     assert!(

@@ -9,6 +9,7 @@
 //! (the `nodeguard` crate) decodes what the API server sends, stores the ledger's
 //! records, and passes the time in.
 
+pub mod check_id;
 pub mod identity;
 pub mod inventory;
 pub mod ledger;

@@ -574,10 +574,11 @@ impl Recorder {
     /// A refused machine proven to be a second one: a Warning Event on the Node, a
     /// metric and a log line.
     async fn announce_proof(&mut self, name: &str, proof: &Proof) {
-        let check = match proof.refused.check.as_str() {
-            "identity-drift" => crate::policy::CheckId::IdentityDrift.as_str(),
-            _ => crate::policy::CheckId::NameTakeover.as_str(),
-        };
+        let check = match proof.refused.check.parse() {
+            Ok(crate::policy::CheckId::IdentityDrift) => crate::policy::CheckId::IdentityDrift,
+            _ => crate::policy::CheckId::NameTakeover,
+        }
+        .as_str();
         self.metrics.observe_conflict_recorded(check);
         tracing::warn!(
             node = %name,

@@ -26,7 +26,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// The id of the check whose conflicts the ledger records.
-pub const TWO_KUBELETS: &str = "two-kubelets";
+pub const TWO_KUBELETS: &str = crate::check_id::CheckId::TwoKubelets.as_str();
 
 /// Boots kept per node: enough to see an alternation, bounded so that a node rebooting
 /// every day does not grow its record for ever.

@@ -2,7 +2,6 @@
 //! warning) or `off`. Parsed from flags or a YAML file; pure.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -18,64 +17,14 @@ use crate::identity::{Hostname, MachineId, SystemUuid, is_placeholder_ip};
 /// absorbs a few minutes of clock skew between the node and nodeguard.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: SignedDuration = SignedDuration::from_mins(10);
 
-/// The stable id of every check: used in messages, metric labels, configuration and docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum CheckId {
-    NameTakeover,
-    IdentityDrift,
-    TwoKubelets,
-    MachineId,
-    SystemUuid,
-    ProviderId,
-    Hostname,
-    InternalIp,
-    CsrFormat,
-    KeyFingerprint,
-    ServingSan,
-}
+pub use crate::check_id::CheckId;
 
 impl CheckId {
-    pub const ALL: [CheckId; 11] = [
-        CheckId::NameTakeover,
-        CheckId::IdentityDrift,
-        CheckId::TwoKubelets,
-        CheckId::MachineId,
-        CheckId::SystemUuid,
-        CheckId::ProviderId,
-        CheckId::Hostname,
-        CheckId::InternalIp,
-        CheckId::CsrFormat,
-        CheckId::KeyFingerprint,
-        CheckId::ServingSan,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CheckId::NameTakeover => "name-takeover",
-            CheckId::IdentityDrift => "identity-drift",
-            CheckId::TwoKubelets => "two-kubelets",
-            CheckId::MachineId => "machine-id",
-            CheckId::SystemUuid => "system-uuid",
-            CheckId::ProviderId => "provider-id",
-            CheckId::Hostname => "hostname",
-            CheckId::InternalIp => "internal-ip",
-            CheckId::CsrFormat => "csr-format",
-            CheckId::KeyFingerprint => "key-fingerprint",
-            CheckId::ServingSan => "serving-san",
-        }
-    }
-
     /// Every check enforces by default: each one only fires on a value other nodes hold
     /// without evidence that it is shared, or on another machine claiming a running
     /// node's name, which a healthy cluster never shows.
     pub fn default_mode(self) -> Mode {
         Mode::Enforce
-    }
-}
-
-impl fmt::Display for CheckId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(
             lines(
                 KubeletAction::Register,
-                "nodes.nodeguard.io",
+                crate::webhook::names::NODE_REGISTRATIONS,
                 "worker-4",
                 &answer,
                 false,
