@@ -28,8 +28,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY core core
 COPY src src
 COPY benches benches
-# The demo builds its Nodes from a real kubelet's Node.
-COPY tests/fixtures/real/node-kind-control-plane.json tests/fixtures/real/
+# A workspace member: cargo reads every member's manifest, though the binary never links it.
+COPY testkit testkit
 RUN cargo build --release --locked --target "$(cat /target)" --bin nodeguard \
     && cp "target/$(cat /target)/release/nodeguard" /nodeguard
 

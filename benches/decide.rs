@@ -10,11 +10,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use nodeguard::cmd::demo::kubelet::{self, Machine, Write};
 use nodeguard::identity::{KeyBinding, KeyFingerprint, KubeletSigner, NodeClaim, NodeDoc};
 use nodeguard::inventory::Inventory;
 use nodeguard::ledger::{Evidence, KeyObservation, NodeIdentity, NodeObservation};
 use nodeguard::policy::{self, Config, NodeReview, Operation};
+use nodeguard_testkit::kubelet::{self, Machine, Write};
 
 fn claim(m: &Machine) -> NodeClaim {
     let text = kubelet::node_object(m).to_string();

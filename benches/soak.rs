@@ -18,10 +18,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/support/fake_api.rs"]
-mod fake_api;
-#[path = "../tests/support/tls.rs"]
-mod tls;
+use nodeguard_testkit::fake_api;
+use nodeguard_testkit::tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,10 +36,10 @@ use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use nodeguard::cmd::demo::kubelet::{self, Machine, Requester, Write};
 use nodeguard::identity::{CsrDoc, KeyBinding, NodeClaim, NodeDoc};
 use nodeguard::ledger::{Evidence, KeyObservation, NodeIdentity, NodeObservation};
 use nodeguard::plumbing::dev_pki::{DEV_DNS_NAMES, DEV_SERVER_NAME, write_dev_pki};
+use nodeguard_testkit::kubelet::{self, Machine, Requester, Write};
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;

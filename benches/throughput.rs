@@ -31,7 +31,6 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 use nodeguard::cmd::demo::SERVICE_DNS_NAME;
-use nodeguard::cmd::demo::kubelet::{self, Machine, Write};
 use nodeguard::cmd::demo::scenarios::inventory_of;
 use nodeguard::inventory::SharedInventory;
 use nodeguard::metrics::Metrics;
@@ -39,6 +38,7 @@ use nodeguard::plumbing::dev_pki::generate_dev_pki;
 use nodeguard::plumbing::https::serve_tls;
 use nodeguard::webhook::client::AdmissionClient;
 use nodeguard::webhook::{AppState, MAX_BODY_BYTES, router};
+use nodeguard_testkit::kubelet::{self, Machine, Write};
 
 const PATH: &str = "/validate/nodes";
 const INVENTORY_NODES: u32 = 5_000;

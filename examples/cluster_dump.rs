@@ -27,7 +27,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use jiff::{SignedDuration, Timestamp};
-use nodeguard::cmd::demo::kubelet::{self, Machine, Requester};
 use nodeguard::identity::csr::CsrDoc;
 use nodeguard::identity::node::NodeDoc;
 use nodeguard::identity::{KeyBinding, NodeClaim};
@@ -36,6 +35,7 @@ use nodeguard::ledger::NodeIdentity;
 use nodeguard::policy::Config;
 use nodeguard::policy::sharing::{self, Judging};
 use nodeguard::record::{Evidence, KeyObservation, NodeObservation, RefusalObservation};
+use nodeguard_testkit::kubelet::{self, Machine, Requester};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -3,20 +3,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/fake_api.rs"]
-mod fake_api;
+use nodeguard_testkit::fake_api;
 
 use std::path::Path;
 use std::process::Command;
 
 use http_body_util::BodyExt;
 use nodeguard::cmd::audit::{self, load::Cluster};
-use nodeguard::cmd::demo::kubelet::{self, Write};
 use nodeguard::config::SharedConfig;
 use nodeguard::inventory::SharedInventory;
 use nodeguard::policy::audit::Uniqueness;
 use nodeguard::policy::{CheckId, CollisionKind, Config, Effect, Outcome};
 use nodeguard::webhook::{self, AppState};
+use nodeguard_testkit::kubelet::{self, Write};
 use serde_json::Value;
 use tower::ServiceExt;
 

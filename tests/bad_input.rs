@@ -5,20 +5,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/tls.rs"]
-mod tls;
+use nodeguard_testkit::tls;
 
 use std::time::Duration;
 
 use base64::Engine;
 use http::{Method, StatusCode};
-use nodeguard::cmd::demo::kubelet::{self, Machine, Requester, Write};
 use nodeguard::cmd::demo::scenarios::inventory_of;
 use nodeguard::config::SharedConfig;
 use nodeguard::inventory::SharedInventory;
 use nodeguard::metrics::Metrics;
 use nodeguard::plumbing::dev_pki::{DEV_DNS_NAMES, generate_dev_pki};
 use nodeguard::webhook::{self, AdmissionClient, AppState, BodyBudget};
+use nodeguard_testkit::kubelet::{self, Machine, Requester, Write};
 use serde_json::{Value, json};
 
 /// What a case must get back.

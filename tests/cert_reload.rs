@@ -17,12 +17,12 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use nodeguard::cmd::demo::kubelet::{self, Machine, Write};
 use nodeguard::inventory::SharedInventory;
 use nodeguard::metrics::Metrics;
 use nodeguard::plumbing::certificate_reload::CertificateReloader;
 use nodeguard::plumbing::dev_pki::{DEV_DNS_NAMES, DEV_SERVER_NAME, generate_dev_pki};
 use nodeguard::webhook::{self, AdmissionClient, AppState};
+use nodeguard_testkit::kubelet::{self, Machine, Write};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,

@@ -706,7 +706,7 @@ fn the_image_build_copies_every_crate_and_every_file_the_code_includes() {
         included_files(&root.join(dir), &root, &mut included);
     }
     assert!(
-        included.contains("tests/fixtures/real/node-kind-control-plane.json"),
+        included.contains("core/fixtures/node-kind-control-plane.json"),
         "{included:?}"
     );
     needed.extend(included);

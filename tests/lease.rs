@@ -6,8 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/fake_api.rs"]
-mod fake_api;
+use nodeguard_testkit::fake_api;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,8 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/fake_api.rs"]
-mod fake_api;
+use nodeguard_testkit::fake_api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,6 @@ use tokio::task::JoinHandle;
 
 use fake_api::FakeApi;
 use nodeguard::cmd::demo::LocalWebhook;
-use nodeguard::cmd::demo::kubelet::{self, Machine, Requester, Write};
 use nodeguard::cmd::forget::{Forgotten, forget};
 use nodeguard::identity::KeyFingerprint;
 use nodeguard::inventory::{LedgerEntry, SharedInventory};
@@ -27,6 +25,7 @@ use nodeguard::policy::Config;
 use nodeguard::watch::observations::{self, Observation};
 use nodeguard::watch::{self, Readiness};
 use nodeguard::webhook::Webhook as Endpoint;
+use nodeguard_testkit::kubelet::{self, Machine, Requester, Write};
 
 /// Guards against hangs only; nothing here measures time.
 const GUARD: Duration = Duration::from_secs(10);

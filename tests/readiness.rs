@@ -7,18 +7,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/fake_api.rs"]
-mod fake_api;
+use nodeguard_testkit::fake_api;
 
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use nodeguard::cmd::demo::kubelet::{self, Machine, Write};
 use nodeguard::config::SharedConfig;
 use nodeguard::inventory::SharedInventory;
 use nodeguard::metrics::Metrics;
 use nodeguard::watch::{self, Readiness, Views};
 use nodeguard::webhook::{self, AppState};
+use nodeguard_testkit::kubelet::{self, Machine, Write};
 use serde_json::Value;
 use tower::ServiceExt;
 

@@ -280,7 +280,7 @@ fn the_csr_a_kubelet_sent_decodes_from_its_json_and_binds_once_issued() {
     let text = approved.to_string();
     let doc: CsrDoc<'_> = serde_json::from_str(&text).unwrap();
     assert_eq!(KeyBinding::from_doc(&doc), None);
-    let issued = nodeguard::cmd::demo::kubelet::issued(stored);
+    let issued = nodeguard_testkit::kubelet::issued(stored);
     let text = issued.to_string();
     let doc: CsrDoc<'_> = serde_json::from_str(&text).unwrap();
     let binding = KeyBinding::from_doc(&doc).unwrap();

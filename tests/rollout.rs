@@ -4,14 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/fake_api.rs"]
-mod fake_api;
+use nodeguard_testkit::fake_api;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use nodeguard::cmd::demo::kubelet::{self, Machine, Write};
 use nodeguard::cmd::demo::scenarios::inventory_of;
 use nodeguard::config::SharedConfig;
 use nodeguard::config::{ConfigReloader, ConfigSource, ReloadOutcome};
@@ -19,6 +17,7 @@ use nodeguard::events::{EventPoster, EventQueue};
 use nodeguard::inventory::SharedInventory;
 use nodeguard::metrics::Metrics;
 use nodeguard::webhook::{self, AppState};
+use nodeguard_testkit::kubelet::{self, Machine, Write};
 use serde_json::Value;
 use tower::ServiceExt;
 

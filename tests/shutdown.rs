@@ -6,10 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/fake_api.rs"]
-mod fake_api;
-#[path = "support/tls.rs"]
-mod tls;
+use nodeguard_testkit::fake_api;
+use nodeguard_testkit::tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,8 +25,8 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use nodeguard::cmd::demo::kubelet::{self, Machine, Write};
 use nodeguard::plumbing::dev_pki::{DEV_DNS_NAMES, DEV_SERVER_NAME, write_dev_pki};
+use nodeguard_testkit::kubelet::{self, Machine, Write};
 use rustls::pki_types::ServerName;
 use serde_json::Value;
 use tokio::net::TcpStream;

@@ -420,7 +420,7 @@ fn pending_csr(name: &str, resource_version: &str, pem_file: &str, signer: &str)
 /// Approves and issues the CSR as the cluster's approver and signer do: a certificate
 /// for the request's own key and subject.
 fn approve(csr: &mut Value, resource_version: &str) {
-    let issued = nodeguard::cmd::demo::kubelet::issued(csr.clone());
+    let issued = nodeguard_testkit::kubelet::issued(csr.clone());
     set_resource_version(csr, resource_version);
     csr["status"] = issued["status"].clone();
     assert!(

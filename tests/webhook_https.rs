@@ -5,8 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/tls.rs"]
-mod tls;
+use nodeguard_testkit::tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use nodeguard::cmd::demo::kubelet::{self, Machine, Requester, Write};
 use nodeguard::identity::csr::CsrDoc;
 use nodeguard::identity::node::NodeDoc;
 use nodeguard::identity::{KeyBinding, KeyFingerprint, NodeClaim};
@@ -25,6 +23,7 @@ use nodeguard::plumbing::dev_pki::{
     DEV_DNS_NAMES, DEV_SERVER_NAME, DevPki, generate_dev_pki, generate_dev_pki_for_key,
 };
 use nodeguard::webhook::{self, AdmissionClient, AppState, ClientOptions};
+use nodeguard_testkit::kubelet::{self, Machine, Requester, Write};
 use rcgen::{KeyPair, PublicKeyData};
 use rustls::ProtocolVersion;
 use rustls::version::{TLS12, TLS13};

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 /// A kind node exactly as collected (tests/fixtures/real/PROVENANCE.md): 27 images,
 /// full conditions. Every Node here starts from it, so the webhook reads objects of
 /// real size and shape.
-const NODE_TEMPLATE: &str = include_str!("../../tests/fixtures/real/node-kind-control-plane.json");
+const NODE_TEMPLATE: &str = include_str!("../fixtures/node-kind-control-plane.json");
 
 /// The identity a machine reports about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! A TLS client that trusts one CA only, as the API server trusts a webhook's
-//! `caBundle`. Include it with `#[path = "support/tls.rs"] mod tls;`.
+//! `caBundle`.
 
 use std::sync::Arc;
 
