@@ -46,6 +46,38 @@ pub fn reason_of(check: CheckId) -> &'static str {
     }
 }
 
+/// What became of one Event nodeguard meant to post: the `result` of
+/// `nodeguard_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventResult {
+    /// A new Event was created.
+    Posted,
+    /// A series was written with its new count.
+    Updated,
+    /// Counted into a series without a write.
+    Coalesced,
+    /// Not posted: over the per-object or overall rate.
+    RateLimited,
+    /// Not queued: the queue was full or no poster runs.
+    Dropped,
+    /// The API server refused or did not answer.
+    Failed,
+}
+
+impl EventResult {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventResult::Posted => "posted",
+            EventResult::Updated => "updated",
+            EventResult::Coalesced => "coalesced",
+            EventResult::RateLimited => "rate_limited",
+            EventResult::Dropped => "dropped",
+            EventResult::Failed => "failed",
+        }
+    }
+}
+
 /// `nodeguard_events_total{reason, result}`.
 #[derive(Debug, Clone, Default)]
 pub struct EventMetrics {
@@ -71,9 +103,12 @@ impl EventMetrics {
     }
 
     /// One Event nodeguard meant to post: how it went.
-    pub fn observe(&self, reason: &'static str, result: &'static str) {
+    pub fn observe(&self, reason: &'static str, result: EventResult) {
         self.events
-            .get_or_create(&EventLabels { reason, result })
+            .get_or_create(&EventLabels {
+                reason,
+                result: result.as_str(),
+            })
             .inc();
     }
 }
@@ -171,7 +206,7 @@ impl EventQueue {
     pub fn post(&self, notice: Notice) {
         let reason = notice.reason;
         if self.sender.try_send(notice).is_err() {
-            self.metrics.observe(reason, "dropped");
+            self.metrics.observe(reason, EventResult::Dropped);
         }
     }
 }
@@ -304,9 +339,9 @@ impl EventPoster {
             series.last_observed_time = Timestamp::now();
             if series.written == 1 {
                 // The first repeat turns the Event into a series at once, as client-go does.
-                self.write_series(&key, "updated").await;
+                self.write_series(&key).await;
             } else {
-                self.metrics.observe(notice.reason, "coalesced");
+                self.metrics.observe(notice.reason, EventResult::Coalesced);
             }
             return;
         }
@@ -316,13 +351,14 @@ impl EventPoster {
             .entry(object)
             .or_insert_with(|| Bucket::full(now, OBJECT_BURST, OBJECT_REFILL));
         if self.series.len() >= MAX_SERIES || !bucket.take(now) || !self.global.take(now) {
-            self.metrics.observe(notice.reason, "rate_limited");
+            self.metrics
+                .observe(notice.reason, EventResult::RateLimited);
             return;
         }
         let event = self.event_of(&notice);
         match self.api.create(&PostParams::default(), &event).await {
             Ok(created) => {
-                self.metrics.observe(notice.reason, "posted");
+                self.metrics.observe(notice.reason, EventResult::Posted);
                 let event = Event {
                     metadata: ObjectMeta {
                         name: created.metadata.name.or(event.metadata.name.clone()),
@@ -344,7 +380,7 @@ impl EventPoster {
                 );
             }
             Err(error) => {
-                self.metrics.observe(notice.reason, "failed");
+                self.metrics.observe(notice.reason, EventResult::Failed);
                 tracing::warn!(
                     %error,
                     reason = notice.reason,
@@ -371,11 +407,11 @@ impl EventPoster {
             }
         }
         for key in refresh {
-            self.write_series(&key, "updated").await;
+            self.write_series(&key).await;
         }
         for (key, moved) in finished {
             if moved {
-                self.write_series(&key, "updated").await;
+                self.write_series(&key).await;
             }
             self.series.remove(&key);
         }
@@ -393,11 +429,11 @@ impl EventPoster {
             .map(|(k, _)| k.clone())
             .collect();
         for key in moved {
-            self.write_series(&key, "updated").await;
+            self.write_series(&key).await;
         }
     }
 
-    async fn write_series(&mut self, key: &SeriesKey, result: &'static str) {
+    async fn write_series(&mut self, key: &SeriesKey) {
         let Some(series) = self.series.get_mut(key) else {
             return;
         };
@@ -416,10 +452,10 @@ impl EventPoster {
             Ok(_) => {
                 series.written = series.count;
                 series.last_written = Instant::now();
-                self.metrics.observe(key.reason, result);
+                self.metrics.observe(key.reason, EventResult::Updated);
             }
             Err(error) => {
-                self.metrics.observe(key.reason, "failed");
+                self.metrics.observe(key.reason, EventResult::Failed);
                 tracing::warn!(%error, event = %name, "could not update an event series");
                 if matches!(&error, kube::Error::Api(status) if status.code == 404) {
                     // Deleted meanwhile (Events expire after an hour): start afresh.

@@ -521,10 +521,13 @@ fn exported_series() -> BTreeSet<String> {
         std::time::Duration::ZERO,
     );
     metrics.ledger.observe_conflict_recorded("two-kubelets");
-    metrics.ledger.observe_write("written");
     metrics
-        .events
-        .observe(nodeguard::events::COLLISION_REASON, "posted");
+        .ledger
+        .observe_write(nodeguard::ledger::WriteResult::Written);
+    metrics.events.observe(
+        nodeguard::events::COLLISION_REASON,
+        nodeguard::events::EventResult::Posted,
+    );
     metrics
         .ledger
         .set_audit_findings([("machine-id".to_string(), "clone", 1)]);

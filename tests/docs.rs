@@ -57,14 +57,17 @@ fn metric_families() -> Vec<(String, String, String)> {
     }]);
     metrics.tasks.observe_restart("watch");
     metrics.config.set_in_force("", "enforce");
-    metrics
-        .events
-        .observe(nodeguard::events::COLLISION_REASON, "posted");
+    metrics.events.observe(
+        nodeguard::events::COLLISION_REASON,
+        nodeguard::events::EventResult::Posted,
+    );
     metrics
         .ledger
         .set_audit_findings([("machine-id".to_string(), "clone", 1)]);
     metrics.ledger.observe_conflict_recorded("two-kubelets");
-    metrics.ledger.observe_write("written");
+    metrics
+        .ledger
+        .observe_write(nodeguard::ledger::WriteResult::Written);
     let text = metrics.encode().unwrap();
     let mut families = Vec::new();
     let mut help = std::collections::BTreeMap::new();

@@ -22,6 +22,34 @@ pub use crate::record::{
     NodeIdentityStatus, NodeObservation, RefusalObservation,
 };
 
+/// The outcome of one NodeIdentity write: the `result` of `nodeguard_ledger_writes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WriteResult {
+    /// Written.
+    Written,
+    /// A stale resourceVersion (409): redone on a fresh read.
+    Conflict,
+    /// A record no Node claimed, removed.
+    Removed,
+    /// A refused machine not queued for recording: the queue was full.
+    Dropped,
+    /// The API server refused or did not answer.
+    Failed,
+}
+
+impl WriteResult {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WriteResult::Written => "written",
+            WriteResult::Conflict => "conflict",
+            WriteResult::Removed => "removed",
+            WriteResult::Dropped => "dropped",
+            WriteResult::Failed => "failed",
+        }
+    }
+}
+
 /// The ledger's writes, the conflicts recorded, the recorder's lease and its audit.
 #[derive(Debug, Clone, Default)]
 pub struct LedgerMetrics {
@@ -80,10 +108,13 @@ impl LedgerMetrics {
             .inc();
     }
 
-    /// One NodeIdentity write: `written`, `conflict` (stale resourceVersion, retried),
-    /// `removed` (a record no Node claimed), `dropped` (a refusal not queued) or `failed`.
-    pub fn observe_write(&self, result: &'static str) {
-        self.writes.get_or_create(&WriteLabels { result }).inc();
+    /// One NodeIdentity write, and how it went.
+    pub fn observe_write(&self, result: WriteResult) {
+        self.writes
+            .get_or_create(&WriteLabels {
+                result: result.as_str(),
+            })
+            .inc();
     }
 
     pub fn set_leading(&self, leading: bool) {

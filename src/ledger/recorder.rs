@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 
-use super::LedgerMetrics;
+use super::{LedgerMetrics, WriteResult};
 use crate::config::SharedConfig;
 use crate::events::{self, EventMetrics, EventPoster, Notice};
 use crate::inventory::SharedInventory;
@@ -350,7 +350,7 @@ impl Recorder {
             };
             match self.api.delete(&name, &params).await {
                 Ok(_) => {
-                    self.metrics.observe_write("removed");
+                    self.metrics.observe_write(WriteResult::Removed);
                     self.inventory.write(|inv| inv.delete_identity(&name));
                     tracing::info!(
                         node = %name,
@@ -418,7 +418,7 @@ impl Recorder {
             }
             match self.write(known.is_some(), &record).await {
                 Ok(written) => {
-                    self.metrics.observe_write("written");
+                    self.metrics.observe_write(WriteResult::Written);
                     if let Some(entry) = written.entry() {
                         self.inventory.write(|inv| inv.apply_identity(entry));
                     }
@@ -431,7 +431,7 @@ impl Recorder {
                     return;
                 }
                 Err(WriteError::Stale) => {
-                    self.metrics.observe_write("conflict");
+                    self.metrics.observe_write(WriteResult::Conflict);
                     tracing::debug!(node = %name, attempt, "NodeIdentity changed meanwhile; reading it again");
                     match self.api.get_opt(&name).await {
                         Ok(fresh) => known = fresh,
@@ -451,7 +451,7 @@ impl Recorder {
                 }
             }
         }
-        self.metrics.observe_write("failed");
+        self.metrics.observe_write(WriteResult::Failed);
         tracing::warn!(node = %name, "NodeIdentity kept changing under each write; left for the next resync");
     }
 
@@ -512,7 +512,7 @@ impl Recorder {
     }
 
     fn failed(&self, name: &str, error: &kube::Error) {
-        self.metrics.observe_write("failed");
+        self.metrics.observe_write(WriteResult::Failed);
         tracing::warn!(node = %name, %error, "could not write NodeIdentity; retried at the next resync");
     }
 

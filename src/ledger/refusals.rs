@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use tokio::sync::mpsc;
 
-use super::LedgerMetrics;
+use super::{LedgerMetrics, WriteResult};
 use crate::inventory::SharedInventory;
 use crate::record::{NodeIdentity, RefusalObservation};
 
@@ -42,7 +42,7 @@ impl RefusalSender {
     /// full or no writer runs.
     pub fn offer(&self, refusal: RefusalObservation) {
         if self.sender.try_send(refusal).is_err() {
-            self.metrics.observe_write("dropped");
+            self.metrics.observe_write(WriteResult::Dropped);
         }
     }
 }
@@ -127,7 +127,7 @@ impl RefusalWriter {
             };
             match result {
                 Ok(written) => {
-                    self.metrics.observe_write("written");
+                    self.metrics.observe_write(WriteResult::Written);
                     if let Some(entry) = written.entry() {
                         self.inventory.write(|inv| inv.apply_identity(entry));
                     }
@@ -141,17 +141,17 @@ impl RefusalWriter {
                     return;
                 }
                 Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {
-                    self.metrics.observe_write("conflict");
+                    self.metrics.observe_write(WriteResult::Conflict);
                     tracing::debug!(node = %name, attempt, "NodeIdentity changed meanwhile; reading it again");
                 }
                 Err(error) => return self.failed(name, &error),
             }
         }
-        self.metrics.observe_write("failed");
+        self.metrics.observe_write(WriteResult::Failed);
     }
 
     fn failed(&self, name: &str, error: &kube::Error) {
-        self.metrics.observe_write("failed");
+        self.metrics.observe_write(WriteResult::Failed);
         tracing::warn!(node = %name, %error, "could not record a refused machine; recorded at its next refusal");
     }
 }
