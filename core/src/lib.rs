@@ -9,6 +9,8 @@
 //! (the `nodeguard` crate) decodes what the API server sends, stores the ledger's
 //! records, and passes the time in.
 
+#![deny(missing_docs)]
+
 pub mod check_id;
 pub mod identity;
 pub mod inventory;

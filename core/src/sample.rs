@@ -14,12 +14,19 @@ const NODE_TEMPLATE: &str = include_str!("../fixtures/node-kind-control-plane.js
 /// The identity a machine reports about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machine {
+    /// Its hostname, and so its Node's name.
     pub name: String,
+    /// `/etc/machine-id`: 32 lowercase hex digits.
     pub machine_id: String,
+    /// The SMBIOS UUID its firmware reports.
     pub system_uuid: String,
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`).
     pub boot_id: String,
+    /// The address its kubelet reports as InternalIP.
     pub internal_ip: String,
+    /// `spec.providerID`, for a machine of a cloud provider.
     pub provider_id: Option<String>,
+    /// Whether its Node's Ready condition is True.
     pub ready: bool,
     /// When its kubelet last wrote its status: the Ready condition's `lastHeartbeatTime`.
     pub heartbeat: jiff::Timestamp,
@@ -41,7 +48,6 @@ impl Machine {
         }
     }
 
-    /// The same disk booted again: only the boot id changes.
     /// The `i`-th machine of a large fleet: every id and address distinct for each `i`
     /// below 2^24 (the benches' clusters of up to 50,000 nodes).
     pub fn numbered(i: u32) -> Self {
@@ -54,6 +60,7 @@ impl Machine {
         m
     }
 
+    /// The same disk booted again: only the boot id changes.
     pub fn rebooted(&self, boot_id: &str) -> Self {
         Self {
             boot_id: boot_id.to_string(),
@@ -102,7 +109,9 @@ pub fn node_object(machine: &Machine) -> Value {
     node
 }
 
+/// The signer of a kubelet's client certificate.
 pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The signer of a kubelet's serving certificate.
 pub const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 
 /// A kubelet's private key: ECDSA P-256, as the kubelet generates.
@@ -140,11 +149,20 @@ pub fn csr_pem(
 /// rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requester {
-    Bootstrap { token_id: String },
-    Node { name: String },
+    /// A machine joining with a bootstrap token.
+    Bootstrap {
+        /// The token's id: the user is `system:bootstrap:<id>`.
+        token_id: String,
+    },
+    /// A node renewing its own certificate.
+    Node {
+        /// The node's name: the user is `system:node:<name>`.
+        name: String,
+    },
 }
 
 impl Requester {
+    /// The user the API server authenticates the requester as.
     pub fn username(&self) -> String {
         match self {
             Requester::Bootstrap { token_id } => format!("system:bootstrap:{token_id}"),
@@ -152,6 +170,7 @@ impl Requester {
         }
     }
 
+    /// The groups that user has.
     pub fn groups(&self) -> Vec<&'static str> {
         match self {
             Requester::Bootstrap { .. } => vec!["system:bootstrappers", "system:authenticated"],

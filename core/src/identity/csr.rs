@@ -14,7 +14,9 @@ use x509_parser::prelude::{
 
 use super::values::{Hostname, KeyFingerprint, NodeName};
 
+/// `spec.signerName` of a kubelet's client certificate: its credential to the API server.
 pub const CLIENT_KUBELET_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// `spec.signerName` of a kubelet's serving certificate, for its own HTTPS endpoint.
 pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 const NODE_CN_PREFIX: &str = "system:node:";
 const BOOTSTRAP_USER_PREFIX: &str = "system:bootstrap:";
@@ -24,11 +26,14 @@ const NODES_GROUP: &str = "system:nodes";
 /// The two signers whose certificates make a machine a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KubeletSigner {
+    /// [`CLIENT_KUBELET_SIGNER`]: the kubelet's client certificate.
     Client,
+    /// [`KUBELET_SERVING_SIGNER`]: the kubelet's serving certificate.
     Serving,
 }
 
 impl KubeletSigner {
+    /// The signer of a `spec.signerName`; `None` for any other signer.
     pub fn from_name(signer_name: &str) -> Option<Self> {
         match signer_name {
             CLIENT_KUBELET_SIGNER => Some(Self::Client),
@@ -37,6 +42,7 @@ impl KubeletSigner {
         }
     }
 
+    /// The signer's `spec.signerName`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Client => CLIENT_KUBELET_SIGNER,
@@ -52,19 +58,25 @@ pub struct CsrDoc<'a> {
     /// `certificates.k8s.io/v1` in a review; absent from the items of a list.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub api_version: Option<Cow<'a, str>>,
+    /// `CertificateSigningRequest` in a review; absent from the items of a list.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub kind: Option<Cow<'a, str>>,
+    /// `metadata`: the CSR's name and resource version.
     #[serde(borrow)]
     pub metadata: Option<CsrMetaDoc<'a>>,
+    /// `spec`: the request, its signer and who asked.
     #[serde(borrow)]
     pub spec: Option<CsrSpecDoc<'a>>,
+    /// `status`: the conditions and the issued certificate.
     #[serde(borrow)]
     pub status: Option<CsrStatusDoc<'a>>,
 }
 
+/// The `metadata` of a CertificateSigningRequest.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CsrMetaDoc<'a> {
+    /// `metadata.name`: the CSR's name.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub name: Option<Cow<'a, str>>,
     /// What a watcher resumes from.
@@ -72,34 +84,44 @@ pub struct CsrMetaDoc<'a> {
     pub resource_version: Option<Cow<'a, str>>,
 }
 
+/// The `spec` of a CertificateSigningRequest.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CsrSpecDoc<'a> {
     /// Base64 of the PEM `CERTIFICATE REQUEST`.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub request: Option<Cow<'a, str>>,
+    /// `spec.signerName`: the signer asked to issue the certificate.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub signer_name: Option<Cow<'a, str>>,
+    /// `spec.username`: who created the CSR, filled in by the API server.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub username: Option<Cow<'a, str>>,
+    /// `spec.groups`: the groups of that user, filled in by the API server.
     #[serde(borrow, deserialize_with = "super::text::option_list")]
     pub groups: Option<Vec<Cow<'a, str>>>,
 }
 
+/// The `status` of a CertificateSigningRequest.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct CsrStatusDoc<'a> {
+    /// `status.conditions`: `Approved`, `Denied`, `Failed`.
     #[serde(borrow)]
     pub conditions: Option<Vec<CsrConditionDoc<'a>>>,
+    /// `status.certificate`: base64 of the PEM chain, leaf first; absent until issued.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub certificate: Option<Cow<'a, str>>,
 }
 
+/// One of `status.conditions`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct CsrConditionDoc<'a> {
+    /// `type`: `Approved`, `Denied` or `Failed`.
     #[serde(borrow, deserialize_with = "super::text::option", rename = "type")]
     pub kind: Option<Cow<'a, str>>,
+    /// `status`: `True` or `False`; anything but `False` counts the condition as set.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub status: Option<Cow<'a, str>>,
 }
@@ -108,33 +130,51 @@ pub struct CsrConditionDoc<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CsrError {
+    /// `spec.request` is empty or only whitespace.
     #[error("spec.request is empty")]
     Empty,
+    /// `spec.request` does not decode as base64.
     #[error("spec.request is not base64")]
     Base64,
+    /// The decoded request holds no PEM block.
     #[error("spec.request is not PEM")]
     NotPem,
+    /// The PEM label, neither `CERTIFICATE REQUEST` nor `NEW CERTIFICATE REQUEST`.
     #[error("PEM block is {0:?}, not \"CERTIFICATE REQUEST\"")]
     PemLabel(String),
+    /// The request (or a subject attribute) does not parse; the parser's message.
     #[error("the certificate request does not parse: {0}")]
     Der(String),
+    /// The request is not signed by its own public key; the verifier's message.
     #[error("the request is not signed by its own key: {0}")]
     Signature(String),
+    /// The subject has no CN.
     #[error("the subject has no CN; a kubelet asks for CN=system:node:<name>")]
     NoCommonName,
+    /// The subject has more than one CN.
     #[error(
         "the subject has {count} CNs ({names}); Kubernetes reads only the last, so the request \
          is ambiguous; a kubelet sends exactly one"
     )]
-    SeveralCommonNames { count: usize, names: String },
+    SeveralCommonNames {
+        /// How many CNs the subject has.
+        count: usize,
+        /// Up to three of them, each quoted and clipped, then `…` if there are more.
+        names: String,
+    },
+    /// The CN, clipped: not `system:node:` followed by a name.
     #[error("subject CN {0:?} is not system:node:<name>")]
     NotANode(String),
+    /// The O values, quoted and clipped, or `missing`: not exactly `O=system:nodes`.
     #[error("subject O is {0}; a kubelet sends exactly O=system:nodes")]
     Organization(String),
+    /// The requested node name, clipped: not a DNS subdomain.
     #[error(
         "the node name {0:?} is not a valid Node name (a DNS subdomain: at most 253 lowercase letters, digits, '-' and '.')"
     )]
     NodeName(String),
+    /// A key too weak for a kubelet credential (RSA under 2048 bits, elliptic curves
+    /// under 256, DSA), as the message describes it, e.g. `RSA-1024`.
     #[error(
         "the key is {0}, too weak for a kubelet credential (a kubelet makes ECDSA P-256; RSA needs 2048 bits or more)"
     )]
@@ -238,8 +278,11 @@ fn clip_list(values: &[String]) -> String {
 pub struct CsrClaim {
     /// The node named by `CN=system:node:<name>`.
     pub node: NodeName,
+    /// SHA-256 of the request's public key (its DER SubjectPublicKeyInfo).
     pub fingerprint: KeyFingerprint,
+    /// The IP address SANs; entries neither 4 nor 16 bytes long are skipped.
     pub ip_sans: Vec<IpAddr>,
+    /// The DNS name SANs, normalised as hostnames; empty ones are skipped.
     pub dns_sans: Vec<Hostname>,
 }
 
@@ -250,11 +293,14 @@ impl CsrClaim {
         Self::from_pem(&pem)
     }
 
+    /// Parses a PEM `CERTIFICATE REQUEST` (or `NEW CERTIFICATE REQUEST`) block.
     pub fn from_pem(pem: &[u8]) -> Result<Self, CsrError> {
         let der = request_der(pem)?;
         Self::from_der(&der)
     }
 
+    /// Parses a DER PKCS #10 request: refuses a weak key, checks the signature, then
+    /// reads the node from the subject and the SANs.
     pub fn from_der(der: &[u8]) -> Result<Self, CsrError> {
         let csr = parse_request(der)?;
         // Before the signature: a weak key's signature may not even be checkable.
@@ -338,8 +384,11 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
 /// A key a kubelet signer has accepted for a node: from then on, that key is that node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyBinding {
+    /// The node the issued certificate authenticates as (its last CN).
     pub node: NodeName,
+    /// The bound key: SHA-256 of its DER SubjectPublicKeyInfo.
     pub fingerprint: KeyFingerprint,
+    /// The kubelet signer that issued the certificate.
     pub signer: KubeletSigner,
     /// The credential id of the issued client certificate, as the API server reports it
     /// for requests made with it (`X509SHA256=<hex>`); `None` until issued.
@@ -437,6 +486,7 @@ pub enum Requester {
 }
 
 impl Requester {
+    /// Who `username` (in `groups`) is, relative to `node`, the node the request names.
     pub fn classify<'a>(
         username: &str,
         groups: impl IntoIterator<Item = &'a str>,
@@ -462,6 +512,7 @@ impl Requester {
         matches!(self, Requester::Bootstrap | Requester::AnotherNode)
     }
 
+    /// How a message names the requester, e.g. `a bootstrap token`.
     pub fn as_str(self) -> &'static str {
         match self {
             Requester::NodeItself => "the node itself",

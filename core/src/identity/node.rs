@@ -18,27 +18,37 @@ pub struct NodeDoc<'a> {
     /// `v1` in a review; absent from the items of a list.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub api_version: Option<Cow<'a, str>>,
+    /// `Node` in a review; absent from the items of a list.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub kind: Option<Cow<'a, str>>,
+    /// `metadata`: name, uid, resource version, creation time and labels.
     #[serde(borrow)]
     pub metadata: Option<NodeMetaDoc<'a>>,
+    /// `spec`: the provider ID.
     #[serde(borrow)]
     pub spec: Option<NodeSpecDoc<'a>>,
+    /// `status`: node info, addresses and conditions.
     #[serde(borrow)]
     pub status: Option<NodeStatusDoc<'a>>,
 }
 
+/// The `metadata` of a Node.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct NodeMetaDoc<'a> {
+    /// `metadata.name`: the Node's name.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub name: Option<Cow<'a, str>>,
+    /// `metadata.resourceVersion`: orders two observations of this Node.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub resource_version: Option<Cow<'a, str>>,
+    /// `metadata.uid`: tells one registration of a name from the next. Absent on CREATE.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub uid: Option<Cow<'a, str>>,
+    /// `metadata.creationTimestamp`, RFC 3339. Absent on CREATE.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub creation_timestamp: Option<Cow<'a, str>>,
+    /// `metadata.labels`: the hostname label and what an exemption's selector reads.
     #[serde(borrow)]
     pub labels: Option<NodeLabelsDoc<'a>>,
 }
@@ -48,12 +58,15 @@ pub struct NodeMetaDoc<'a> {
 /// holds them; the inventory keeps the hostname alone.
 #[derive(Debug, Default)]
 pub struct NodeLabelsDoc<'a> {
+    /// Each label's name and value, in the order written; null values are left out.
     pub pairs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
 impl NodeLabelsDoc<'_> {
+    /// The label the kubelet sets to the machine's hostname.
     pub const HOSTNAME: &'static str = "kubernetes.io/hostname";
 
+    /// The value of the label `key`; `None` when the Node does not have it.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.pairs
             .iter()
@@ -61,6 +74,7 @@ impl NodeLabelsDoc<'_> {
             .map(|(_, v)| v.as_ref())
     }
 
+    /// The value of the [`HOSTNAME`](Self::HOSTNAME) label, as written.
     pub fn hostname(&self) -> Option<&str> {
         self.get(Self::HOSTNAME)
     }
@@ -97,9 +111,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for NodeLabelsDoc<'a> {
     }
 }
 
+/// The `spec` of a Node.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct NodeSpecDoc<'a> {
+    /// `spec.providerID`: the cloud's name for the instance, as written.
     #[serde(
         borrow,
         deserialize_with = "super::text::option",
@@ -108,50 +124,66 @@ pub struct NodeSpecDoc<'a> {
     pub provider_id: Option<Cow<'a, str>>,
 }
 
+/// The `status` of a Node.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct NodeStatusDoc<'a> {
+    /// `status.nodeInfo`: machine-id, system UUID and boot id.
     #[serde(borrow)]
     pub node_info: Option<NodeInfoDoc<'a>>,
+    /// `status.addresses`: every address the kubelet reports, of any type.
     #[serde(borrow)]
     pub addresses: Option<Vec<AddressDoc<'a>>>,
+    /// `status.conditions`: only `Ready` is read.
     #[serde(borrow)]
     pub conditions: Option<Vec<ConditionDoc<'a>>>,
 }
 
+/// `status.nodeInfo`, as far as it names the machine.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct NodeInfoDoc<'a> {
+    /// `machineID`: `/etc/machine-id`, as the kubelet reports it.
     #[serde(borrow, deserialize_with = "super::text::option", rename = "machineID")]
     pub machine_id: Option<Cow<'a, str>>,
+    /// `systemUUID`: `/sys/class/dmi/id/product_uuid`, as the kubelet reports it.
     #[serde(
         borrow,
         deserialize_with = "super::text::option",
         rename = "systemUUID"
     )]
     pub system_uuid: Option<Cow<'a, str>>,
+    /// `bootID`: `/proc/sys/kernel/random/boot_id`, as the kubelet reports it.
     #[serde(borrow, deserialize_with = "super::text::option", rename = "bootID")]
     pub boot_id: Option<Cow<'a, str>>,
 }
 
+/// One of `status.addresses`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct AddressDoc<'a> {
+    /// `type`: only `InternalIP`, `ExternalIP` and `Hostname` are read.
     #[serde(borrow, deserialize_with = "super::text::option", rename = "type")]
     pub kind: Option<Cow<'a, str>>,
+    /// `address`: an IP address or a host name, as `type` says.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub address: Option<Cow<'a, str>>,
 }
 
+/// One of `status.conditions`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ConditionDoc<'a> {
+    /// `type`: e.g. `Ready`, the only one read.
     #[serde(borrow, deserialize_with = "super::text::option", rename = "type")]
     pub kind: Option<Cow<'a, str>>,
+    /// `status`: `True`, `False` or `Unknown`.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub status: Option<Cow<'a, str>>,
+    /// `lastTransitionTime`, RFC 3339: when `status` last changed.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub last_transition_time: Option<Cow<'a, str>>,
+    /// `lastHeartbeatTime`, RFC 3339: when the kubelet last wrote the condition.
     #[serde(borrow, deserialize_with = "super::text::option")]
     pub last_heartbeat_time: Option<Cow<'a, str>>,
 }
@@ -159,6 +191,7 @@ pub struct ConditionDoc<'a> {
 /// Whether the node's kubelet is posting Ready, since when, and when it last said so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Readiness {
+    /// The Ready condition's `status` is `True`; false if it is anything else or missing.
     pub ready: bool,
     /// The Ready condition's `lastTransitionTime`.
     pub since: Option<Timestamp>,
@@ -188,6 +221,7 @@ pub const MAX_ADDRESSES_PER_TYPE: usize = 16;
 /// Everything a Node says about which machine it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeClaim {
+    /// `metadata.name`: the Node's name, trimmed.
     pub name: NodeName,
     /// `metadata.uid`: tells one registration of a name from the next. Absent on CREATE.
     pub uid: Option<Arc<str>>,
@@ -195,14 +229,21 @@ pub struct NodeClaim {
     pub resource_version: Option<Arc<str>>,
     /// `metadata.creationTimestamp`: absent on CREATE.
     pub created: Option<Timestamp>,
+    /// `status.nodeInfo.machineID`, normalised; `None` when empty.
     pub machine_id: Option<MachineId>,
+    /// `status.nodeInfo.systemUUID`, normalised; `None` when empty.
     pub system_uuid: Option<SystemUuid>,
+    /// `status.nodeInfo.bootID`, normalised; `None` when empty.
     pub boot_id: Option<BootId>,
+    /// `spec.providerID`, normalised; `None` when empty.
     pub provider_id: Option<ProviderId>,
+    /// Parsed `InternalIP` addresses, deduplicated; at most [`MAX_ADDRESSES_PER_TYPE`].
     pub internal_ips: Vec<IpAddr>,
+    /// Parsed `ExternalIP` addresses, deduplicated; at most [`MAX_ADDRESSES_PER_TYPE`].
     pub external_ips: Vec<IpAddr>,
     /// The `kubernetes.io/hostname` label and every `Hostname` address, deduplicated.
     pub hostnames: Vec<Hostname>,
+    /// The Ready condition: its status, last transition and last heartbeat.
     pub readiness: Readiness,
     /// Labels only an admin can set (see [`is_admin_label`]): what an exemption by label
     /// reads on the stored Node.

@@ -14,33 +14,49 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct PodDoc {
+    /// `v1` in a review.
     pub api_version: Option<String>,
+    /// `Pod` in a review.
     pub kind: Option<String>,
+    /// `metadata`: name, namespace, deletion and who last wrote the status.
     pub metadata: PodMetaDoc,
+    /// `spec`: the node the pod is bound to.
     pub spec: PodSpecDoc,
+    /// `status`, undecoded until [`PodRuntime::from_status`] reads it for a judged write.
     pub status: serde_json::Value,
 }
 
+/// The `metadata` of a Pod, as far as the pod guard reads it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct PodMetaDoc {
+    /// `metadata.name`: the pod's name.
     pub name: String,
+    /// `metadata.namespace`: the pod's namespace.
     pub namespace: String,
+    /// `metadata.deletionTimestamp`: set once the pod is being deleted.
     pub deletion_timestamp: Option<String>,
+    /// `metadata.managedFields`: who wrote which part of the pod, and when.
     pub managed_fields: Vec<ManagedFieldsDoc>,
 }
 
+/// One entry of `metadata.managedFields`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct ManagedFieldsDoc {
+    /// `manager`: the writer, e.g. `kubelet`.
     pub manager: String,
+    /// `subresource`: `status` for writes of the status; empty for the pod itself.
     pub subresource: String,
+    /// `time`: when the API server last recorded a change by this manager.
     pub time: Option<Timestamp>,
 }
 
+/// The `spec` of a Pod, as far as the pod guard reads it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct PodSpecDoc {
+    /// `spec.nodeName`: the node the pod is bound to; empty while unscheduled.
     pub node_name: String,
 }
 
@@ -63,6 +79,7 @@ pub struct PodRuntime {
     /// `status.podIPs` (or `status.podIP` alone), in the order written; empty while the
     /// pod has no ready sandbox.
     pub ips: Vec<String>,
+    /// Init, regular and ephemeral containers, in that order.
     pub containers: Vec<ContainerRun>,
 }
 
@@ -73,6 +90,7 @@ pub struct ContainerRun {
     pub slot: String,
     /// `containerID`; `None` when the kubelet reports none (not created yet).
     pub id: Option<String>,
+    /// `restartCount`: how many times the kubelet has restarted the container.
     pub restart_count: i64,
     /// `lastState.terminated.containerID`: the container this one replaced.
     pub replaced: Option<String>,
@@ -117,6 +135,7 @@ impl PodRuntime {
         Ok(PodRuntime { ips, containers })
     }
 
+    /// The container in `slot` (see [`ContainerRun::slot`]); `None` if there is none.
     pub fn container(&self, slot: &str) -> Option<&ContainerRun> {
         self.containers.iter().find(|c| c.slot == slot)
     }

@@ -65,6 +65,7 @@ macro_rules! identity_value {
                 normalise(raw).map(Self)
             }
 
+            /// The normalised value: trimmed and lowercase.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -169,6 +170,7 @@ pub fn is_placeholder_ip(ip: &IpAddr) -> bool {
 pub struct KeyFingerprint(pub [u8; 32]);
 
 impl KeyFingerprint {
+    /// The fingerprint of a public key's DER SubjectPublicKeyInfo.
     pub fn of_spki_der(spki_der: &[u8]) -> Self {
         use sha2::{Digest, Sha256};
         Self(Sha256::digest(spki_der).into())

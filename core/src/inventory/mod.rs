@@ -122,12 +122,14 @@ pub struct Holders<'a>(Option<&'a HolderSet>);
 /// The holders of a value other than the node asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtherHolders<'a> {
+    /// How many nodes other than the one asking hold the value.
     pub count: usize,
     /// Up to three of them, in name order.
     pub names: Vec<&'a NodeName>,
 }
 
 impl<'a> Holders<'a> {
+    /// Whether no node holds the value.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -193,6 +195,7 @@ pub struct Inventory {
 /// no less alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusSeen {
+    /// The Ready condition's `lastHeartbeatTime`, on the kubelet's clock.
     pub heartbeat: Option<Timestamp>,
     /// `None`: never seen written (a dump's Node without a heartbeat).
     pub at: Option<Timestamp>,
@@ -224,7 +227,9 @@ impl StatusSeen {
 /// evidence, and per value moved from.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SharedCounts {
+    /// Records holding the value by `FirstSight` or `Inherited` evidence.
     pub evidence: u32,
+    /// Per value moved from: how many records moved from it to this one (`Moved`).
     pub moved_from: Vec<(Box<str>, u32)>,
 }
 
@@ -285,10 +290,12 @@ impl NodeTable {
         table
     }
 
+    /// How many nodes the table holds.
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
 
+    /// Whether the table holds no node.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
@@ -362,10 +369,15 @@ impl NodeIndexes {
 /// Counts for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InventorySize {
+    /// How many Nodes the inventory holds.
     pub nodes: usize,
+    /// Stored CSRs that bind a kubelet key.
     pub key_bindings: usize,
+    /// Distinct values, summed over the Node field indexes and the key index.
     pub indexed_values: usize,
+    /// Ledger entries held, one per node name.
     pub ledger_records: usize,
+    /// Ledger entries that record two machines writing one node.
     pub ledger_conflicts: usize,
     /// Machines refused for a name and proven to be second machines (see
     /// [`crate::ledger::RefusedMachine::proven`]).
@@ -373,6 +385,7 @@ pub struct InventorySize {
 }
 
 impl Inventory {
+    /// An empty inventory.
     pub fn new() -> Self {
         Self::default()
     }
@@ -456,6 +469,7 @@ impl Inventory {
         }
     }
 
+    /// Forgets a deleted CSR; its key stays bound while another CSR or the ledger does.
     pub fn delete_csr(&mut self, csr_name: &str) {
         if let Some(old) = self.csrs.remove(csr_name) {
             self.keys.remove(&old.fingerprint, &old.node);
@@ -477,6 +491,7 @@ impl Inventory {
         }
     }
 
+    /// The current claim of the node of that name.
     pub fn node(&self, name: &str) -> Option<&NodeClaim> {
         self.nodes.get(name)
     }
@@ -507,6 +522,7 @@ impl Inventory {
         self.ledger.insert(name, entry);
     }
 
+    /// Forgets the ledger's entry for a node name, with the keys and counts it added.
     pub fn delete_identity(&mut self, name: &str) {
         if let Some((name, old)) = self.ledger.remove_entry(name) {
             for fingerprint in old.key_fingerprints() {
@@ -589,48 +605,57 @@ impl Inventory {
         self.ledger.values()
     }
 
+    /// The nodes reporting this machine-id.
     pub fn machine_id(&self, value: &MachineId) -> Holders<'_> {
         self.by.machine_ids.get(value)
     }
 
+    /// The nodes reporting this system UUID, in this byte order only.
     pub fn system_uuid(&self, value: &SystemUuid) -> Holders<'_> {
         self.by.system_uuids.get(value)
     }
 
+    /// The nodes whose `spec.providerID` is this value.
     pub fn provider_id(&self, value: &ProviderId) -> Holders<'_> {
         self.by.provider_ids.get(value)
     }
 
+    /// The nodes reporting this `InternalIP` address.
     pub fn internal_ip(&self, value: &IpAddr) -> Holders<'_> {
         self.by.internal_ips.get(value)
     }
 
+    /// The nodes reporting this `ExternalIP` address.
     pub fn external_ip(&self, value: &IpAddr) -> Holders<'_> {
         self.by.external_ips.get(value)
     }
 
+    /// The nodes claiming this hostname, by label or `Hostname` address.
     pub fn hostname(&self, value: &Hostname) -> Holders<'_> {
         self.by.hostnames.get(value)
     }
 
-    /// The nodes a kubelet key is bound to.
     /// Every machine-id the nodes report, with its holders (for `audit`).
     pub fn machine_id_values(&self) -> impl Iterator<Item = (&MachineId, Holders<'_>)> {
         self.by.machine_ids.values()
     }
 
+    /// Every system UUID the nodes report, with its holders (for `audit`).
     pub fn system_uuid_values(&self) -> impl Iterator<Item = (&SystemUuid, Holders<'_>)> {
         self.by.system_uuids.values()
     }
 
+    /// Every provider ID the nodes carry, with its holders (for `audit`).
     pub fn provider_id_values(&self) -> impl Iterator<Item = (&ProviderId, Holders<'_>)> {
         self.by.provider_ids.values()
     }
 
+    /// Every `InternalIP` address the nodes report, with its holders (for `audit`).
     pub fn internal_ip_values(&self) -> impl Iterator<Item = (&IpAddr, Holders<'_>)> {
         self.by.internal_ips.values()
     }
 
+    /// Every hostname the nodes claim, with its holders (for `audit`).
     pub fn hostname_values(&self) -> impl Iterator<Item = (&Hostname, Holders<'_>)> {
         self.by.hostnames.values()
     }
@@ -640,10 +665,12 @@ impl Inventory {
         self.keys.values()
     }
 
+    /// The nodes a kubelet key is bound to, by a stored CSR or by the ledger.
     pub fn key(&self, value: &KeyFingerprint) -> Holders<'_> {
         self.keys.get(value)
     }
 
+    /// What the inventory holds, counted.
     pub fn size(&self) -> InventorySize {
         InventorySize {
             nodes: self.nodes.len(),
@@ -667,6 +694,7 @@ fn proven(entry: &LedgerEntry) -> usize {
 pub struct SharedInventory(Arc<RwLock<Inventory>>);
 
 impl SharedInventory {
+    /// Wraps `inventory` for the watchers and the request handlers to share.
     pub fn new(inventory: Inventory) -> Self {
         Self(Arc::new(RwLock::new(inventory)))
     }
@@ -682,6 +710,7 @@ impl SharedInventory {
         f(&guard)
     }
 
+    /// Runs `f` with the inventory write-locked, poisoned or not (see [`Self::read`]).
     pub fn write<T>(&self, f: impl FnOnce(&mut Inventory) -> T) -> T {
         let mut guard = self
             .0

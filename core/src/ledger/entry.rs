@@ -17,17 +17,22 @@ use crate::identity::{
 /// One node name's ledger record, as far as anything in a replica reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerEntry {
+    /// The node name the record is for (the record object's name).
     pub name: NodeName,
     /// The record object's own uid and resourceVersion: a delete is made conditional on
     /// them, so a record changed meanwhile is kept.
     pub uid: Option<Box<str>>,
+    /// The record object's `metadata.resourceVersion`.
     pub resource_version: Option<Box<str>>,
+    /// When the API server created the record object (`metadata.creationTimestamp`).
     pub created: Option<Timestamp>,
     /// The uid of the Node the record belongs to, once known.
     pub owner: Option<Box<str>>,
     /// The machine the record holds for the name.
     pub machine_id: Option<MachineId>,
+    /// That machine's system UUID.
     pub system_uuid: Option<SystemUuid>,
+    /// That machine's provider ID.
     pub provider_id: Option<ProviderId>,
     /// Boots in the order they were first seen.
     pub boots: Box<[BootId]>,
@@ -38,6 +43,7 @@ pub struct LedgerEntry {
     pub kept_boot_since: Option<Timestamp>,
     /// Kubelet keys bound to the node by issued CSRs, with their signers.
     pub keys: Box<[(KeyFingerprint, KubeletSigner)]>,
+    /// The two-kubelets conflict the record holds, if any.
     pub conflict: Option<Box<LedgerConflict>>,
     /// Machines refused for the name while another machine ran the node.
     pub refused: Box<[RefusedEntry]>,
@@ -54,9 +60,13 @@ pub struct LedgerEntry {
 pub struct LedgerConflict {
     /// The check that found it (`two-kubelets`).
     pub check: Box<str>,
+    /// The boot seen first: the machine that registered the name, which keeps it.
     pub kept_boot: Box<str>,
+    /// The other machine's boot, refused from then on.
     pub refused_boot: Box<str>,
+    /// When the recorder found the conflict, by nodeguard's clock.
     pub detected: Timestamp,
+    /// The denial the refused machine is given.
     pub message: Box<str>,
 }
 
@@ -73,15 +83,28 @@ pub struct PodGuard {
 /// A refused machine, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedEntry {
+    /// Its machine-id (`None` if not reported or not valid).
     pub machine_id: Option<MachineId>,
+    /// Its system UUID (`None` if not reported or not valid).
     pub system_uuid: Option<SystemUuid>,
+    /// Its provider ID (`None` if not reported or not valid).
     pub provider_id: Option<ProviderId>,
+    /// The boot it was refused with last.
     pub boot_id: Option<BootId>,
+    /// The check that refused it (`name-takeover`, `identity-drift`).
     pub check: Box<str>,
+    /// When it was first refused, by the clock of the replica that recorded it.
     pub first_refused: Timestamp,
+    /// When it was last refused, brought up to date at most every
+    /// [`REFUSAL_REFRESH`](super::REFUSAL_REFRESH) while it retries.
     pub last_refused: Timestamp,
+    /// The Node's resourceVersion when this machine was first refused.
     pub node_resource_version: Option<Box<str>>,
+    /// The Node's Ready heartbeat when this machine was first refused, as its kubelet
+    /// wrote it.
     pub node_heartbeat: Option<Timestamp>,
+    /// When the node's own machine was seen writing its status after this machine was first
+    /// refused: from then on it is refused for the name even while the node is not running.
     pub proven: Option<Timestamp>,
 }
 
@@ -121,9 +144,13 @@ impl RefusedEntry {
 /// One shared value, as the index of shared values keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SharedMark {
+    /// The identity field the value is one of.
     pub field: ValueField,
+    /// The shared value itself.
     pub value: Box<str>,
+    /// Why the value is shared.
     pub evidence: SharingEvidence,
+    /// For `Moved`: the shared value the node moved from.
     pub from: Option<Box<str>>,
 }
 
@@ -179,6 +206,7 @@ impl LedgerEntry {
         }
     }
 
+    /// The two-kubelets conflict the record holds, if any.
     pub fn conflict(&self) -> Option<&LedgerConflict> {
         self.conflict.as_deref()
     }

@@ -61,20 +61,25 @@ pub const UNCLAIMED_RECORD_TTL: SignedDuration = SignedDuration::from_hours(1);
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RecordSpec {
+    /// The `/etc/machine-id` of the machine that holds the name, as its Node reports it
+    /// (`status.nodeInfo.machineID`).
     #[serde(rename = "machineID", default, skip_serializing_if = "Option::is_none")]
     pub machine_id: Option<String>,
+    /// That machine's SMBIOS UUID (`status.nodeInfo.systemUUID`).
     #[serde(
         rename = "systemUUID",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub system_uuid: Option<String>,
+    /// The cloud provider's id of that machine (the Node's `spec.providerID`).
     #[serde(
         rename = "providerID",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub provider_id: Option<String>,
+    /// The Node's addresses: InternalIPs, ExternalIPs and hostnames.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<RecordedAddress>,
     /// Kubelet keys bound to this node by issued CSRs, client and serving.
@@ -102,42 +107,55 @@ pub struct RecordSpec {
     pub first_sight: Option<Timestamp>,
 }
 
+/// One of the Node's addresses, in the form of an entry of a Node's `status.addresses`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RecordedAddress {
+    /// The address type: `InternalIP`, `ExternalIP` or `Hostname`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The IP address, or the hostname for a `Hostname`.
     pub address: String,
 }
 
+/// A kubelet key bound to the node by an issued CSR.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BoundKey {
     /// Lowercase hex SHA-256 of the DER SubjectPublicKeyInfo.
     pub fingerprint: String,
+    /// The signer that issued the certificate for the key
+    /// (`kubernetes.io/kube-apiserver-client-kubelet` or `kubernetes.io/kubelet-serving`).
     pub signer: String,
+    /// When the recorder learned the binding, by nodeguard's clock.
     pub first_seen: Timestamp,
     /// The CSR the binding was learned from (gone about an hour after it was issued).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csr: Option<String>,
 }
 
+/// A client certificate issued to the node.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RecordedCredential {
     /// `X509SHA256=<hex>`.
     pub id: String,
+    /// When the recorder learned of the certificate, by nodeguard's clock.
     pub first_seen: Timestamp,
+    /// The CSR the certificate was issued for (gone about an hour after it was issued).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csr: Option<String>,
 }
 
+/// A boot the Node reported: one run of a machine's kernel.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Boot {
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`, the Node's
+    /// `status.nodeInfo.bootID`).
     #[serde(rename = "bootID")]
     pub boot_id: String,
     /// The system UUID reported with this boot: tells two machines apart in a conflict.
@@ -147,7 +165,10 @@ pub struct Boot {
         skip_serializing_if = "Option::is_none"
     )]
     pub system_uuid: Option<String>,
+    /// When the recorder first saw this boot, by nodeguard's clock.
     pub first_seen: Timestamp,
+    /// When the recorder last saw this boot; refreshed at most every [`LAST_SEEN_INTERVAL`]
+    /// while it stays current.
     pub last_seen: Timestamp,
 }
 
@@ -157,14 +178,17 @@ pub struct Boot {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RefusedMachine {
+    /// Its `/etc/machine-id`, as it reported it.
     #[serde(rename = "machineID", default, skip_serializing_if = "Option::is_none")]
     pub machine_id: Option<String>,
+    /// Its SMBIOS UUID, as it reported it.
     #[serde(
         rename = "systemUUID",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub system_uuid: Option<String>,
+    /// Its provider ID, as it reported it.
     #[serde(
         rename = "providerID",
         default,
@@ -176,6 +200,7 @@ pub struct RefusedMachine {
     pub boot_id: Option<String>,
     /// The check that refused it (`name-takeover`, `identity-drift`).
     pub check: String,
+    /// When it was first refused, by the clock of the replica that recorded it.
     pub first_refused: Timestamp,
     /// Brought up to date at most every 10 minutes while it keeps retrying.
     pub last_refused: Timestamp,
@@ -225,17 +250,23 @@ pub(crate) fn describe_machine(
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ValueField {
+    /// `/etc/machine-id` (`status.nodeInfo.machineID`).
     #[serde(rename = "machineID")]
     MachineId,
+    /// The SMBIOS UUID (`status.nodeInfo.systemUUID`).
     #[serde(rename = "systemUUID")]
     SystemUuid,
+    /// The Node's `spec.providerID`.
     #[serde(rename = "providerID")]
     ProviderId,
+    /// An `InternalIP` address.
     InternalIP,
+    /// A hostname: a `Hostname` address or the `kubernetes.io/hostname` label.
     Hostname,
 }
 
 impl ValueField {
+    /// Every field.
     pub const ALL: [ValueField; 5] = [
         ValueField::MachineId,
         ValueField::SystemUuid,
@@ -244,6 +275,7 @@ impl ValueField {
         ValueField::Hostname,
     ];
 
+    /// The field's name as the record spells it (`machineID`, `InternalIP`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             ValueField::MachineId => "machineID",
@@ -274,15 +306,21 @@ pub enum SharingEvidence {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SharedValue {
+    /// The identity field the value is one of.
     pub field: ValueField,
+    /// The shared value itself.
     pub value: String,
+    /// Why the value is shared.
     pub evidence: SharingEvidence,
     /// For `Moved`: the shared value the node moved from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// When the recorder first marked the value shared, by nodeguard's clock.
     pub since: Timestamp,
 }
 
+/// A record's `status`: the current boot, counts for `kubectl get`, a conflict once
+/// found, and the version of the Node the record reflects.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
@@ -293,10 +331,13 @@ pub struct RecordStatus {
     /// Counts for `kubectl get`.
     #[serde(default)]
     pub boots: u32,
+    /// Number of kubelet keys bound to the node (`spec.keys`).
     #[serde(default)]
     pub keys: u32,
+    /// Number of machines refused for the name (`spec.refusedMachines`).
     #[serde(default)]
     pub refused: u32,
+    /// Two machines writing the node, once found; cleared by `nodeguard forget`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict: Option<Conflict>,
     /// The Node's resourceVersion this record reflects: an observation of an older
@@ -312,8 +353,12 @@ pub struct RecordStatus {
 pub struct Conflict {
     /// The check that found it (`two-kubelets`).
     pub check: String,
+    /// The boot seen first: the machine that registered the name, which keeps it.
     pub kept_boot: String,
+    /// The other machine's boot, refused from then on.
     pub refused_boot: String,
+    /// When the recorder found the conflict, by nodeguard's clock.
     pub detected: Timestamp,
+    /// The denial the refused machine is given (see [`conflict_message`]).
     pub message: String,
 }

@@ -19,21 +19,31 @@ use crate::identity::{
 pub struct Record {
     /// The uid of the Node the record belongs to, once known.
     pub owner: Option<String>,
+    /// What the NodeIdentity's `spec` holds.
     pub spec: RecordSpec,
+    /// What the NodeIdentity's `status` holds.
     pub status: RecordStatus,
 }
 
 /// A Node as the recorder sees it in a watch event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeObservation {
+    /// The Node's name.
     pub name: String,
+    /// The Node's `metadata.uid`: tells one registration of the name from the next.
     pub uid: Option<String>,
     /// The Node's resourceVersion in this observation.
     pub resource_version: Option<String>,
+    /// The machine's `/etc/machine-id` (`status.nodeInfo.machineID`).
     pub machine_id: Option<String>,
+    /// The machine's SMBIOS UUID (`status.nodeInfo.systemUUID`).
     pub system_uuid: Option<String>,
+    /// The Node's `spec.providerID`.
     pub provider_id: Option<String>,
+    /// The Node's InternalIP and ExternalIP addresses, then its hostnames (`Hostname`
+    /// addresses and the `kubernetes.io/hostname` label) as `Hostname` entries.
     pub addresses: Vec<RecordedAddress>,
+    /// The kernel's boot id (`status.nodeInfo.bootID`): changes with every boot.
     pub boot_id: Option<String>,
     /// The Ready condition's `lastHeartbeatTime`, as the kubelet wrote it.
     pub heartbeat: Option<Timestamp>,
@@ -42,6 +52,7 @@ pub struct NodeObservation {
 }
 
 impl NodeObservation {
+    /// The observation of a decoded Node, its values in the text the record stores.
     pub fn of(claim: &NodeClaim) -> Self {
         let mut addresses: Vec<RecordedAddress> = claim
             .internal_ips
@@ -142,7 +153,9 @@ pub enum Evidence {
 /// An issued kubelet CSR as the recorder sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyObservation {
+    /// The CSR's name.
     pub csr: String,
+    /// The node, key, signer and credential id the issued certificate binds.
     pub binding: KeyBinding,
 }
 
@@ -150,16 +163,23 @@ pub struct KeyObservation {
 /// running the node, as the replica that refused it records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusalObservation {
+    /// The name of the node it was refused for.
     pub node: String,
     /// The uid of the Node it was refused against.
     pub node_uid: Option<String>,
+    /// The check that refused it (`name-takeover`, `identity-drift`).
     pub check: String,
+    /// The refused machine's machine-id.
     pub machine_id: Option<MachineId>,
+    /// The refused machine's system UUID.
     pub system_uuid: Option<SystemUuid>,
+    /// The refused machine's provider ID.
     pub provider_id: Option<ProviderId>,
+    /// The boot it was refused with.
     pub boot_id: Option<BootId>,
     /// The Node as the replica saw it then: its version and Ready heartbeat.
     pub node_resource_version: Option<String>,
+    /// The Node's Ready `lastHeartbeatTime` then, as its kubelet wrote it.
     pub node_heartbeat: Option<Timestamp>,
 }
 
@@ -178,6 +198,7 @@ impl RefusalObservation {
 /// after `refused` was refused for the name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proof {
+    /// The refused machine as the record now holds it, `proven` set.
     pub refused: RefusedMachine,
 }
 
@@ -196,6 +217,8 @@ pub struct Change {
 }
 
 impl Change {
+    /// Folds `other` into this change: flags are or-ed, proofs appended, and `other`'s
+    /// conflict taken if it has one.
     pub fn merge(&mut self, other: Change) {
         self.changed |= other.changed;
         self.needs_confirmation |= other.needs_confirmation;
@@ -223,7 +246,9 @@ impl Change {
 /// What `forget` cleared.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Forgotten {
+    /// The conflict cleared, if there was one.
     pub conflict: Option<Conflict>,
+    /// The refused machines dropped.
     pub refused_machines: Vec<RefusedMachine>,
 }
 
@@ -280,17 +305,23 @@ pub fn conflict_note(node: &str, conflict: &Conflict) -> String {
 /// them, for [`Record::entry`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RecordMeta<'a> {
+    /// The record object's name: the node name.
     pub name: &'a str,
+    /// The record object's `metadata.uid`.
     pub uid: Option<&'a str>,
+    /// The record object's `metadata.resourceVersion`.
     pub resource_version: Option<&'a str>,
+    /// When the API server created the record object (`metadata.creationTimestamp`).
     pub created: Option<Timestamp>,
 }
 
 impl Record {
+    /// The conflict the record holds, if any.
     pub fn conflict(&self) -> Option<&Conflict> {
         self.status.conflict.as_ref()
     }
 
+    /// The boot the record holds as current (`status.currentBoot`).
     pub fn current_boot(&self) -> Option<&str> {
         self.status.current_boot.as_deref()
     }
@@ -774,6 +805,7 @@ fn trim_oldest<T>(entries: &mut Vec<T>, max: usize, removable: impl Fn(&T) -> bo
     });
 }
 
+/// Parses a fingerprint as the record stores it (64 hex digits); `None` if it is not one.
 pub fn parse_fingerprint(hex_text: &str) -> Option<KeyFingerprint> {
     let mut bytes = [0u8; 32];
     hex::decode_to_slice(hex_text.trim(), &mut bytes).ok()?;

@@ -31,8 +31,11 @@ use crate::inventory::{Holders, Inventory, UNCLAIMED_RECORD_TTL};
 /// What `audit` reads besides the inventory.
 #[derive(Debug, Clone, Copy)]
 pub struct AuditInput<'a> {
+    /// The cluster to audit: its Nodes, kubelet keys and ledger records.
     pub inventory: &'a Inventory,
+    /// The configuration the webhook decides under.
     pub config: &'a Config,
+    /// The time the verdicts are asked at: whether a node is running depends on it.
     pub now: Timestamp,
     /// Each node's labels, where known, for exemptions by label.
     pub labels: Option<&'a HashMap<String, Vec<(String, String)>>>,
@@ -43,6 +46,7 @@ pub struct AuditInput<'a> {
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Audit {
+    /// How many Nodes the inventory holds.
     pub nodes: usize,
     /// Values two or more nodes hold, one entry per check and value.
     pub collisions: Vec<AuditCollision>,
@@ -66,11 +70,15 @@ pub struct Audit {
 /// A machine refused for a node's name, as the ledger records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedReport {
+    /// The node whose name the machine was refused.
     pub node: String,
+    /// The check that refused it.
     pub check: String,
     /// The machine's values, as a person compares them with a machine.
     pub machine: String,
+    /// When it was first refused.
     pub first_refused: Timestamp,
+    /// When it was last refused.
     pub last_refused: Timestamp,
     /// When the node's own machine was seen running after it: two machines proven.
     pub proven: Option<Timestamp>,
@@ -79,17 +87,22 @@ pub struct RefusedReport {
 /// What the webhook would answer a pending kubelet CSR.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingVerdict {
+    /// The CSR's name.
     pub name: String,
     /// The node it asks credentials for.
     pub node: String,
+    /// What the webhook would answer: a denial (CSRs it would allow are left out).
     pub verdict: Verdict,
 }
 
 /// A value that two or more nodes hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditCollision {
+    /// The check that found it.
     pub check: CheckId,
+    /// The field as messages name it: `machine-id`, `InternalIP`, `kubelet key`.
     pub field: &'static str,
+    /// The value, in full.
     pub value: String,
     /// `clone` (held with no evidence that it is shared, or by exactly two nodes since
     /// before nodeguard: likely a clone), `shared` (shared by evidence: warned),
@@ -109,6 +122,7 @@ pub struct AuditCollision {
 /// How unique one identity field is in this cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldReport {
+    /// The check that compares the field.
     pub check: CheckId,
     /// Nodes reporting a value for it.
     pub reporting: usize,
@@ -120,11 +134,13 @@ pub struct FieldReport {
     pub shared_values: usize,
     /// The most nodes holding one value.
     pub largest_group: usize,
+    /// How well the field tells machines apart, judged from the counts above.
     pub uniqueness: Uniqueness,
     /// One line: what this means and what to do.
     pub summary: String,
 }
 
+/// How well an identity field tells machines apart in this cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Uniqueness {
     /// Every node its own value.
@@ -139,6 +155,7 @@ pub enum Uniqueness {
 }
 
 impl Uniqueness {
+    /// As the report prints it: `unique`, `mostly-unique`, `not-unique`, `absent`.
     pub fn as_str(self) -> &'static str {
         match self {
             Uniqueness::Unique => "unique",
@@ -149,18 +166,27 @@ impl Uniqueness {
     }
 }
 
+/// Two machines writing one node, as its ledger record holds the conflict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerConflict {
+    /// The node both machines write as.
     pub node: String,
+    /// The check that found it (`two-kubelets`).
     pub check: String,
+    /// The boot seen first: its machine keeps the node.
     pub kept_boot: String,
+    /// The other machine's boot: its writes are refused.
     pub refused_boot: String,
+    /// When the conflict was recorded.
     pub detected: Timestamp,
+    /// The denial the refused machine gets, with the remedy.
     pub message: String,
 }
 
+/// A ledger record whose Node does not exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrphanRecord {
+    /// The node name the record is for.
     pub node: String,
     /// Owned by a deleted Node: the garbage collector removes it.
     pub owned: bool,
@@ -171,6 +197,7 @@ pub struct OrphanRecord {
 /// What the webhook would answer for one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeVerdicts {
+    /// The node's name.
     pub node: String,
     /// Its kubelet restarting now (the Node CREATE it re-sends).
     pub restart: Verdict,

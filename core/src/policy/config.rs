@@ -39,11 +39,15 @@ impl FromStr for CheckId {
     }
 }
 
+/// What a check's findings do to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// Deny on what the check finds.
     Enforce,
+    /// Let it through with a warning the kubelet logs.
     Warn,
+    /// Do not run the check.
     Off,
 }
 
@@ -62,6 +66,7 @@ impl Mode {
         }
     }
 
+    /// As the configuration spells it: `enforce`, `warn`, `off`.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Enforce => "enforce",
@@ -84,21 +89,30 @@ impl FromStr for Mode {
     }
 }
 
+/// Why a configuration (`--check` settings or the YAML file) is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A name no check has.
     #[error("unknown check {0:?}; known checks: {known}", known = known_checks())]
     UnknownCheck(String),
+    /// A mode other than `enforce`, `warn` or `off`.
     #[error("unknown mode {0:?}; use enforce, warn or off")]
     UnknownMode(String),
+    /// A `--check` setting not of the form `CHECK=MODE`.
     #[error("expected CHECK=MODE (e.g. hostname=warn), got {0:?}")]
     BadSetting(String),
+    /// The YAML file does not parse: bad syntax, an unknown field, a wrong type.
     #[error("config file: {0}")]
     File(String),
+    /// A `sharedValues.addresses` entry that is neither an IP address nor a CIDR.
     #[error("sharedValues.addresses: {0:?} is neither an IP address nor a CIDR (10.0.0.0/8)")]
     BadAddress(String),
+    /// A `heartbeatTimeout` that is not a duration, or is shorter than a minute.
     #[error("heartbeatTimeout: {0:?} is not a duration of at least 1m, such as 10m")]
     BadHeartbeatTimeout(String),
+    /// An `exemptions.nodeSelector` that is malformed, or that a kubelet could match by
+    /// itself.
     #[error("exemptions.nodeSelector: {0}")]
     BadSelector(String),
 }
@@ -363,10 +377,12 @@ impl Config {
             .unwrap_or(check.default_mode())
     }
 
+    /// The cap on every check's mode (`mode` in the file).
     pub fn global_mode(&self) -> Mode {
         self.global_mode
     }
 
+    /// Caps every check's mode: `warn` for a warn-first rollout.
     pub fn set_global_mode(&mut self, mode: Mode) {
         self.global_mode = mode;
     }
@@ -386,14 +402,17 @@ impl Config {
         self.exempt_selector.is_some()
     }
 
+    /// The nodes exempt by name (`exemptions.nodes`).
     pub fn exempt_nodes(&self) -> impl Iterator<Item = &str> {
         self.exempt_nodes.iter().map(String::as_str)
     }
 
+    /// The label selector that exempts nodes (`exemptions.nodeSelector`), if any.
     pub fn exempt_selector(&self) -> Option<&LabelSelector> {
         self.exempt_selector.as_ref()
     }
 
+    /// Sets one check's own mode, still capped by the global mode.
     pub fn set_mode(&mut self, check: CheckId, mode: Mode) {
         self.modes.insert(check, mode);
     }
@@ -466,6 +485,7 @@ impl Config {
         self.heartbeat_timeout
     }
 
+    /// Replaces the heartbeat timeout: `--heartbeat-timeout` overrides the file's.
     pub fn set_heartbeat_timeout(&mut self, timeout: SignedDuration) {
         self.heartbeat_timeout = timeout;
     }
@@ -476,6 +496,8 @@ impl Config {
         is_placeholder_ip(ip) || self.shared_addresses.iter().any(|net| net.contains(ip))
     }
 
+    /// A hostname that proves nothing: built-in placeholder (`localhost`) or declared
+    /// shared.
     pub fn hostname_is_shared(&self, value: &Hostname) -> bool {
         value.is_placeholder() || self.shared_hostnames.contains(value)
     }
@@ -485,6 +507,7 @@ impl Config {
         value.is_placeholder() || self.shared_machine_ids.contains(value)
     }
 
+    /// A system UUID that proves nothing: built-in placeholder or declared shared.
     pub fn system_uuid_is_shared(&self, value: &SystemUuid) -> bool {
         value.is_placeholder() || self.shared_system_uuids.contains(value)
     }

@@ -24,12 +24,16 @@ use crate::policy::Config;
 /// The values that tell one machine from another.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MachineIds<'a> {
+    /// `/etc/machine-id`: unique per installed system, kept by a copied disk.
     pub machine_id: Option<&'a MachineId>,
+    /// The SMBIOS product UUID the firmware or hypervisor gives the machine.
     pub system_uuid: Option<&'a SystemUuid>,
+    /// `spec.providerID`: the cloud instance.
     pub provider_id: Option<&'a ProviderId>,
 }
 
 impl NodeClaim {
+    /// The values the Node reports that tell its machine apart.
     pub fn ids(&self) -> MachineIds<'_> {
         MachineIds {
             machine_id: self.machine_id.as_ref(),
@@ -40,6 +44,7 @@ impl NodeClaim {
 }
 
 impl RefusedEntry {
+    /// The refused machine's values, to recognise it when it asks again.
     pub fn ids(&self) -> MachineIds<'_> {
         MachineIds {
             machine_id: self.machine_id.as_ref(),
@@ -70,13 +75,17 @@ pub enum Sameness {
     NewMachineId,
     /// A different machine: the first field that differs, with both values.
     Different {
+        /// The field as messages name it: `provider ID`, `system UUID`, `machine-id`.
         field: &'static str,
+        /// The registered node's value.
         registered: String,
+        /// The claim's value.
         claimed: String,
     },
 }
 
 impl Sameness {
+    /// Whether the claim counts as the registered machine: anything but `Different`.
     pub fn is_same_machine(&self) -> bool {
         !matches!(self, Sameness::Different { .. })
     }

@@ -21,15 +21,21 @@ use crate::identity::{CsrClaim, CsrError, KubeletSigner, NodeClaim};
 use crate::inventory::Inventory;
 use machine::Sameness;
 
+/// The admission operation a request carries (`request.operation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
+    /// `CREATE`: a Node registered (a kubelet re-sends it at every restart), or a CSR.
     Create,
+    /// `UPDATE`: a write to an existing Node, its status included.
     Update,
+    /// `DELETE`: never checked.
     Delete,
+    /// `CONNECT`: never checked.
     Connect,
 }
 
 impl Operation {
+    /// Reads the operation as the API server spells it; `None` for anything else.
     pub fn parse(raw: &str) -> Option<Self> {
         match raw {
             "CREATE" => Some(Operation::Create),
@@ -40,6 +46,7 @@ impl Operation {
         }
     }
 
+    /// As the API server spells it: `CREATE`, `UPDATE`, `DELETE`, `CONNECT`.
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::Create => "CREATE",
@@ -53,6 +60,7 @@ impl Operation {
 /// A write to a Node (main resource or `status`), as admission sees it.
 #[derive(Debug, Clone)]
 pub struct NodeReview {
+    /// Only CREATE and UPDATE are checked; any other write passes.
     pub operation: Operation,
     /// The Node after the write (`object`).
     pub object: Option<NodeClaim>,
@@ -89,16 +97,21 @@ impl NodeReview {
 /// A CertificateSigningRequest CREATE, as admission sees it.
 #[derive(Debug, Clone)]
 pub struct CsrReview {
+    /// Only a CREATE is checked; any other passes.
     pub operation: Operation,
     /// `None` for signers other than the kubelet's: those pass untouched.
     pub kubelet: Option<KubeletCsr>,
 }
 
+/// A CSR under one of the kubelet signers, as admission sees it.
 #[derive(Debug, Clone)]
 pub struct KubeletCsr {
+    /// Whether it asks for client credentials or a serving certificate.
     pub signer: KubeletSigner,
     /// Who asks, relative to the node the request names.
     pub requester: Requester,
+    /// What `spec.request` asks for, or why it is no kubelet request (refused by
+    /// `csr-format`).
     pub claim: Result<CsrClaim, CsrError>,
 }
 
@@ -127,8 +140,11 @@ impl KubeletCsr {
 /// What every node check sees.
 #[derive(Debug, Clone)]
 pub struct NodeInput<'a> {
+    /// CREATE or UPDATE: other operations reach no check.
     pub operation: Operation,
+    /// The Node after the write.
     pub object: &'a NodeClaim,
+    /// The Node before the write (UPDATE only).
     pub old_object: Option<&'a NodeClaim>,
     /// The Node of this name the inventory holds (`None` for a new name).
     pub registered: Option<&'a NodeClaim>,
@@ -142,19 +158,28 @@ pub struct NodeInput<'a> {
     /// machine (a kubelet re-sends its CREATE at every restart: values it already held
     /// are not new).
     pub baseline: Option<&'a NodeClaim>,
+    /// Who holds which value in the cluster, and the ledger's records.
     pub inventory: &'a Inventory,
+    /// The modes, exemptions and shared values in force.
     pub config: &'a Config,
+    /// The time of the decision: whether a node is running depends on it.
     pub now: Timestamp,
 }
 
 /// What every CSR check sees (only kubelet CSRs that parsed).
 #[derive(Debug, Clone, Copy)]
 pub struct CsrInput<'a> {
+    /// Whether it asks for client credentials or a serving certificate.
     pub signer: KubeletSigner,
+    /// Who asks, relative to the node the request names.
     pub requester: Requester,
+    /// The node the request names, its key's fingerprint and its SANs.
     pub claim: &'a CsrClaim,
+    /// Who holds which value in the cluster, and the ledger's records.
     pub inventory: &'a Inventory,
+    /// The modes, exemptions and shared values in force.
     pub config: &'a Config,
+    /// The time of the decision: whether a node is running depends on it.
     pub now: Timestamp,
 }
 

@@ -35,6 +35,7 @@ pub struct PodStatusReview {
     pub pod: String,
     /// The status before the write (`oldObject`) and after it (`object`).
     pub stored: PodRuntime,
+    /// The status after the write (`object`).
     pub written: PodRuntime,
     /// When the kubelet last changed the stored status: its `managedFields` entry for the
     /// status, stamped by the API server.
@@ -93,17 +94,30 @@ fn refusal(review: &PodStatusReview, why: &Unfollowed) -> Finding {
 pub enum Unfollowed {
     /// The pod's addresses change to another sandbox's.
     Moved {
+        /// The addresses stored.
         stored: Vec<String>,
+        /// The addresses written.
         written: Vec<String>,
     },
     /// The pod's addresses are dropped while its containers are not replaced.
-    SandboxGone { stored: Vec<String> },
+    SandboxGone {
+        /// The addresses stored.
+        stored: Vec<String>,
+    },
     /// A container the stored status has is reported as never created.
-    Dropped { slot: String, stored: String },
+    Dropped {
+        /// The container's name, prefixed `init/` or `ephemeral/` for those kinds.
+        slot: String,
+        /// The stored container's id.
+        stored: String,
+    },
     /// A container is replaced by one that does not name it as the one it replaced.
     Replaced {
+        /// The container's name, prefixed `init/` or `ephemeral/` for those kinds.
         slot: String,
+        /// The stored container's id.
         stored: String,
+        /// The written container's id.
         written: String,
     },
 }

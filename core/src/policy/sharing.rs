@@ -280,8 +280,11 @@ pub fn record_first_sight(inventory: &mut Inventory, config: &Config, now: Times
 /// What [`judge`] reads besides the record.
 #[derive(Debug, Clone, Copy)]
 pub struct Judging<'a> {
+    /// Who else holds each value, and the marks already given.
     pub inventory: &'a Inventory,
+    /// Declared shared values and placeholders, which are never marked.
     pub config: &'a Config,
+    /// The time a new mark records, and the ledger's epoch when it has none yet.
     pub now: Timestamp,
 }
 

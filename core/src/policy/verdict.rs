@@ -12,16 +12,21 @@ pub const UNCHECKED_WARNING: &str =
 /// Longest denial message: one line a person reads in the kubelet log.
 pub const MAX_MESSAGE_CHARS: usize = 512;
 
+/// What a finding does to the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
+    /// Refuse the write.
     Deny,
+    /// Let it through with a warning the kubelet logs.
     Warn,
 }
 
 /// One thing a check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
+    /// The check that found it: its mode applies.
     pub check: CheckId,
+    /// Whether it refuses the request or only warns.
     pub effect: Effect,
     /// The full one-line explanation with its remedy (used for a denial).
     pub message: String,
@@ -47,6 +52,7 @@ pub enum CollisionKind {
 }
 
 impl CollisionKind {
+    /// As the audit reports and counts it: `clone`, `shared`, `reused`.
     pub fn as_str(self) -> &'static str {
         match self {
             CollisionKind::Clone => "clone",
@@ -63,9 +69,11 @@ pub struct Collision {
     pub field: &'static str,
     /// The value, in full.
     pub value: String,
+    /// Why other nodes hold it: a clone, sharing on evidence, or an address reused.
     pub kind: CollisionKind,
     /// How many other nodes hold it, and up to three of them by name.
     pub holder_count: usize,
+    /// Up to three of the other holders, in name order.
     pub holders: Vec<String>,
     /// Why it is taken as shared, for a `Shared` collision: `since first seen` (shared
     /// when nodeguard first saw the cluster, or inherited since), `moved together`,
@@ -74,6 +82,8 @@ pub struct Collision {
 }
 
 impl Finding {
+    /// A finding that refuses the request in `enforce` mode: `message` for the denial,
+    /// `warning` when its mode is `warn`.
     pub fn deny(check: CheckId, message: String, warning: String) -> Self {
         Self::new(check, Effect::Deny, message, warning)
     }
@@ -94,12 +104,14 @@ impl Finding {
         }
     }
 
+    /// Attaches the collision it found: which value, and who holds it.
     #[must_use]
     pub fn with_collision(mut self, collision: Collision) -> Self {
         self.collision = Some(collision);
         self
     }
 
+    /// Attaches the refused machine, for the ledger to record.
     #[must_use]
     pub fn with_refusal(mut self, refusal: RefusalObservation) -> Self {
         self.refusal = Some(Box::new(refusal));
@@ -116,10 +128,14 @@ impl Finding {
     }
 }
 
+/// What a verdict adds up to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Allowed: nothing found.
     Allowed,
+    /// Allowed with warnings.
     Warned,
+    /// Refused: at least one finding denies.
     Denied,
     /// Allowed unchecked: the node is exempt by configuration.
     Exempt,
@@ -128,6 +144,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// As metrics and the audit name it: `allowed`, `warned`, `denied`, `exempt`, `unchecked`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Exempt => "exempt",
@@ -190,10 +207,12 @@ impl Verdict {
         }
     }
 
+    /// Whether no finding denies (an exempt or unchecked request is allowed).
     pub fn allowed(&self) -> bool {
         !self.findings.iter().any(|f| f.effect == Effect::Deny)
     }
 
+    /// What the verdict adds up to: unchecked, else exempt, else what the findings say.
     pub fn outcome(&self) -> Outcome {
         if self.unchecked.is_some() {
             Outcome::Unchecked

@@ -3,6 +3,7 @@
 use crate::identity::{CsrError, KubeletSigner};
 use crate::policy::{CheckId, Finding};
 
+/// Refuses a request under a kubelet signer that is no kubelet request, naming why.
 pub fn check(signer: KubeletSigner, error: &CsrError) -> Finding {
     Finding::deny(
         CheckId::CsrFormat,

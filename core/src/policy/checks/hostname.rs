@@ -11,6 +11,8 @@ use crate::inventory::OtherHolders;
 use crate::ledger::ValueField;
 use crate::policy::{CheckId, Finding, NodeInput, sharing};
 
+/// Each hostname the write brings that another node holds: refused, or a warning when
+/// shared on evidence.
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     let own_name = &*input.object.name;
     let remedy = |holder: &str| {

@@ -13,6 +13,8 @@ use super::{not_running, prefix};
 use crate::policy::machine::{self, Sameness};
 use crate::policy::{CheckId, Finding, NodeInput, Operation};
 
+/// An UPDATE reporting another machine: refused while a kubelet runs the node or once a
+/// second machine is proven, else a warning.
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     if input.operation != Operation::Update {
         return Vec::new();

@@ -6,6 +6,8 @@ use super::{Claimed, collision_with, introduced_all, reused_address, running};
 use crate::ledger::ValueField;
 use crate::policy::{CheckId, Finding, NodeInput, sharing};
 
+/// Each InternalIP the write brings that another node holds: refused, or a warning when
+/// shared on evidence or its only other holder is not running.
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     introduced_all(input, |c| c.internal_ips.as_slice())
         .into_iter()

@@ -4,6 +4,7 @@
 use crate::policy::verdict::{Collision, CollisionKind};
 use crate::policy::{CheckId, CsrInput, Finding};
 
+/// Refuses a CSR whose key is bound to another node.
 pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
     let claim = input.claim;
     let others = input

@@ -25,9 +25,12 @@ use crate::identity::NodeClaim;
 use crate::inventory::{Holders, Inventory, OtherHolders};
 use crate::ledger::ValueField;
 
+/// A check of a Node write: what it finds in one [`NodeInput`].
 pub type NodeCheck = fn(&NodeInput<'_>) -> Vec<Finding>;
+/// A check of a kubelet CSR that parsed: what it finds in one [`CsrInput`].
 pub type CsrCheck = fn(&CsrInput<'_>) -> Vec<Finding>;
 
+/// The Node checks, in the order they run and report.
 pub const NODE_CHECKS: &[(CheckId, NodeCheck)] = &[
     (CheckId::NameTakeover, name_takeover::check),
     (CheckId::IdentityDrift, identity_drift::check),
@@ -39,6 +42,8 @@ pub const NODE_CHECKS: &[(CheckId, NodeCheck)] = &[
     (CheckId::InternalIp, internal_ip::check),
 ];
 
+/// The CSR checks, in the order they run and report (`csr-format` runs alone, on a
+/// request that does not parse).
 pub const CSR_CHECKS: &[(CheckId, CsrCheck)] = &[
     (CheckId::NameTakeover, name_takeover_csr::check),
     (CheckId::KeyFingerprint, key_fingerprint::check),

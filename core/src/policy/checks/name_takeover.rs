@@ -22,6 +22,8 @@ use crate::ledger::RefusedEntry;
 use crate::policy::machine::{self, Sameness};
 use crate::policy::{CheckId, Finding, NodeInput, Operation};
 
+/// A CREATE from another machine for a registered name: refused while a kubelet runs the
+/// node or once a second machine is proven, else a warning.
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     if input.operation != Operation::Create {
         return Vec::new();

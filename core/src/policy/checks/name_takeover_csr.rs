@@ -12,6 +12,8 @@ use crate::identity::KubeletSigner;
 use crate::policy::machine;
 use crate::policy::{CheckId, CsrInput, Finding};
 
+/// Refuses client credentials for a running node to a bootstrap or another node, unless
+/// the key is already that node's.
 pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
     if input.signer != KubeletSigner::Client || !input.requester.may_be_another_machine() {
         return Vec::new();

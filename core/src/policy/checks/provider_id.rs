@@ -4,6 +4,8 @@ use super::{Claimed, collision_with, introduced};
 use crate::ledger::ValueField;
 use crate::policy::{CheckId, Finding, NodeInput, sharing};
 
+/// A provider ID the write brings that another node holds: refused, or a warning when
+/// shared on evidence.
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     let Some(value) = introduced(input, |c| c.provider_id.as_ref()) else {
         return Vec::new();

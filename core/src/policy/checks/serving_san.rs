@@ -10,6 +10,9 @@ use crate::identity::KubeletSigner;
 use crate::ledger::ValueField;
 use crate::policy::{CheckId, CsrInput, Finding, sharing};
 
+/// Each serving-certificate IP SAN that is another node's InternalIP and not this node's
+/// own: refused, or a warning when shared on evidence or its only other holder is not
+/// running.
 pub fn check(input: &CsrInput<'_>) -> Vec<Finding> {
     if input.signer != KubeletSigner::Serving {
         return Vec::new();

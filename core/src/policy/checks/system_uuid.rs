@@ -10,6 +10,9 @@ use super::{Claimed, collision_with, introduced, previous, shared_because};
 use crate::ledger::ValueField;
 use crate::policy::{CheckId, Finding, NodeInput};
 
+/// A system UUID (in either byte order) the write brings that another node holds:
+/// refused, or a warning when shared on evidence or the holders are containers on this
+/// host.
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     let Some(value) = introduced(input, |c| c.system_uuid.as_ref()) else {
         return Vec::new();

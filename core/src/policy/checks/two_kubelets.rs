@@ -15,6 +15,8 @@ use crate::inventory::LedgerEntry;
 pub use crate::ledger::conflict_message;
 use crate::policy::{CheckId, Finding, NodeInput, Operation};
 
+/// Refuses a write carrying the boot the ledger refused, or the later of two boots coming
+/// back.
 pub fn check(input: &NodeInput<'_>) -> Vec<Finding> {
     let claim = input.object;
     let Some(boot) = claim.boot_id.as_ref() else {
