@@ -1,4 +1,4 @@
-// nodeguard-e2e runs the scenarios of tests/e2e/scenarios against a real control plane
+// nodeguard-e2e runs the scenarios of tests/cluster/scenarios against a real control plane
 // (tests/cluster/up --nodeguard): every write is made by the writer it stands for, with
 // that writer's credentials, and answered by the real kube-apiserver, its
 // authorizers, NodeRestriction and its ValidatingAdmissionWebhook plugin calling
@@ -87,7 +87,7 @@ func run() int {
 	}
 	if *podImages != "" {
 		if *clusterDir == "" || *binary == "" || *fakecri == "" {
-			return setupErr("--pods needs --cluster-dir, --nodeguard and --fakecri (tests/e2e/pods sets them)")
+			return setupErr("--pods needs --cluster-dir, --nodeguard and --fakecri (tests/cluster/pods sets them)")
 		}
 		if *repo == "" {
 			*repo = filepath.Join(*scenarios, "..", "..", "..")
