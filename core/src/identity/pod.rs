@@ -90,8 +90,6 @@ pub struct ContainerRun {
     pub slot: String,
     /// `containerID`; `None` when the kubelet reports none (not created yet).
     pub id: Option<String>,
-    /// `restartCount`: how many times the kubelet has restarted the container.
-    pub restart_count: i64,
     /// `lastState.terminated.containerID`: the container this one replaced.
     pub replaced: Option<String>,
     /// `state.running` is set: the container runs.
@@ -123,7 +121,6 @@ impl PodRuntime {
                 ContainerRun {
                     slot: format!("{prefix}{}", c.name),
                     id: non_empty(c.container_id),
-                    restart_count: c.restart_count,
                     replaced: c
                         .last_state
                         .terminated
@@ -169,7 +166,6 @@ struct ContainerDoc {
     name: String,
     #[serde(rename = "containerID")]
     container_id: Option<String>,
-    restart_count: i64,
     state: StateDoc,
     last_state: LastStateDoc,
 }
@@ -218,10 +214,7 @@ mod tests {
             Some("containerd://aa")
         );
         let app = pod.container("app").unwrap();
-        assert_eq!(
-            (app.restart_count, app.replaced.as_deref()),
-            (1, Some("containerd://b0"))
-        );
+        assert_eq!(app.replaced.as_deref(), Some("containerd://b0"));
         let side = pod.container("side").unwrap();
         assert_eq!((side.id.as_deref(), side.replaced.as_deref()), (None, None));
     }

@@ -239,15 +239,14 @@ mod tests {
     use super::*;
     use crate::identity::pod::ContainerRun;
 
-    fn pod(ips: &[&str], containers: &[(&str, Option<&str>, i64, Option<&str>)]) -> PodRuntime {
+    fn pod(ips: &[&str], containers: &[(&str, Option<&str>, Option<&str>)]) -> PodRuntime {
         PodRuntime {
             ips: ips.iter().map(|s| s.to_string()).collect(),
             containers: containers
                 .iter()
-                .map(|(slot, id, restarts, replaced)| ContainerRun {
+                .map(|(slot, id, replaced)| ContainerRun {
                     slot: slot.to_string(),
                     id: id.map(str::to_string),
-                    restart_count: *restarts,
                     replaced: replaced.map(str::to_string),
                     running: id.is_some(),
                 })
@@ -271,14 +270,13 @@ mod tests {
                 pod: "shop/web-5bd69c4696-45hgf".into(),
                 stored: pod(
                     &["10.244.2.3"],
-                    &[("app", Some("containerd://d5048065130f5"), 1, None)],
+                    &[("app", Some("containerd://d5048065130f5"), None)],
                 ),
                 written: pod(
                     &["10.244.2.6"],
                     &[(
                         "app",
                         Some("containerd://5151ae7fc38a1"),
-                        2,
                         Some("containerd://d5048065130f5"),
                     )],
                 ),
@@ -375,27 +373,18 @@ mod tests {
 
     #[test]
     fn a_container_restarted_by_its_kubelet_follows() {
-        let stored = pod(
-            &["10.244.2.5"],
-            &[("app", Some("containerd://a1"), 0, None)],
-        );
+        let stored = pod(&["10.244.2.5"], &[("app", Some("containerd://a1"), None)]);
         let restarted = pod(
             &["10.244.2.5"],
-            &[("app", Some("containerd://a2"), 1, Some("containerd://a1"))],
+            &[("app", Some("containerd://a2"), Some("containerd://a1"))],
         );
         assert_eq!(follows(&stored, &restarted, false), Ok(()));
     }
 
     #[test]
     fn another_runtimes_container_does_not() {
-        let stored = pod(
-            &["10.244.2.5"],
-            &[("app", Some("containerd://a1"), 0, None)],
-        );
-        let other = pod(
-            &["10.244.2.5"],
-            &[("app", Some("containerd://b1"), 1, None)],
-        );
+        let stored = pod(&["10.244.2.5"], &[("app", Some("containerd://a1"), None)]);
+        let other = pod(&["10.244.2.5"], &[("app", Some("containerd://b1"), None)]);
         let refused = follows(&stored, &other, false).unwrap_err();
         assert_eq!(
             refused.describe(),
@@ -405,16 +394,13 @@ mod tests {
 
     #[test]
     fn a_report_without_the_stored_containers_does_not() {
-        let stored = pod(
-            &["10.244.2.5"],
-            &[("app", Some("containerd://a1"), 0, None)],
-        );
-        let creating = pod(&["10.244.2.5"], &[("app", None, 1, None)]);
+        let stored = pod(&["10.244.2.5"], &[("app", Some("containerd://a1"), None)]);
+        let creating = pod(&["10.244.2.5"], &[("app", None, None)]);
         assert!(matches!(
             follows(&stored, &creating, false),
             Err(Unfollowed::Dropped { .. })
         ));
-        let gone = pod(&[], &[("app", Some("containerd://a1"), 0, None)]);
+        let gone = pod(&[], &[("app", Some("containerd://a1"), None)]);
         assert_eq!(
             follows(&stored, &gone, false).unwrap_err().describe(),
             "it reports the pod's sandbox (10.244.2.5) gone"
@@ -423,13 +409,10 @@ mod tests {
 
     #[test]
     fn another_sandbox_does_not_unless_the_kept_machine_rebooted() {
-        let stored = pod(
-            &["10.244.2.5"],
-            &[("app", Some("containerd://a1"), 0, None)],
-        );
+        let stored = pod(&["10.244.2.5"], &[("app", Some("containerd://a1"), None)]);
         let moved = pod(
             &["10.244.2.9"],
-            &[("app", Some("containerd://c1"), 1, Some("containerd://a1"))],
+            &[("app", Some("containerd://c1"), Some("containerd://a1"))],
         );
         assert!(matches!(
             follows(&stored, &moved, false),
@@ -440,11 +423,8 @@ mod tests {
 
     #[test]
     fn the_first_start_and_an_unchanged_report_follow() {
-        let pending = pod(&[], &[("app", None, 0, None)]);
-        let started = pod(
-            &["10.244.2.5"],
-            &[("app", Some("containerd://a1"), 0, None)],
-        );
+        let pending = pod(&[], &[("app", None, None)]);
+        let started = pod(&["10.244.2.5"], &[("app", Some("containerd://a1"), None)]);
         assert_eq!(follows(&pending, &started, false), Ok(()));
         assert_eq!(follows(&started, &started, false), Ok(()));
     }
@@ -453,11 +433,11 @@ mod tests {
     fn the_containers_a_stored_status_replaced_coming_back_are_the_originals() {
         let copys = pod(
             &["10.244.2.6"],
-            &[("app", Some("containerd://b1"), 2, Some("containerd://a1"))],
+            &[("app", Some("containerd://b1"), Some("containerd://a1"))],
         );
         let originals = pod(
             &["10.244.2.3"],
-            &[("app", Some("containerd://a1"), 1, Some("containerd://a0"))],
+            &[("app", Some("containerd://a1"), Some("containerd://a0"))],
         );
         assert_eq!(follows(&copys, &originals, false), Ok(()));
         // Never the other way round.
@@ -470,9 +450,9 @@ mod tests {
         // copy's runtime knows a0, exited, and reports it first, without a sandbox.
         let originals = pod(
             &["10.244.2.3"],
-            &[("app", Some("containerd://a1"), 1, Some("containerd://a0"))],
+            &[("app", Some("containerd://a1"), Some("containerd://a0"))],
         );
-        let mut stale = pod(&[], &[("app", Some("containerd://a0"), 0, None)]);
+        let mut stale = pod(&[], &[("app", Some("containerd://a0"), None)]);
         stale.containers[0].running = false;
         assert!(matches!(
             follows(&originals, &stale, false),
