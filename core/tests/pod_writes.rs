@@ -1,4 +1,4 @@
-//! `policy::pods::follows` replayed on what real kubelets wrote (tests/cluster's pods
+//! `policy::pods::follows` replayed on what real kubelets wrote (tests/e2e's pods
 //! suite, `pod-status-writes.json`: the API server's audit log of every pods/status write
 //! of one node's kubelets, each attributed by its source address): a Deployment's pods on
 //! a machine with containerd, one container killed and restarted by its kubelet, then a

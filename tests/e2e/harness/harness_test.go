@@ -9,7 +9,7 @@ import (
 // Every shipped scenario loads (strictly: an unknown key is an error), so a typo fails
 // here rather than after a cluster came up.
 func TestShippedScenariosLoad(t *testing.T) {
-	scs, err := LoadScenarios("../../e2e/scenarios", "")
+	scs, err := LoadScenarios("../scenarios", "")
 	if err != nil {
 		t.Fatal(err)
 	}

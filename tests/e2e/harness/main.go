@@ -1,10 +1,10 @@
-// nodeguard-e2e runs the scenarios of tests/cluster/scenarios against a real control plane
-// (tests/cluster/up --nodeguard): every write is made by the writer it stands for, with
+// nodeguard-e2e runs the scenarios of tests/e2e/scenarios against a real control plane
+// (tests/e2e/up --nodeguard): every write is made by the writer it stands for, with
 // that writer's credentials, and answered by the real kube-apiserver, its
 // authorizers, NodeRestriction and its ValidatingAdmissionWebhook plugin calling
 // nodeguard through the Service deploy/ ships.
 //
-//	tests/cluster/up --nodeguard -- nodeguard-e2e --scenarios DIR [--only SUBSTRING] \
+//	tests/e2e/up --nodeguard -- nodeguard-e2e --scenarios DIR [--only SUBSTRING] \
 //	    -- ip netns exec "$NODEGUARD_NETNS" nodeguard serve ...
 //
 // One line per step, `PASS|FAIL scenario / step`, then `N passed, M failed`.
@@ -53,7 +53,7 @@ func main() {
 
 func run() int {
 	fs := flag.NewFlagSet("nodeguard-e2e", flag.ContinueOnError)
-	clusterDir := fs.String("cluster-dir", os.Getenv("CLUSTER_DIR"), "the directory of tests/cluster/up (admin.conf, pki/)")
+	clusterDir := fs.String("cluster-dir", os.Getenv("CLUSTER_DIR"), "the directory of tests/e2e/up (admin.conf, pki/)")
 	apiserverLog := fs.String("apiserver-log", os.Getenv("CLUSTER_APISERVER_LOG"), "kube-apiserver's log, read for webhook calls that failed open")
 	admin := fs.String("nodeguard-admin", "", "nodeguard's admin base URL (default http://$NODEGUARD_ADDRESS:8080)")
 	kubectl := fs.String("kubectl", filepath.Join(os.Getenv("CLUSTER_BIN"), "kubectl"), "the kubectl of the cluster's release, for `kubectl describe node`")
@@ -87,7 +87,7 @@ func run() int {
 	}
 	if *podImages != "" {
 		if *clusterDir == "" || *binary == "" || *fakecri == "" {
-			return setupErr("--pods needs --cluster-dir, --nodeguard and --fakecri (tests/cluster/pods sets them)")
+			return setupErr("--pods needs --cluster-dir, --nodeguard and --fakecri (tests/e2e/pods sets them)")
 		}
 		if *repo == "" {
 			*repo = filepath.Join(*scenarios, "..", "..", "..")
@@ -114,7 +114,7 @@ func run() int {
 	switch {
 	case *clusterDir == "" || *apiserverLog == "" || *admin == "" || *binary == "" || *scenarios == "":
 		fs.Usage()
-		return setupErr("--cluster-dir, --apiserver-log, --nodeguard-admin, --nodeguard and --scenarios are required (tests/cluster/up --nodeguard sets the environment they default to)")
+		return setupErr("--cluster-dir, --apiserver-log, --nodeguard-admin, --nodeguard and --scenarios are required (tests/e2e/up --nodeguard sets the environment they default to)")
 	case len(argv) == 0:
 		fs.Usage()
 		return setupErr("the nodeguard serve command line is required after --")

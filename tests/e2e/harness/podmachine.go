@@ -5,7 +5,7 @@ package main
 //
 //   - containerd (Debian's, with the CRI plugin) keeps its root, state, socket and CNI
 //     configuration in the machine's directory; its images are imported from archives
-//     (nothing can be pulled here), its sandbox image is tests/cluster/pause.
+//     (nothing can be pulled here), its sandbox image is tests/e2e/pause.
 //   - Pods get addresses of the machine's PodCIDR on the bridge cni0 inside the
 //     machine's namespace; the host routes that range to the machine's address, as a
 //     cluster's pod network routes it between nodes.

@@ -1,6 +1,6 @@
 package main
 
-// The API server's audit log (tests/cluster/audit-policy.yaml: every kubelet write), read
+// The API server's audit log (tests/e2e/audit-policy.yaml: every kubelet write), read
 // to tell which of two machines sharing one node's credentials wrote what: the log
 // names the source address, which no admission webhook is shown.
 

@@ -39,7 +39,7 @@ import (
 
 var nodeIdentitiesGVR = schema.GroupVersionResource{Group: "nodeguard.io", Version: "v1alpha1", Resource: "nodeidentities"}
 
-// Cluster is the control plane of tests/cluster/up.
+// Cluster is the control plane of tests/e2e/up.
 type Cluster struct {
 	dir    string
 	host   string

@@ -3,7 +3,7 @@ package main
 // What a copy of a node that runs pods does to them. Each kubelet reports its own
 // runtime's sandboxes, pod IPs and containers for the node's pods, so their status, and
 // the EndpointSlices built from it, follow whichever machine wrote last. The audit log
-// (tests/cluster/audit-policy.yaml keeps the pods/status writes of namespace "incident"
+// (tests/e2e/audit-policy.yaml keeps the pods/status writes of namespace "incident"
 // whole) tells the two machines apart by source address, which no admission webhook is
 // shown, and records each write as the API server stored it: the sequences a rule that
 // tells the two machines' writes apart is tested on.
