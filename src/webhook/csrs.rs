@@ -18,7 +18,7 @@ use crate::policy::{self, CsrReview, KubeletCsr, Verdict};
     name = "review",
     level = "debug",
     skip_all,
-    fields(webhook = "csrs", uid, operation, csr, signer, node, dry_run)
+    fields(webhook = Webhook::Csrs.as_str(), uid, operation, csr, signer, node, dry_run)
 )]
 pub(super) async fn validate(
     State(state): State<AppState>,

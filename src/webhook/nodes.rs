@@ -16,7 +16,7 @@ use crate::policy::{self, NodeReview, Verdict};
     name = "review",
     level = "debug",
     skip_all,
-    fields(webhook = "nodes", uid, operation, node, subresource, dry_run)
+    fields(webhook = Webhook::Nodes.as_str(), uid, operation, node, subresource, dry_run)
 )]
 pub(super) async fn validate(
     State(state): State<AppState>,

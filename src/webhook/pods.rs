@@ -18,7 +18,7 @@ use crate::policy::{Operation, Verdict};
     name = "review",
     level = "debug",
     skip_all,
-    fields(webhook = "pods", uid, operation, node, pod, dry_run)
+    fields(webhook = Webhook::Pods.as_str(), uid, operation, node, pod, dry_run)
 )]
 pub(super) async fn validate(
     State(state): State<AppState>,
