@@ -17,6 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::plumbing::metrics::gauge_value;
+
 pub use crate::record::{
     Boot, BoundKey, Change, Conflict, Evidence, KeyObservation, NodeIdentity, NodeIdentitySpec,
     NodeIdentityStatus, NodeObservation, RefusalObservation,
@@ -130,7 +132,7 @@ impl LedgerMetrics {
         for (check, kind, count) in counts {
             self.audit_findings
                 .get_or_create(&AuditLabels { check, kind })
-                .set(i64::try_from(count).unwrap_or(i64::MAX));
+                .set(gauge_value(count));
         }
     }
 }

@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 use super::Readiness;
 use super::freshness::ViewStatus;
 use crate::inventory::{InventorySize, SharedInventory};
+use crate::plumbing::metrics::gauge_value;
 
 /// The inventory's gauges, the ledger entries it holds among them.
 #[derive(Debug, Clone, Default)]
@@ -110,8 +111,4 @@ impl InventoryMetrics {
                 .set(i64::from(status.errors));
         }
     }
-}
-
-fn gauge_value(count: usize) -> i64 {
-    i64::try_from(count).unwrap_or(i64::MAX)
 }

@@ -285,12 +285,21 @@ func (m *Machine) Reboot(bootID string) error {
 // changed), and starts it reporting that address.
 func (m *Machine) Readdress(ip string) error {
 	m.Stop()
+	if err := m.address(ip); err != nil {
+		return err
+	}
+	return m.Start()
+}
+
+// address gives the machine ip beside the addresses it has (already having it is no
+// error), and makes it the one its kubelet reports.
+func (m *Machine) address(ip string) error {
 	peer := fmt.Sprintf("ngm%dn", m.index)
-	if out, err := exec.Command("ip", "-n", m.env.netns(m), "addr", "add", ip+"/24", "dev", peer).CombinedOutput(); err != nil {
+	if out, err := exec.Command("ip", "-n", m.env.netns(m), "addr", "replace", ip+"/24", "dev", peer).CombinedOutput(); err != nil {
 		return fmt.Errorf("machine %s: adding %s: %v: %s", m.Name, ip, err, bytes.TrimSpace(out))
 	}
 	m.NodeIP = ip
-	return m.Start()
+	return nil
 }
 
 // Destroy stops the machine and removes its network namespace.

@@ -340,19 +340,25 @@ func (p *podRun) podLogs() string {
 
 // webhookCalls are the API server's counters for nodeguard's webhooks.
 type webhookCalls struct {
-	requests, failOpen, callErrors float64
+	requests, rejected, failOpen, callErrors float64
 }
 
-func (p *podRun) apiserverCounts() (webhookCalls, error) {
+// apiserverCounts reads the API server's counters for the webhook named name, or for all
+// of nodeguard's webhooks when name is empty.
+func (p *podRun) apiserverCounts(name string) (webhookCalls, error) {
 	cx, cancel := ctx()
 	defer cancel()
 	b, err := p.r.cluster.admin.RESTClient().Get().AbsPath("/metrics").DoRaw(cx)
 	if err != nil {
 		return webhookCalls{}, err
 	}
+	match := `.nodeguard.io"`
+	if name != "" {
+		match = `name="` + name + `"`
+	}
 	var c webhookCalls
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "#") || !strings.Contains(line, `.nodeguard.io"`) {
+		if strings.HasPrefix(line, "#") || !strings.Contains(line, match) {
 			continue
 		}
 		f := strings.Fields(line)
@@ -363,6 +369,9 @@ func (p *podRun) apiserverCounts() (webhookCalls, error) {
 		switch {
 		case strings.HasPrefix(line, "apiserver_admission_webhook_request_total{"):
 			c.requests += v
+			if strings.Contains(line, `rejected="true"`) {
+				c.rejected += v
+			}
 		case strings.HasPrefix(line, "apiserver_admission_webhook_fail_open_count{"):
 			c.failOpen += v
 		case strings.HasPrefix(line, "apiserver_admission_webhook_rejection_count{") && strings.Contains(line, `error_type="calling_webhook_error"`):
@@ -421,7 +430,7 @@ func (p *podRun) startLoad() (*reviewLoad, error) {
 	if err != nil {
 		return nil, err
 	}
-	before, err := p.apiserverCounts()
+	before, err := p.apiserverCounts("")
 	if err != nil {
 		return nil, err
 	}
@@ -462,15 +471,16 @@ func (p *podRun) startLoad() (*reviewLoad, error) {
 func (l *reviewLoad) finish() (string, error) {
 	close(l.stop)
 	<-l.done
-	after, err := l.p.apiserverCounts()
+	after, err := l.p.apiserverCounts("")
 	if err != nil {
 		return "", err
 	}
 	failedOpen, _ := l.p.r.cluster.WebhookTrouble(l.apiserverLogSize)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	d := webhookCalls{after.requests - l.apiserverBefore.requests, after.failOpen - l.apiserverBefore.failOpen,
-		after.callErrors - l.apiserverBefore.callErrors}
+	d := webhookCalls{requests: after.requests - l.apiserverBefore.requests,
+		failOpen:   after.failOpen - l.apiserverBefore.failOpen,
+		callErrors: after.callErrors - l.apiserverBefore.callErrors}
 	summary := fmt.Sprintf("%d reviews in %s, %d refused as expected; the API server counted %.0f calls to nodeguard, %.0f failed open, %.0f failed calling it",
 		l.sent, time.Since(l.started).Round(time.Second), l.refused, d.requests, d.failOpen, d.callErrors)
 	var problems []string

@@ -7,11 +7,8 @@ package main
 // of them its matchConditions sent to nodeguard.
 
 import (
-	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
-	"strconv"
 	"strings"
 	"time"
 
@@ -21,47 +18,13 @@ import (
 
 const podSoakNS = "soak"
 
-// webhookCount is what the API server counted for one webhook.
-type webhookCount struct{ calls, rejected float64 }
-
-// apiserverWebhook reads the API server's counters for the webhook named name.
-func (p *podRun) apiserverWebhook(name string) (webhookCount, error) {
-	cx, cancel := ctx()
-	defer cancel()
-	b, err := p.r.cluster.admin.RESTClient().Get().AbsPath("/metrics").DoRaw(cx)
-	if err != nil {
-		return webhookCount{}, err
-	}
-	var c webhookCount
-	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(line, "apiserver_admission_webhook_request_total{") || !strings.Contains(line, `name="`+name+`"`) {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			continue
-		}
-		c.calls += v
-		if strings.Contains(line, `rejected="true"`) {
-			c.rejected += v
-		}
-	}
-	return c, nil
-}
-
 // Readdress gives the machine another address (its DHCP lease changed): the kubelet
 // restarts reporting it, the containers run on, and the host routes the pod range to it.
 func (n *PodMachine) Readdress(ip string) error {
 	n.Machine.Stop()
-	if ip != n.IP {
-		peer := fmt.Sprintf("ngm%dn", n.index)
-		out, err := exec.Command("ip", "-n", n.env.netns(n.Machine), "addr", "replace", ip+"/24", "dev", peer).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("machine %s: adding %s: %v: %s", n.Name, ip, err, bytes.TrimSpace(out))
-		}
+	if err := n.address(ip); err != nil {
+		return err
 	}
-	n.NodeIP = ip
 	if err := n.route(); err != nil {
 		return err
 	}
@@ -178,7 +141,7 @@ func scenarioPodSoak(p *podRun) bool {
 			return false
 		}
 	}
-	start, err := p.apiserverWebhook("pod-status.nodeguard.io")
+	start, err := p.apiserverCounts("pod-status.nodeguard.io")
 	if !p.step("the API server's counters for pod-status.nodeguard.io at the start", err) {
 		return false
 	}
@@ -255,7 +218,7 @@ func scenarioPodSoak(p *podRun) bool {
 	p.step("every soak pod and both nodeguard replicas are ready at the end", err)
 	minutes := time.Since(began).Minutes()
 	time.Sleep(2 * time.Second) // the audit log is written after the answer
-	end, err := p.apiserverWebhook("pod-status.nodeguard.io")
+	end, err := p.apiserverCounts("pod-status.nodeguard.io")
 	if !p.step("the API server's counters for pod-status.nodeguard.io at the end", err) {
 		return false
 	}
@@ -280,7 +243,7 @@ func scenarioPodSoak(p *podRun) bool {
 			logged = append(logged, n.Name+": "+lastLines(n.LogSince(logFrom[n.Name])[i:], 1))
 		}
 	}
-	calls, rejected := end.calls-start.calls, end.rejected-start.rejected
+	calls, rejected := end.requests-start.requests, end.rejected-start.rejected
 	var serr error
 	if rejected != 0 || len(refused) > 0 || len(logged) > 0 {
 		serr = fmt.Errorf("pod status writes refused: API server counted %v rejections of pod-status.nodeguard.io; audit log: %v; kubelets logged: %v", rejected, refused, logged)
